@@ -1,0 +1,1 @@
+"""Fused Triton kernels for the study's attention layers, visible to torch.compile."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system packages FFCV builds against, a virtual environment, the project.
+# Usage: scripts/setup.sh [VENV_DIR]   (default .venv)
+set -euo pipefail
+venv="${1:-.venv}"
+apt_pkgs=(libopencv-dev libturbojpeg0-dev pkg-config)
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing system packages: ${missing[*]}" >&2
+        echo "setup: run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating virtual environment in $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+echo "setup: installing fastcifar and its dependencies (first time: a few minutes)"
+"$venv/bin/python" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -c "import fastcifar, ffcv, torch, fire; print('setup: ok  torch', torch.__version__, ' ffcv', ffcv.__version__)"
+touch "$venv/.installed"
