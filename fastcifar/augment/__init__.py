@@ -1,0 +1,38 @@
+"""Batched per-sample augmentation on uint8 ``(N, C, H, W)`` tensors on any device.
+
+Every sample gets its own random draws (unlike torchvision v2 / Kornia RandAugment, which draw one
+op per batch), shapes stay fixed and nothing is read back to the host, so the CUDA path never
+synchronises. Semantics follow torchvision's per-image transforms.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fastcifar.augment.geometric import affine_nearest, inverse_affine_theta, random_crop_reflect, random_hflip
+from fastcifar.augment.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform, normalize
+
+# rand_augment lives in its own module; imported on first use to keep this package import light.
+_LAZY = {"rand_augment": "fastcifar.augment.randaugment", "RAND_AUGMENT_OPS": "fastcifar.augment.randaugment"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fastcifar.augment' has no attribute {name!r}")
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RAND_AUGMENT_OPS",
+    "TestTransform",
+    "TrainTransform",
+    "affine_nearest",
+    "inverse_affine_theta",
+    "normalize",
+    "rand_augment",
+    "random_crop_reflect",
+    "random_hflip",
+]

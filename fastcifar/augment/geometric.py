@@ -1,0 +1,150 @@
+"""Batched geometric augmentation on uint8 ``(N, C, H, W)`` images, one random draw per sample.
+
+Everything here keeps fixed shapes and never reads tensor values on the host, so it runs on a
+CUDA stream without synchronising (``torch.cuda.set_sync_debug_mode("error")`` stays quiet).
+Semantics follow torchvision: ``RandomCrop(padding, padding_mode="reflect")``,
+``RandomHorizontalFlip`` and ``affine``/``rotate`` with nearest interpolation and fill 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "random_crop_reflect",
+    "random_hflip",
+    "inverse_affine_theta",
+    "affine_nearest",
+]
+
+
+def _check_image(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 (N, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+
+
+def _reflect_index(k: torch.Tensor, size: int) -> torch.Tensor:
+    """Map padded coordinates ``k`` (any int tensor, ``-size < k < 2 * size - 1``) into ``[0, size)``
+    by reflection without repeating the edge (``numpy.pad``/``F.pad`` "reflect")."""
+    k = k.abs()
+    return torch.where(k >= size, 2 * (size - 1) - k, k)
+
+
+def random_crop_reflect(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Reflect-pad every image by ``padding`` and crop it back to ``(H, W)`` at a random offset.
+
+    Equivalent to torchvision ``RandomCrop((H, W), padding, padding_mode="reflect")`` applied per
+    image: offsets are uniform in ``[0, 2 * padding]`` on each axis, drawn independently per sample.
+    Implemented as two gathers of reflected indices instead of materialising the padded batch.
+
+    Args:
+        x: uint8 ``(N, C, H, W)``.
+        padding: pixels of reflection on each side; must be smaller than H and W.
+        generator: optional generator on ``x.device``.
+    Returns:
+        uint8 ``(N, C, H, W)``, contiguous.
+    """
+    _check_image(x)
+    n, c, h, w = x.shape
+    if padding == 0 or n == 0:
+        return x.clone()
+    if not 0 < padding < min(h, w):
+        raise ValueError(f"padding must be in [0, {min(h, w)}), got {padding}")
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=x.device)
+    rows = _reflect_index(torch.arange(h, device=x.device) + (offsets[:, :1] - padding), h)  # (N, H)
+    cols = _reflect_index(torch.arange(w, device=x.device) + (offsets[:, 1:] - padding), w)  # (N, W)
+    out = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``, independently per sample.
+
+    Args:
+        x: uint8 ``(N, C, H, W)`` (any dtype works; uint8 is the contract).
+        p: flip probability.
+        generator: optional generator on ``x.device``.
+    Returns:
+        ``(N, C, H, W)`` tensor of ``x.dtype``.
+    """
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def inverse_affine_theta(
+    angle: torch.Tensor,
+    translate_x: torch.Tensor,
+    translate_y: torch.Tensor,
+    shear_x: torch.Tensor,
+    shear_y: torch.Tensor,
+    center_x: torch.Tensor | float = 0.0,
+    center_y: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Per-sample inverse affine matrices, as torchvision builds them for ``affine``.
+
+    The forward map is ``T * C * R(angle) * ShY(shear_y) * ShX(shear_x) * C^-1`` (scale 1); the
+    returned matrix maps output pixel coordinates (origin at the image centre) to input ones.
+    Angles are in degrees; centres are relative to the image centre (``(-W/2, -H/2)`` is the
+    top-left corner). Computed in the dtype of ``angle`` (use float64 to match torchvision, which
+    does this in Python floats, then cast to float32 like it does).
+
+    Args:
+        angle, translate_x, translate_y, shear_x, shear_y: ``(N,)`` tensors.
+        center_x, center_y: ``(N,)`` tensors or floats.
+    Returns:
+        ``(N, 2, 3)`` tensor in the dtype of ``angle``.
+    """
+    rot = torch.deg2rad(angle)
+    sx = torch.deg2rad(shear_x)
+    sy = torch.deg2rad(shear_y)
+    cos_sy = torch.cos(sy)
+    tan_sx = torch.tan(sx)
+    # Rotation-shear block (determinant 1); its inverse is [[d, -b], [-c, a]].
+    a = torch.cos(rot - sy) / cos_sy
+    b = -(a * tan_sx + torch.sin(rot))
+    c = torch.sin(rot - sy) / cos_sy
+    d = torch.cos(rot) - c * tan_sx
+    m00, m01, m10, m11 = d, -b, -c, a
+    cxt = center_x + translate_x
+    cyt = center_y + translate_y
+    m02 = center_x - m00 * cxt - m01 * cyt
+    m12 = center_y - m10 * cxt - m11 * cyt
+    return torch.stack([m00, m01, m02, m10, m11, m12], dim=-1).view(-1, 2, 3)
+
+
+def _base_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """``(H * W, 3)`` float32 rows ``(x, y, 1)`` of pixel centres with the origin at the image centre."""
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device)
+    grid = torch.empty(h, w, 3, device=device)
+    grid[..., 0].copy_(xs)
+    grid[..., 1].copy_(ys.unsqueeze(-1))
+    grid[..., 2].fill_(1.0)
+    return grid.view(h * w, 3)
+
+
+def affine_nearest(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp every image with its own inverse affine matrix, nearest interpolation, fill 0.
+
+    Matches torchvision's tensor ``affine``/``rotate`` (nearest, ``fill=None``): the sampling grid is
+    built the same way in float32 and sampled with ``grid_sample(mode="nearest",
+    align_corners=False)``, so results agree pixel for pixel up to float rounding on exact
+    half-pixel ties.
+
+    Args:
+        x: uint8 ``(N, C, H, W)``.
+        theta: ``(N, 2, 3)`` inverse matrices from :func:`inverse_affine_theta` (any float dtype;
+            cast to float32 like torchvision).
+    Returns:
+        uint8 ``(N, C, H, W)``.
+    """
+    _check_image(x)
+    n, _, h, w = x.shape
+    theta = theta.to(torch.float32)
+    # Normalise to grid_sample's [-1, 1] coordinates after applying theta, as torchvision does.
+    rescaled = theta.transpose(1, 2)  # (N, 3, 2)
+    rescaled = torch.stack([rescaled[..., 0] / (0.5 * w), rescaled[..., 1] / (0.5 * h)], dim=-1)
+    grid = _base_grid(h, w, x.device).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
+    out = F.grid_sample(x.to(torch.float32), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(torch.uint8)
