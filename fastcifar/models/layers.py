@@ -1,0 +1,367 @@
+"""Reusable attention layers of the study: SK, Coordinate Attention, Triplet, LKA, GC block.
+
+Every layer keeps the study's parameterisation (see ``shared/reference/architectures.md`` §1),
+so parameter counts match exactly. SKConv and TripletAttention have two implementations of their
+memory-bound inner step, chosen by ``impl``:
+
+- ``"torch"``: plain PyTorch ops (softmax + weighted sum; max/mean pooling).
+- ``"triton"``: the fused ops ``kernels.sk_select`` and ``kernels.zpool``.
+
+``impl`` only selects code; it never changes parameters or state-dict keys, so checkpoints move
+freely between the two.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from fastcifar.errors import UserError
+
+IMPLS = ("torch", "triton")
+
+# Loaded on first use; a module global keeps ``forward`` free of imports (friendly to torch.compile).
+_KERNELS: ModuleType | None = None
+
+
+def _kernel_module() -> ModuleType:
+    """Return the ``kernels`` package with its fused ops; raise ImportError when they are missing."""
+    global _KERNELS
+    if _KERNELS is None:
+        module = importlib.import_module("kernels")
+        for op in ("sk_select", "zpool"):
+            if not callable(getattr(module, op, None)):
+                raise ImportError(f"kernels.{op} is not available")
+        _KERNELS = module
+    return _KERNELS
+
+
+def triton_available() -> bool:
+    """True when the fused kernels import (they also run on CPU tensors, via a reference path)."""
+    try:
+        _kernel_module()
+    except Exception:  # noqa: BLE001 - any failure to import means "not available"
+        return False
+    return True
+
+
+def resolve_impl(impl: str | None) -> str:
+    """Map ``impl`` (``None`` = automatic) to ``"torch"`` or ``"triton"``.
+
+    Automatic picks ``"triton"`` only on a CUDA machine whose kernels import, else ``"torch"``.
+    An explicit ``"triton"`` without importable kernels is a :class:`UserError`.
+    """
+    if impl is None:
+        return "triton" if torch.cuda.is_available() and triton_available() else "torch"
+    if impl not in IMPLS:
+        raise UserError(f"unknown impl {impl!r}; choose one of: {', '.join(IMPLS)}.")
+    if impl == "triton" and not triton_available():
+        raise UserError(
+            "impl='triton' needs the fused kernels (kernels.sk_select, kernels.zpool), which do not "
+            "import here; use impl='torch'."
+        )
+    return impl
+
+
+# --------------------------------------------------------------------------------------------
+# Small building blocks
+# --------------------------------------------------------------------------------------------
+
+# h-swish of the CA paper, x * ReLU6(x + 3) / 6, is exactly PyTorch's Hardswish.
+HSwish = nn.Hardswish
+
+
+def conv_bn_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int | None = None,
+    dilation: int = 1,
+    groups: int = 1,
+    act: type[nn.Module] | None = nn.ReLU,
+) -> nn.Sequential:
+    """Bias-free conv -> BatchNorm -> optional activation; ``(N, Cin, H, W) -> (N, Cout, H', W')``."""
+    if padding is None:
+        padding = dilation * (kernel_size - 1) // 2
+    layers: list[nn.Module] = [
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+    ]
+    if act is not None:
+        layers.append(act(inplace=True) if act in (nn.ReLU, nn.ReLU6) else act())
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Selective Kernel convolution
+# --------------------------------------------------------------------------------------------
+
+
+def sk_select_torch(branches: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """Reference SK selection: softmax over the M branches, per channel, then a weighted sum.
+
+    Args:
+        branches: M tensors ``(N, C, H, W)``.
+        logits: ``(N, M, C)``.
+    Returns:
+        ``(N, C, H, W)`` = sum_i softmax(logits, dim=1)[:, i] * branches[i].
+    """
+    weights = logits.softmax(dim=1)
+    out = branches[0] * weights[:, 0, :, None, None]
+    for i in range(1, len(branches)):
+        out = out + branches[i] * weights[:, i, :, None, None]
+    return out
+
+
+class SKConv(nn.Module):
+    """Selective Kernel convolution (split, fuse, select), §1.1 of the spec.
+
+    Branch i is a 3x3 grouped conv with dilation 1+i (so branch 1 sees a 5x5 field), BN, ReLU.
+    The fused descriptor z = ReLU(BN(conv1x1(GAP(sum branches)))) has width d = max(C // r, L);
+    M bias-carrying 1x1 convs turn z into per-branch logits, stacked as ``(N, M, C)`` so the fused
+    ``kernels.sk_select`` can take them as they are.
+
+    Shapes: ``(N, C, H, W) -> (N, C, H / stride, W / stride)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        branches: int = 2,
+        groups: int = 32,
+        reduction: int = 16,
+        min_dim: int = 32,
+        stride: int = 1,
+        impl: str | None = None,
+    ) -> None:
+        super().__init__()
+        if channels % groups:
+            raise UserError(f"SKConv channels ({channels}) must be divisible by groups ({groups}).")
+        self.impl = resolve_impl(impl)
+        self.num_branches = branches
+        self.branches = nn.ModuleList(
+            conv_bn_act(channels, channels, 3, stride=stride, dilation=1 + i, groups=groups)
+            for i in range(branches)
+        )
+        dim = max(channels // reduction, min_dim)
+        self.fuse = conv_bn_act(channels, dim, 1)
+        # Separate convs (not one d -> M*C conv) keep the study's per-branch init fan-out.
+        self.select = nn.ModuleList(nn.Conv2d(dim, channels, 1) for _ in range(branches))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H', W')``."""
+        feats = [branch(x) for branch in self.branches]  # M x (N, C, H', W')
+        summed = feats[0]
+        for f in feats[1:]:
+            summed = summed + f
+        z = self.fuse(summed.mean(dim=(2, 3), keepdim=True))  # (N, d, 1, 1)
+        logits = torch.stack([sel(z).flatten(1) for sel in self.select], dim=1)  # (N, M, C)
+        if self.impl == "triton":
+            return _kernel_module().sk_select(feats, logits)
+        return sk_select_torch(feats, logits)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Coordinate Attention
+# --------------------------------------------------------------------------------------------
+
+
+class CoordinateAttention(nn.Module):
+    """Coordinate Attention (Hou et al. 2021) as the study's notebooks build it, §1.2.
+
+    Direction-aware pooling gives ``(N, C, H+W, 1)``; a shared 1x1 conv (+bias) -> BN -> h-swish
+    with width m = max(8, C // 32) feeds two 1x1 convs (+bias) whose sigmoids gate rows and columns.
+
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, *, min_mid: int = 8, reduction: int = 32) -> None:
+        super().__init__()
+        mid = max(min_mid, channels // reduction)
+        self.conv1 = nn.Conv2d(channels, mid, 1)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act = HSwish()
+        self.conv_h = nn.Conv2d(mid, channels, 1)
+        self.conv_w = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``."""
+        h, w = x.shape[2], x.shape[3]
+        pooled_h = x.mean(dim=3, keepdim=True)  # (N, C, H, 1)
+        pooled_w = x.mean(dim=2, keepdim=True).transpose(2, 3)  # (N, C, W, 1)
+        y = self.act(self.bn1(self.conv1(torch.cat([pooled_h, pooled_w], dim=2))))  # (N, m, H+W, 1)
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        gate_h = self.conv_h(y_h).sigmoid()  # (N, C, H, 1)
+        gate_w = self.conv_w(y_w.transpose(2, 3)).sigmoid()  # (N, C, 1, W)
+        return x * gate_w * gate_h
+
+
+# --------------------------------------------------------------------------------------------
+# Triplet Attention
+# --------------------------------------------------------------------------------------------
+
+
+def zpool_torch(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Z-pool: ``[max, mean]`` along ``dim``, concatenated there (size 2 at ``dim``)."""
+    return torch.cat([x.amax(dim=dim, keepdim=True), x.mean(dim=dim, keepdim=True)], dim=dim)
+
+
+class ZPool(nn.Module):
+    """Module wrapper of :func:`zpool_torch` along dim 1: ``(N, C, H, W) -> (N, 2, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return zpool_torch(x, 1)
+
+
+class AttentionGate(nn.Module):
+    """Triplet gate body: 7x7 conv 2->1 (no bias) -> BN(eps 1e-5, momentum 0.01) -> sigmoid.
+
+    Shapes: pooled ``(N, 2, A, B) -> (N, 1, A, B)`` gate in [0, 1].
+    """
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(pooled)).sigmoid()
+
+
+class TripletAttention(nn.Module):
+    """Triplet Attention (Misra et al. 2021), §1.3: three (or two) rotated Z-pool gates, averaged.
+
+    Branch "cw" gates the (C, W) plane (pooling over H), "hc" the (H, C) plane (pooling over W),
+    "hw" the spatial plane (pooling over C). Each gate sees its plane in the permuted layout of the
+    original code: ``x.permute(0, 2, 1, 3)`` for cw and ``x.permute(0, 3, 2, 1)`` for hc.
+
+    The torch path pools dim 1 of the permuted view, as the original does. The triton path pools
+    the original tensor along the original dim with ``kernels.zpool`` (no permuted copy of x) and
+    permutes only the small pooled map; the results are identical.
+
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``.
+    """
+
+    def __init__(self, *, no_spatial: bool = False, kernel_size: int = 7, impl: str | None = None):
+        super().__init__()
+        self.impl = resolve_impl(impl)
+        self.no_spatial = no_spatial
+        self.cw = AttentionGate(kernel_size)
+        self.hc = AttentionGate(kernel_size)
+        self.hw = None if no_spatial else AttentionGate(kernel_size)
+
+    def _pool(self, x: torch.Tensor, perm: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """Z-pool x in the layout ``x.permute(perm)`` along its dim 1 -> ``(N, 2, A, B)``.
+
+        ``perm`` is one of the self-inverse permutations used here (or None for no permutation).
+        """
+        if perm is None:
+            if self.impl == "triton":
+                return _kernel_module().zpool(x, 1)
+            return zpool_torch(x, 1)
+        if self.impl == "triton":
+            # Pool along the original dim that perm moves to position 1, then permute the result.
+            return _kernel_module().zpool(x, perm[1]).permute(perm)
+        return zpool_torch(x.permute(perm), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``."""
+        perm_cw = (0, 2, 1, 3)  # (N, H, C, W); self-inverse
+        perm_hc = (0, 3, 2, 1)  # (N, W, H, C); self-inverse
+        out = x * self.cw(self._pool(x, perm_cw)).permute(perm_cw)
+        out = out + x * self.hc(self._pool(x, perm_hc)).permute(perm_hc)
+        if self.hw is None:
+            return out * 0.5
+        out = out + x * self.hw(self._pool(x, None))
+        return out * (1.0 / 3.0)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}, no_spatial={self.no_spatial}"
+
+
+# --------------------------------------------------------------------------------------------
+# Large Kernel Attention (VAN)
+# --------------------------------------------------------------------------------------------
+
+
+class LKA(nn.Module):
+    """Large Kernel Attention (Guo et al. 2022): dw 5x5 -> dw 7x7 (dilation 3) -> 1x1, all +bias.
+
+    The result multiplies the input. Shapes: ``(N, D, H, W) -> (N, D, H, W)``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv_local = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_dilated = nn.Conv2d(dim, dim, 7, padding=9, dilation=3, groups=dim)
+        self.conv_channel = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv_channel(self.conv_dilated(self.conv_local(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# Global Context block (GCNet)
+# --------------------------------------------------------------------------------------------
+
+
+class GCBlock(nn.Module):
+    """Global Context block (Cao et al. 2019), attention pooling + "channel_add" fusion, §10.
+
+    context = sum_j softmax(conv1x1(x))_j * x_j; y = x + conv(ReLU(LN(conv(context)))).
+    The last conv starts at zero, so a fresh block is the identity.
+
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, *, ratio: float = 1 / 8) -> None:
+        super().__init__()
+        hidden = int(channels * ratio)
+        self.mask = nn.Conv2d(channels, 1, 1)
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1),
+            nn.LayerNorm([hidden, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+        )
+        nn.init.kaiming_normal_(self.mask.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.mask.bias)
+        nn.init.zeros_(self.transform[-1].weight)
+        nn.init.zeros_(self.transform[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``."""
+        n, c = x.shape[:2]
+        attn = self.mask(x).flatten(2).softmax(dim=-1)  # (N, 1, HW)
+        context = torch.bmm(x.flatten(2), attn.transpose(1, 2))  # (N, C, 1)
+        return x + self.transform(context.view(n, c, 1, 1))
+
+
+__all__ = [
+    "IMPLS",
+    "AttentionGate",
+    "CoordinateAttention",
+    "GCBlock",
+    "HSwish",
+    "LKA",
+    "SKConv",
+    "TripletAttention",
+    "ZPool",
+    "conv_bn_act",
+    "resolve_impl",
+    "sk_select_torch",
+    "triton_available",
+    "zpool_torch",
+]

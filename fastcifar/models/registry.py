@@ -1,0 +1,122 @@
+"""The one model registry: ``@register_model`` on a builder, ``create_model(name, ...)`` to build.
+
+A builder is a function ``builder(num_classes: int = 100, *, <overrides>) -> nn.Module``; its
+keyword parameters are the overrides :func:`create_model` accepts (e.g. ``growth_rate``,
+``block_config``), so a typo in an override name is caught with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from fastcifar.errors import UserError
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What the study's report gives for one configuration of a model (None = not reported).
+
+    ``overrides`` names the configuration (e.g. ``{"k": 2}``) when it is not the default one.
+    """
+
+    params: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its id, builder, one-line summary and the study's figures."""
+
+    name: str
+    builder: Builder
+    summary: str
+    study: tuple[StudyResult, ...] = ()
+
+    def override_names(self) -> list[str]:
+        """Keyword overrides the builder accepts (everything but ``num_classes``)."""
+        params = inspect.signature(self.builder).parameters
+        return [p for p in params if p != "num_classes"]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    summary: str,
+    aliases: tuple[str, ...] = (),
+    study: tuple[StudyResult, ...] = (),
+) -> Callable[[Builder], Builder]:
+    """Decorator that registers ``builder`` under ``name`` (and ``aliases``)."""
+
+    def decorate(builder: Builder) -> Builder:
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"model id {key!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, summary, study)
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return builder
+
+    return decorate
+
+
+def _ensure_families_loaded() -> None:
+    """Import every family module once so their decorators have run."""
+    from fastcifar.models import (  # noqa: F401  (imported for registration side effects)
+        densenet,
+        mobilenet,
+        res2net,
+        resnet,
+        sknet,
+        van,
+    )
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+    """Registered model ids, sorted; with ``include_aliases`` the aliases too."""
+    _ensure_families_loaded()
+    names = set(_REGISTRY)
+    if include_aliases:
+        names |= set(_ALIASES)
+    return sorted(names)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name`` (an id or alias); unknown names raise :class:`UserError`."""
+    _ensure_families_loaded()
+    canonical = _ALIASES.get(name, name)
+    if canonical not in _REGISTRY:
+        valid = ", ".join(list_models(include_aliases=True))
+        raise UserError(f"unknown model {name!r}; choose one of: {valid}.")
+    return _REGISTRY[canonical]
+
+
+def create_model(name: str, num_classes: int = 100, **overrides: Any) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs; ``overrides`` adjust its configuration.
+
+    Example: ``create_model("sk_densenet", growth_rate=4, block_config=(2, 2, 2, 2))``.
+    Raises :class:`UserError` for an unknown id, an unknown override or an invalid value.
+    """
+    entry = get_entry(name)
+    valid = entry.override_names()
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise UserError(
+            f"model {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid) or '(none)'}."
+        )
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    return entry.builder(num_classes=num_classes, **overrides)
