@@ -7,21 +7,9 @@ synchronises. Semantics follow torchvision's per-image transforms.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from fastcifar.augment.geometric import affine_nearest, inverse_affine_theta, random_crop_reflect, random_hflip
+from fastcifar.augment.randaugment import RAND_AUGMENT_OPS, rand_augment
 from fastcifar.augment.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform, normalize
-
-# rand_augment lives in its own module; imported on first use to keep this package import light.
-_LAZY = {"rand_augment": "fastcifar.augment.randaugment", "RAND_AUGMENT_OPS": "fastcifar.augment.randaugment"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fastcifar.augment' has no attribute {name!r}")
-
 
 __all__ = [
     "IMAGENET_MEAN",

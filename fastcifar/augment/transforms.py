@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastcifar.augment.geometric import random_crop_reflect, random_hflip
+from fastcifar.augment.randaugment import rand_augment
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "TrainTransform", "TestTransform"]
 
@@ -146,8 +147,6 @@ class TrainTransform(_NormalizingTransform):
         x = random_hflip(x, generator=generator)
         x = random_crop_reflect(x, padding=self.padding, generator=generator)
         if self.randaugment and self.num_ops > 0:
-            from fastcifar.augment.randaugment import rand_augment
-
             x = rand_augment(x, num_ops=self.num_ops, magnitude=self.magnitude, generator=generator)
         return x
 
