@@ -1,0 +1,160 @@
+"""What the three loaders share: the Loader protocol, epoch bookkeeping, seeds and rank sharding.
+
+Every loader yields ``(images, labels)``: images float ``(B, 3, 32, 32)`` normalised on the
+device (requested dtype and memory format), labels int64 ``(B,)`` on the device.
+
+Epochs: ``iter(loader)`` runs the current epoch and then advances it by one, so plain repeated
+iteration reshuffles; ``set_epoch(e)`` picks the epoch the next iteration runs (shuffle and
+augmentation are a pure function of ``(seed, epoch, rank)``).
+
+Sharding (``world_size > 1``): all ranks draw the same permutation (seeded by ``(seed, epoch)``)
+and rank ``r`` takes the strided slice ``perm[r::world_size]``.
+
+- train: the slice stops at ``(n // world_size) * world_size`` so every rank gets the same number
+  of samples (``DistributedSampler(drop_last=True)`` arithmetic; fixed shapes for DDP and compile);
+- test: the slice runs to ``n``: the ranks together cover every image exactly once; their sizes
+  differ by at most one.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from fastcifar.errors import UserError
+
+SPLITS = ("train", "test")
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """The interface training and evaluation code rely on."""
+
+    num_samples: int
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def derive_seed(*parts: int) -> int:
+    """Mix integers (seed, epoch, rank, ...) into one 63-bit seed.
+
+    ``SeedSequence`` hashes the tuple, so neighbouring inputs such as (0, 1) and (1, 0) give
+    unrelated streams, which ``seed + epoch`` style arithmetic would not.
+    """
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+def make_generator(device: torch.device | str, *parts: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from ``derive_seed(*parts)``."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(derive_seed(*parts))
+    return generator
+
+
+def check_split(split: str) -> None:
+    """Raise a UserError for anything but ``train`` / ``test``."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    """Raise a UserError unless ``0 <= rank < world_size``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(
+            f"rank {rank} and world_size {world_size} are inconsistent; "
+            "need world_size >= 1 and 0 <= rank < world_size."
+        )
+
+
+def shard_slice(n: int, rank: int, world_size: int, *, equal: bool) -> slice:
+    """The slice of a length-``n`` (permuted) index sequence that ``rank`` owns.
+
+    ``equal=True`` drops the last ``n % world_size`` entries so all ranks get ``n // world_size``;
+    ``equal=False`` keeps them, so the ranks cover all ``n`` entries exactly once.
+    """
+    stop = (n // world_size) * world_size if equal else n
+    return slice(rank, stop, world_size)
+
+
+def shard_size(n: int, rank: int, world_size: int, *, equal: bool) -> int:
+    """Length of :func:`shard_slice` without materialising it."""
+    return len(range(n)[shard_slice(n, rank, world_size, equal=equal)])
+
+
+def num_batches(num_items: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch over ``num_items`` samples."""
+    return num_items // batch_size if drop_last else math.ceil(num_items / batch_size)
+
+
+def check_batches(kind: str, split: str, per_rank: int, batch_size: int, drop_last: bool) -> None:
+    """A loader that would yield no batch at all is a user mistake: say how to fix it."""
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}.")
+    if per_rank == 0 or num_batches(per_rank, batch_size, drop_last) == 0:
+        raise UserError(
+            f"batch_size {batch_size} is larger than the {per_rank} {split} images this rank gets "
+            f"({kind} loader, drop_last={drop_last}); use a smaller --batch_size or more data."
+        )
+
+
+def build_transform(
+    train: bool, augment: bool, dtype: torch.dtype, channels_last: bool
+) -> torch.nn.Module:
+    """Our batched transform: the study's train augmentation, or normalise-only.
+
+    Normalisation uses ImageNet mean/std, as the study does.
+    """
+    from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform
+
+    if train and augment:
+        return TrainTransform(
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last
+        )
+    return TestTransform(mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last)
+
+
+class LoaderBase(ABC):
+    """Epoch bookkeeping and ``len()`` for the concrete loaders.
+
+    Subclasses set ``batch_size``, ``drop_last`` and ``num_items`` (samples of this rank per epoch
+    before batching) and implement :meth:`_iter_epoch`.
+    """
+
+    batch_size: int
+    drop_last: bool
+    num_items: int
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch (after drop_last)."""
+        if self.drop_last:
+            return len(self) * self.batch_size
+        return self.num_items
+
+    def __len__(self) -> int:
+        return num_batches(self.num_items, self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next iteration runs (its shuffle and augmentation)."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._iter_epoch(epoch)
+
+    @abstractmethod
+    def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches of ``epoch``."""
