@@ -10,3 +10,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A data root holding a prepared synthetic dataset (1024 train / 300 test images, seed 0).
+
+    Use as ``build_loader(..., root=synthetic_root, dataset="synthetic")`` or
+    ``load_meta(synthetic_root, "synthetic")``; the betons are in ``synthetic_root / "synthetic"``.
+    """
+    from fastcifar.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare(dataset="synthetic", root=root, n_train=1024, n_test=300, seed=0)
+    return root

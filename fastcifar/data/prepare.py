@@ -1,0 +1,317 @@
+"""Turn a CIFAR archive (downloaded, given, already extracted, or synthetic) into FFCV betons.
+
+Layout under ``root``::
+
+    <root>/downloads/<official archive>        kept so a later prepare needs no network
+    <root>/<dataset>/train.beton, test.beton   fields image (raw 32x32x3 uint8), label, coarse_label
+    <root>/<dataset>/meta.json                 names, counts, mean/std, source checksum, fingerprint
+
+A run whose inputs match the fingerprint in ``meta.json`` (and whose betons are present with the
+recorded sizes) does nothing. ``meta.json`` is removed before a beton is replaced and written last,
+so a run cut short never leaves a folder that looks prepared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastcifar.data import archive as archives
+from fastcifar.data.beton import PAGE_SIZE, ffcv_version, write_beton
+from fastcifar.errors import UserError
+
+DATASETS = ("cifar100", "cifar10", "synthetic")
+SYNTHETIC_DEFAULT_SIZES = (5000, 1000)  # train, test
+# Bumped when the betons or meta.json change shape, so older folders get prepared again.
+FORMAT_VERSION = 1
+_IMAGE_BYTES = 32 * 32 * 3
+_DISK_MARGIN = 32 << 20
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def dataset_dir(root: str | os.PathLike, dataset: str) -> Path:
+    """The folder ``<root>/<dataset>/`` that holds a prepared dataset's betons and meta.json."""
+    _check_dataset(dataset)
+    return Path(root) / dataset
+
+
+def load_meta(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
+    """The parsed ``meta.json`` of a prepared dataset; UserError if it is not prepared."""
+    path = dataset_dir(root, dataset) / "meta.json"
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist; run `python -m fastcifar.data prepare --dataset {dataset} --root {root}` first"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is unreadable ({err}); run prepare again") from None
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std in the 0..1 scale of (N, H, W, 3) uint8 images.
+
+    Sums are accumulated in exact integers, so the result does not depend on chunking or order.
+    """
+    n = images.shape[0] * images.shape[1] * images.shape[2]
+    if n == 0:
+        return [0.0] * 3, [0.0] * 3
+    total = np.zeros(3, dtype=np.int64)
+    total_sq = np.zeros(3, dtype=np.int64)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].reshape(-1, 3).astype(np.int64)
+        total += block.sum(axis=0)
+        total_sq += (block * block).sum(axis=0)
+    mean = [int(s) / n / 255 for s in total]
+    # n*sum(x^2) - sum(x)^2 in Python integers: exact, no cancellation error.
+    var = [(n * int(q) - int(s) ** 2) / n**2 for s, q in zip(total, total_sq)]
+    std = [float(np.sqrt(v)) / 255 for v in var]
+    return mean, std
+
+
+def _fingerprint(inputs: dict[str, Any]) -> str:
+    text = json.dumps({"format_version": FORMAT_VERSION, **inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _is_prepared(out: Path, fingerprint: str) -> bool:
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        return meta.get("fingerprint") == fingerprint and all(
+            (out / name).is_file() and (out / name).stat().st_size == size for name, size in meta["files"].items()
+        )
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return False
+
+
+def _ensure_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to --root {root} ({err.strerror or err}); pass a writable folder") from None
+
+
+def _ensure_free_space(root: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(root).free
+    if free < needed + _DISK_MARGIN:
+        raise UserError(
+            f"not enough free disk under {root} for {what}: {free / 2**20:.0f} MiB free, "
+            f"about {(needed + _DISK_MARGIN) / 2**20:.0f} MiB needed; free some space or pass another --root"
+        )
+
+
+def _beton_bytes(num_images: int) -> int:
+    # Raw pixels plus per-sample metadata, plus partly filled pages (two writers, two splits).
+    return num_images * (_IMAGE_BYTES + 64) + 8 * PAGE_SIZE
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _resolve_official_source(
+    spec: archives.DatasetSpec, root: Path, archive: str | os.PathLike | None
+) -> tuple[str, Path | None, str]:
+    """Where the data comes from: (kind 'archive'|'folder'|'download', path or None, md5).
+
+    The md5 of a download is the official one (a downloaded file must match it), so an already
+    prepared folder is recognised without touching the network.
+    """
+    if archive is not None:
+        path = Path(archive).expanduser()
+        if path.is_dir():
+            folder = archives.find_folder(path, spec)
+            if folder is None:
+                raise UserError(f"{path} holds no {spec.folder}/ folder with '{spec.meta_file}' in it; pass the archive or that folder")
+            return "folder", folder, archives.folder_md5(folder, spec)
+        if not path.is_file():
+            raise UserError(f"--archive {path} does not exist; pass the path of {spec.filename}")
+        md5 = archives.md5sum(path)
+        if md5 != spec.md5:
+            raise UserError(
+                f"checksum mismatch: {path} has md5 {md5}, the official {spec.filename} has {spec.md5}; "
+                f"the file is truncated or altered, download it again from {spec.url}"
+            )
+        return "archive", path, md5
+    path = root / "downloads" / spec.filename
+    if path.is_file():
+        md5 = archives.md5sum(path)
+        if md5 != spec.md5:
+            raise UserError(
+                f"checksum mismatch: {path} has md5 {md5}, expected {spec.md5}; "
+                f"the file is truncated or altered, delete it and run prepare again"
+            )
+        return "archive", path, md5
+    return "download", None, spec.md5
+
+
+def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) -> None:
+    """Write both betons and then meta.json (completed with counts, stats and file sizes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # the folder no longer counts as prepared from here on
+    files = {}
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        print(f"writing {out / f'{split_name}.beton'} ({len(split.images)} images)", flush=True)
+        path = write_beton(out / f"{split_name}.beton", split.images, split.fine, split.coarse)
+        files[path.name] = path.stat().st_size
+    mean, std = channel_stats(data.train.images)
+    num_classes = meta["num_classes"]
+    meta.update(
+        classes=data.classes,
+        superclasses=data.superclasses,
+        num_superclasses=len(data.superclasses),
+        image_shape=[32, 32, 3],
+        counts={"train": len(data.train.fine), "test": len(data.test.fine)},
+        class_counts={
+            "train": np.bincount(data.train.fine, minlength=num_classes).tolist(),
+            "test": np.bincount(data.test.fine, minlength=num_classes).tolist(),
+        },
+        mean=mean,
+        std=std,
+        ffcv_version=ffcv_version(),
+        files=files,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    _write_json_atomic(out / "meta.json", meta)
+
+
+def _read_archive(path: Path, spec: archives.DatasetSpec, scratch_parent: Path) -> archives.CifarData:
+    """Extract ``path`` safely into a scratch folder, read it, and remove the scratch folder."""
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".extract-") as scratch:
+        archives.extract(path, scratch)
+        folder = archives.find_folder(scratch, spec)
+        if folder is None:
+            raise UserError(f"{path} holds no {spec.folder}/{spec.meta_file}; it is not the {spec.name} archive")
+        return archives.read_folder(folder, spec)
+
+
+def _prepare_synthetic(root: Path, out: Path, n_train: int | None, n_test: int | None, seed: int) -> Path:
+    from fastcifar.data import synthetic
+
+    n_train = SYNTHETIC_DEFAULT_SIZES[0] if n_train is None else n_train
+    n_test = SYNTHETIC_DEFAULT_SIZES[1] if n_test is None else n_test
+    for flag, value in (("--n_train", n_train), ("--n_test", n_test), ("--seed", seed)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if flag == "--seed" else 1):
+            raise UserError(f"{flag} must be a {'non-negative' if flag == '--seed' else 'positive'} integer, got {value!r}")
+    inputs = {"dataset": "synthetic", "n_train": n_train, "n_test": n_test, "seed": seed, "generator": 1}
+    fingerprint = _fingerprint(inputs)
+    if _is_prepared(out, fingerprint):
+        print(f"{out} is already prepared from the same inputs; nothing to do")
+        return out
+    n = n_train + n_test
+    # archive (noisy pixels barely compress) + extracted pickles + betons
+    _ensure_free_space(root, 2 * n * (_IMAGE_BYTES + 64) + _beton_bytes(n), "the synthetic dataset")
+    spec = archives.SPECS["cifar100"]
+    with tempfile.TemporaryDirectory(dir=root, prefix=".synthetic-") as scratch:
+        path = Path(scratch) / "synthetic-cifar-100-python.tar.gz"
+        print(f"generating a synthetic archive ({n_train} train / {n_test} test images, seed {seed})", flush=True)
+        md5 = synthetic.write_archive(path, n_train, n_test, seed=seed, dataset="cifar100")
+        data = _read_archive(path, spec, Path(scratch))
+    meta = {
+        "dataset": "synthetic",
+        "synthetic": True,
+        "description": "synthetic CIFAR-100-format data (class-dependent colour gratings + noise), not real images",
+        "num_classes": spec.num_classes,
+        "source": {"kind": "synthetic", "archive": path.name, "md5": md5, **inputs},
+        "archive_md5": md5,
+        "fingerprint": fingerprint,
+        "format_version": FORMAT_VERSION,
+    }
+    _write_dataset(out, data, meta)
+    print(f"prepared synthetic data in {out}")
+    return out
+
+
+def prepare(
+    dataset: str = "cifar100",
+    root: str | os.PathLike = "data",
+    archive: str | os.PathLike | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    download: bool = True,
+) -> Path:
+    """Prepare ``dataset`` into ``<root>/<dataset>/`` (train.beton, test.beton, meta.json).
+
+    Args:
+        dataset: "cifar100", "cifar10" or "synthetic".
+        root: data folder; downloads go to ``<root>/downloads/``.
+        archive: the official ``.tar.gz`` or an extracted ``cifar-100-python/`` (or
+            ``cifar-10-batches-py/``) folder, or a folder holding one; default: download.
+        n_train, n_test: sizes of the synthetic splits (default 5000 / 1000); synthetic only.
+        seed: seed of the synthetic data; synthetic only.
+        download: whether the official archive may be downloaded when absent.
+
+    Returns:
+        the dataset folder. Does nothing (and says so) when it is already prepared from the same inputs.
+    """
+    _check_dataset(dataset)
+    root = Path(root).expanduser()
+    out = dataset_dir(root, dataset)
+    _ensure_writable(root)
+    if dataset == "synthetic":
+        if archive is not None:
+            raise UserError("--archive does not apply to --dataset synthetic, which generates its own data")
+        return _prepare_synthetic(root, out, n_train, n_test, seed)
+    if n_train is not None or n_test is not None or seed != 0:
+        raise UserError("--n_train, --n_test and --seed apply only to --dataset synthetic")
+
+    spec = archives.get_spec(dataset)
+    kind, path, md5 = _resolve_official_source(spec, root, archive)
+    fingerprint = _fingerprint({"dataset": dataset, "source_md5": md5})
+    if _is_prepared(out, fingerprint):
+        print(f"{out} is already prepared from the same inputs; nothing to do")
+        return out
+    if kind == "download":
+        path = root / "downloads" / spec.filename
+        if not download:
+            raise UserError(f"{path} is absent and downloading is off; {archives.manual_placement_hint(spec, path)}")
+        _ensure_free_space(root, 400 << 20, f"downloading {spec.filename}")
+        archives.download(spec, path)
+        kind = "archive"
+
+    if kind == "folder":
+        content = sum((path / name).stat().st_size for name in (*spec.train_files, *spec.test_files))
+        _ensure_free_space(root, _beton_bytes(content // _IMAGE_BYTES), f"the {dataset} betons")
+        print(f"reading {path}", flush=True)
+        data = archives.read_folder(path, spec)
+    else:
+        content = archives.archive_content_size(path)
+        _ensure_free_space(root, content + _beton_bytes(content // _IMAGE_BYTES), f"extracting {path.name} and the betons")
+        print(f"extracting {path}", flush=True)
+        data = _read_archive(path, spec, root)
+
+    meta = {
+        "dataset": dataset,
+        "synthetic": False,
+        "num_classes": spec.num_classes,
+        "source": {"kind": kind, "name": path.name, "md5": md5, "url": spec.url},
+        "archive_md5": md5 if kind == "archive" else None,
+        "fingerprint": fingerprint,
+        "format_version": FORMAT_VERSION,
+    }
+    _write_dataset(out, data, meta)
+    print(f"prepared {dataset} in {out}")
+    return out
