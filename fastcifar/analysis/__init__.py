@@ -1,0 +1,28 @@
+"""Trace analysis behind ``python -m fastcifar.analyze``.
+
+Modules, one purpose each:
+
+- :mod:`.trace`: find the variants of a profile folder and load their PyTorch profiler traces
+  into plain event lists (clear :class:`~fastcifar.errors.UserError` for bad input).
+- :mod:`.categories`: kernel / operator name -> category (convolution/GEMM, normalisation, ...).
+- :mod:`.metrics`: one variant's figures (step times, busy vs idle, categories, top kernels,
+  launches, host overhead, data wait, memory, SK select / Z-pool time).
+- :mod:`.hta_bridge`: the parts HolisticTraceAnalysis computes for GPU traces (optional extra).
+- :mod:`.report`: ``report.md``, ``report.json`` and PNG charts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing a submodule (e.g. categories) should not pull in matplotlib or pandas.
+    if name == "analyze":
+        from fastcifar.analysis.report import analyze
+
+        return analyze
+    raise AttributeError(f"module 'fastcifar.analysis' has no attribute {name!r}")
+
+
+__all__ = ["analyze"]
