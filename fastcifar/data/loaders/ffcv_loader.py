@@ -1,0 +1,133 @@
+"""``ffcv`` loader: FFCV reads and decodes the beton on CPU threads; our transform runs per batch.
+
+Image pipeline: ``SimpleRGBImageDecoder -> ToTensor -> ToDevice(non_blocking) -> ToTorchImage``,
+which yields a uint8 ``(B, 3, 32, 32)`` *view* of FFCV's NHWC buffer (channels_last strides, no
+copy); the buffer is reused a few batches later, so our transform (which writes a new tensor) runs
+in this iterator right after FFCV yields, never later. Labels: ``IntDecoder -> ToTensor -> Squeeze
+-> ToDevice``, cloned for the same reason.
+
+Order: train ``QUASI_RANDOM`` (FFCV's page-aware shuffle; it also works on betons of a single
+page), test ``SEQUENTIAL``. FFCV has no distributed QUASI_RANDOM, so with ``world_size > 1`` train
+uses ``RANDOM`` with ``distributed=True``. FFCV's distributed orders build a
+``torch.utils.data.DistributedSampler`` without ``num_replicas``/``rank``, i.e. they read both
+from the initialised default process group; we check they match ``rank``/``world_size``. That
+sampler pads every rank to ``ceil(N / world_size)`` samples by repeating a few, also for test.
+
+Seeds: FFCV shuffles with ``Loader(seed=seed)`` and its own per-epoch rule (QUASI_RANDOM:
+``seed * 912300 + epoch``, RANDOM: ``seed + epoch``), so the order is deterministic per epoch; our
+augmentation draws from a generator seeded by ``(seed, epoch, rank)``.
+
+Note: FFCV sets ``torch.set_num_threads(num_workers)`` process-wide when it starts an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from fastcifar.data.loaders.base import (
+    LoaderBase,
+    build_transform,
+    check_batches,
+    check_rank,
+    make_generator,
+)
+from fastcifar.errors import UserError
+
+
+def default_num_workers() -> int:
+    """FFCV decodes with numba threads: one per core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _check_process_group(rank: int, world_size: int) -> None:
+    """FFCV's distributed orders read rank/world size from torch.distributed: they must agree."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UserError(
+            "the ffcv loader with world_size > 1 reads its shard from torch.distributed; "
+            "call torch.distributed.init_process_group before build_loader."
+        )
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise UserError(
+            f"rank/world_size {rank}/{world_size} differ from torch.distributed's "
+            f"{dist.get_rank()}/{dist.get_world_size()}; pass the process group's values."
+        )
+
+
+class FfcvLoader(LoaderBase):
+    """FFCV ``Loader`` over a beton, followed by our batched transform on ``device``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        train: bool,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+        augment: bool = True,
+        seed: int = 0,
+        num_workers: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        drop_last: bool | None = None,
+        batches_ahead: int = 3,
+    ) -> None:
+        super().__init__()
+        from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+        from ffcv.loader import Loader as FfcvBaseLoader
+        from ffcv.loader import OrderOption
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        check_rank(rank, world_size)
+        distributed = world_size > 1
+        if distributed:
+            _check_process_group(rank, world_size)
+        self.device = torch.device(device)
+        self.train = train
+        self.batch_size = int(batch_size)
+        self.drop_last = train if drop_last is None else bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        if not train:
+            order = OrderOption.SEQUENTIAL
+        elif distributed:
+            order = OrderOption.RANDOM  # FFCV raises NotImplementedError for distributed QUASI_RANDOM
+        else:
+            order = OrderOption.QUASI_RANDOM
+        self.order = order
+
+        # On a CPU device ToDevice would only copy into a second CPU buffer: skip it there.
+        to_device = [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
+        pipelines = {
+            "image": [SimpleRGBImageDecoder(), ToTensor(), *to_device, ToTorchImage(channels_last=True)],
+            "label": [IntDecoder(), ToTensor(), Squeeze(), *to_device],
+            "coarse_label": None,  # not needed for training: skip decoding it
+        }
+        self._ffcv = FfcvBaseLoader(
+            str(path),
+            batch_size=self.batch_size,
+            num_workers=num_workers or default_num_workers(),
+            order=order,
+            distributed=distributed,
+            seed=self.seed,
+            pipelines=pipelines,
+            drop_last=self.drop_last,
+            batches_ahead=batches_ahead,
+        )
+        # Samples this rank gets per epoch before batching (DistributedSampler pads to ceil(N/W)).
+        self.num_items = len(self._ffcv.first_traversal_order)
+        check_batches("ffcv", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
+        self.transform = build_transform(train, augment, dtype, channels_last).to(self.device)
+
+    def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # FFCV keys its shuffle on ``next_epoch`` and increments it in ``__iter__``.
+        self._ffcv.next_epoch = epoch
+        aug_generator = make_generator(self.device, self.seed, epoch, self.rank)
+        for images, labels in self._ffcv:
+            yield self.transform(images, generator=aug_generator), labels.clone()

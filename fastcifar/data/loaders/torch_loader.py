@@ -1,0 +1,145 @@
+"""``torch`` loader: the study's pipeline, kept as the baseline every benchmark compares against.
+
+Per image, in DataLoader worker processes, on PIL images: RandomHorizontalFlip ->
+RandomCrop(32, padding=4, padding_mode="reflect") -> RandAugment(2, 10) -> ToTensor ->
+Normalize(ImageNet mean/std) (test: ToTensor -> Normalize). It reads the same data as the other
+loaders: the beton is decoded once into numpy (``read_beton``) and images are served from there.
+
+Order and sharding: train uses ``DistributedSampler(num_replicas=world_size, rank=rank,
+shuffle=True, seed=seed, drop_last=True)`` (for one rank too: then it is a plain seeded shuffle),
+whose arithmetic matches :mod:`.base`; test takes ``range(N)[rank::world_size]``.
+
+Seeds: worker ``w`` seeds torch (which torchvision's random transforms use) from the DataLoader's
+generator, seeded here by ``(seed, epoch, rank)``; workers are started per epoch so
+``set_epoch`` fully determines the augmentation. With ``num_workers=0`` the transforms run in
+this process on torch's global generator, so augmentation then follows the global seed instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fastcifar.data.loaders.base import (
+    LoaderBase,
+    check_batches,
+    check_rank,
+    make_generator,
+    shard_slice,
+)
+
+
+def default_num_workers() -> int:
+    """One worker process per usable core (the PIL transforms are CPU-bound), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def study_transform(train: bool, augment: bool):
+    """The study's torchvision transform for one PIL image -> float ``(3, 32, 32)`` tensor."""
+    from torchvision import transforms as T
+
+    from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if not (train and augment):
+        return T.Compose(tail)
+    return T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.RandomCrop(32, padding=4, padding_mode="reflect"),
+            T.RandAugment(num_ops=2, magnitude=10),
+            *tail,
+        ]
+    )
+
+
+class ArrayImageDataset(Dataset):
+    """Serves ``(transform(PIL image), label)`` from uint8 ``(N, 32, 32, 3)`` and ``(N,)`` arrays."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+class TorchLoader(LoaderBase):
+    """torch ``DataLoader`` with PIL transforms in workers; batches moved to ``device``."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        train: bool,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+        augment: bool = True,
+        seed: int = 0,
+        num_workers: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        drop_last: bool | None = None,
+    ) -> None:
+        super().__init__()
+        check_rank(rank, world_size)
+        self.device = torch.device(device)
+        self.train = train
+        self.batch_size = int(batch_size)
+        self.drop_last = train if drop_last is None else bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.dataset = ArrayImageDataset(images, labels, study_transform(train, augment))
+        n = len(self.dataset)
+        self.sampler: DistributedSampler | Sequence[int]
+        if train:
+            self.sampler = DistributedSampler(
+                self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            )
+        else:
+            self.sampler = range(n)[shard_slice(n, rank, world_size, equal=False)]
+        self.num_items = len(self.sampler)
+        check_batches("torch", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
+
+    @classmethod
+    def from_beton(cls, path: str | Path, *, train: bool, **kwargs) -> "TorchLoader":
+        """Decode the beton once into numpy and serve PIL images from it."""
+        from fastcifar.data.beton import read_beton
+
+        images, fine, _coarse = read_beton(path)
+        return cls(images, fine, train=train, **kwargs)
+
+    def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        batches = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
+            generator=make_generator("cpu", self.seed, epoch, self.rank),
+        )
+        for images, labels in batches:
+            yield (
+                images.to(self.device, self.dtype, non_blocking=True, memory_format=self.memory_format),
+                labels.to(self.device, non_blocking=True),
+            )
