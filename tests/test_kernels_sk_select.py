@@ -1,0 +1,168 @@
+"""kernels.sk_select / kernels.sk_fuse_mean: Triton (interpreter on CPU, compiled on CUDA) vs a float64 reference."""
+
+import zlib
+
+import pytest
+import torch
+
+import kernels
+from kernels import _dispatch, _runtime
+
+CUDA_OK = torch.cuda.is_available() and not _runtime.INTERPRET
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not CUDA_OK, reason="needs CUDA and TRITON_INTERPRET unset (=0)"),
+        ],
+    ),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["nchw", "channels_last"]
+# (N, M, C, H, W): C off every power of two, a 1x1 plane, N = 1, odd H != W, M from 1 to 4.
+SHAPES = [(2, 2, 37, 5, 7), (1, 3, 5, 1, 1), (3, 4, 19, 9, 9), (2, 1, 8, 3, 2)]
+
+# Tolerance relative to the largest reference magnitude: about two units in the last place of the
+# output dtype (the interpreter truncates to bfloat16 instead of rounding) plus float32 summation error.
+TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    """Every buffer the ops allocate starts as NaN: an element the kernel skips shows up."""
+    _runtime.set_output_poison(float("nan"))
+    yield
+    _runtime.set_output_poison(None)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: output not fully written (NaN/inf present)"
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= TOL[dtype] * max(scale, 1.0), f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def make_branches(shape, dtype, layout, device, generator):
+    N, M, C, H, W = shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    branches = [
+        torch.randn(N, C, H, W, generator=generator).to(device=device, dtype=dtype, memory_format=fmt)
+        for _ in range(M)
+    ]
+    logits = (2 * torch.randn(N, M, C, generator=generator)).to(device=device, dtype=dtype)
+    return branches, logits
+
+
+def float64_select(branches, logits, grad):
+    """Reference output and gradients in float64, from the same (rounded) inputs."""
+    feats = [f.detach().double().requires_grad_() for f in branches]
+    lg = logits.detach().double().requires_grad_()
+    out = kernels.sk_select_reference(feats, lg)
+    out.backward(grad.double())
+    return out.detach(), [f.grad for f in feats], lg.grad
+
+
+def test_cpu_tensors_take_the_triton_path_here():
+    # The suite runs with TRITON_INTERPRET=1: a CPU tensor must reach the kernels, not the reference.
+    assert kernels.INTERPRET and kernels.use_triton(torch.empty(1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sk_select_values_and_gradients(device, shape, layout, dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{shape}{layout}{dtype}".encode()))
+    branches, logits = make_branches(shape, dtype, layout, device, gen)
+    for t in (*branches, logits):
+        t.requires_grad_()
+
+    out = kernels.sk_select(branches, logits)
+    grad = torch.randn(out.shape, generator=gen).to(device=device, dtype=dtype)
+    out.backward(grad)
+
+    ref_out, ref_dfeats, ref_dlogits = float64_select(branches, logits, grad)
+    assert_close(out, ref_out, dtype, "output")
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    for m, (f, ref) in enumerate(zip(branches, ref_dfeats)):
+        assert_close(f.grad, ref, dtype, f"dF_{m}")
+    assert_close(logits.grad, ref_dlogits, dtype, "dlogits")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sk_select_stacked_and_strided_inputs(device, dtype):
+    """A (N, M, C, H, W) tensor, a non-dense channel slice and fp32 logits with bf16 branches."""
+    gen = torch.Generator().manual_seed(7)
+    N, M, C, H, W = 2, 2, 11, 4, 6
+    stacked = torch.randn(N, M, C, H, W, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    wide = torch.randn(N, 2 * C, H, W, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    logits = torch.randn(N, M, C, generator=gen).to(device)
+    logits_t = logits.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # non-default strides
+
+    out_stacked = kernels.sk_select(stacked, logits_t)
+    sliced = [wide[:, :C], wide[:, C:]]  # strided views, the channel stride skips half the storage
+    out_sliced = kernels.sk_select(sliced, logits_t)
+    grad = torch.randn(N, C, H, W, generator=gen).to(device=device, dtype=dtype)
+    (out_stacked * grad).sum().backward()
+    (out_sliced * grad).sum().backward()
+
+    ref, ref_df, ref_dl = float64_select(list(stacked.unbind(1)), logits_t, grad)
+    assert_close(out_stacked, ref, dtype, "stacked output")
+    assert_close(stacked.grad, torch.stack(ref_df, 1), dtype, "stacked grad")
+    ref2, ref_df2, ref_dl2 = float64_select(sliced, logits_t, grad)
+    assert_close(out_sliced, ref2, dtype, "sliced output")
+    assert_close(wide.grad, torch.cat(ref_df2, 1), dtype, "sliced grad")
+    assert_close(logits_t.grad, ref_dl + ref_dl2, torch.float32, "logits grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sk_fuse_mean(device, layout, dtype):
+    gen = torch.Generator().manual_seed(11)
+    branches, _ = make_branches((3, 2, 21, 7, 5), dtype, layout, device, gen)
+    for f in branches:
+        f.requires_grad_()
+    s = kernels.sk_fuse_mean(branches)
+    grad = torch.randn(s.shape, generator=gen).to(device=device, dtype=dtype)
+    s.backward(grad)
+
+    feats = [f.detach().double().requires_grad_() for f in branches]
+    ref = kernels.sk_fuse_mean_reference(feats)
+    ref.backward(grad.double())
+    assert_close(s, ref.detach(), dtype, "fuse mean")
+    for f, r in zip(branches, feats):
+        assert_close(f.grad, r.grad, dtype, "fuse mean grad")
+
+
+def test_cpu_without_interpreter_uses_the_reference(monkeypatch):
+    calls = []
+
+    def recording_reference(branches, logits):
+        calls.append(len(branches))
+        return kernels.sk_select_reference(branches, logits)
+
+    monkeypatch.setattr(_runtime, "INTERPRET", False)
+    monkeypatch.setattr(_dispatch, "sk_select_reference", recording_reference)
+    gen = torch.Generator().manual_seed(3)
+    branches, logits = make_branches((1, 2, 3, 2, 2), torch.float32, "nchw", "cpu", gen)
+    out = kernels.sk_select(branches, logits)
+    assert calls == [2]
+    torch.testing.assert_close(out, kernels.sk_select_reference(branches, logits))
+
+
+@pytest.mark.parametrize(
+    "num_branches, logits_shape",
+    [(5, (1, 5, 3)), (2, (1, 3, 3)), (2, (1, 2, 4))],
+    ids=["too-many-branches", "wrong-M", "wrong-C"],
+)
+def test_sk_select_rejects_bad_shapes(num_branches, logits_shape):
+    branches = [torch.randn(1, 3, 2, 2) for _ in range(num_branches)]
+    with pytest.raises(ValueError, match="sk_select"):
+        kernels.sk_select(branches, torch.randn(logits_shape))
