@@ -8,6 +8,7 @@ different seeds share their classes and a model can learn something from one and
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -131,7 +132,8 @@ def write_archive(path: str | os.PathLike, n_train: int, n_test: int, seed: int 
     cifar100: ``cifar-100-python/{train,test,meta}`` with fine and coarse labels (100 classes);
     cifar10: ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` (10 classes).
     Train images come from ``make_arrays(n_train, C, seed, stream=0)``, test images from
-    ``make_arrays(n_test, C, seed, stream=1)``. Written under a temporary name, then renamed.
+    ``make_arrays(n_test, C, seed, stream=1)``. Written under a temporary name, then renamed;
+    the bytes depend only on the arguments (so does the md5).
 
     Returns:
         the md5 hex digest of the written archive.
@@ -146,7 +148,12 @@ def write_archive(path: str | os.PathLike, n_train: int, n_test: int, seed: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        # gzip with a zero timestamp and tar members with mtime 0: the same arguments give the same bytes.
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+        ):
             folder = spec.folder
             dir_info = tarfile.TarInfo(folder)
             dir_info.type = tarfile.DIRTYPE
