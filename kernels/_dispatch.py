@@ -22,6 +22,7 @@ from .reference import (
 
 if HAS_TRITON:
     from . import sk_select as _sk  # noqa: F401  (registers fastcifar::sk_select*)
+    from . import zpool as _zp  # noqa: F401  (registers fastcifar::zpool*)
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,5 +81,6 @@ def zpool(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """
     dim = normalize_pool_dim(x, dim)
     if use_triton(x) and x.dtype in _FLOATS:
-        return torch.ops.fastcifar.zpool(x, dim)
+        out, _argmax = torch.ops.fastcifar.zpool(x, dim)
+        return out
     return zpool_reference(x, dim)

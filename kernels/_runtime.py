@@ -47,22 +47,20 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return INTERPRET and device_type == "cpu"
 
 
-def new_output(
-    shape: Sequence[int], dtype: torch.dtype, device: torch.device, *, like: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Allocate an output; channels_last when `like` is a 4-D channels_last (and not NCHW) tensor.
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor laid out NHWC (and not also NCHW), else contiguous_format."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
-    With the poison hook set, the buffer is filled with the poison value (testing only).
-    """
-    memory_format = torch.contiguous_format
-    if (
-        like is not None
-        and like.dim() == 4
-        and len(shape) == 4
-        and like.is_contiguous(memory_format=torch.channels_last)
-        and not like.is_contiguous()
-    ):
-        memory_format = torch.channels_last
+
+def new_output(
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Allocate an op output; with the poison hook set it is filled with the poison value (testing only)."""
     out = torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=memory_format)
     if _POISON is not None:
         out.fill_(_POISON)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from ._runtime import keep_opaque_when_interpreted, new_output, wrap_triton
+from ._runtime import keep_opaque_when_interpreted, memory_format_of, new_output, wrap_triton
 
 MAX_BRANCHES = 4
 
@@ -259,13 +259,13 @@ def _tile(C: int, HW: int, channels_last: bool, *, whole_plane: bool) -> tuple[i
 
 def _alloc_select(branches: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
     f0 = branches[0]
-    return new_output(f0.shape, f0.dtype, f0.device, like=f0)
+    return new_output(f0.shape, f0.dtype, f0.device, memory_format_of(f0))
 
 
 def _alloc_select_grads(
     grad: torch.Tensor, branches: list[torch.Tensor], logits: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    grads = [new_output(f.shape, f.dtype, f.device, like=f) for f in branches]
+    grads = [new_output(f.shape, f.dtype, f.device, memory_format_of(f)) for f in branches]
     return grads, new_output(logits.shape, logits.dtype, logits.device)
 
 
