@@ -274,8 +274,10 @@ def test_interrupted_reprepare_is_not_taken_as_prepared(prepared, tmp_path, monk
     capsys.readouterr()
     prep.prepare(dataset="synthetic", root=root, n_train=N_TRAIN, n_test=N_TEST, seed=SEED)
     assert "nothing to do" not in capsys.readouterr().out  # the half-replaced folder was redone
+    # Same inputs as the original folder again (the beton bytes themselves may differ: FFCV's
+    # writer processes claim pages in whatever order they get to them).
+    assert prep.load_meta(root, "synthetic")["fingerprint"] == prep.load_meta(prepared, "synthetic")["fingerprint"]
     assert prep.load_meta(root, "synthetic")["source"]["seed"] == SEED
-    assert (root / "synthetic" / "train.beton").read_bytes() == (prepared / "synthetic" / "train.beton").read_bytes()
 
 
 # ---------------------------------------------------------------- damaged betons
