@@ -193,24 +193,21 @@ def _open_checked(path: Path):
     return reader
 
 
-def read_beton(path: str | os.PathLike, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read every record of a beton, in order, through an FFCV Loader.
+def sequential_loader(path: str | os.PathLike, batch_size: int = 1000):
+    """An FFCV Loader over every record of a checked beton, in order, undecorated.
 
-    Returns:
-        images (N, 32, 32, 3) uint8, fine (N,) int64, coarse (N,) int64.
+    Yields numpy batches ``(images (B, 32, 32, 3) uint8, fine (B, 1) int64, coarse (B, 1) int64)``
+    whose buffers FFCV reuses between batches. Returns ``(loader, num_samples)``; loader is None
+    for an empty beton.
     """
     _import_ffcv()
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
     path = Path(path)
-    reader = _open_checked(path)
-    n = int(reader.num_samples)
-    images = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    fine = np.empty(n, dtype=np.int64)
-    coarse = np.empty(n, dtype=np.int64)
+    n = int(_open_checked(path).num_samples)
     if n == 0:
-        return images, fine, coarse
+        return None, 0
     loader = Loader(
         str(path),
         batch_size=min(batch_size, n),
@@ -219,6 +216,21 @@ def read_beton(path: str | os.PathLike, batch_size: int = 1000) -> tuple[np.ndar
         drop_last=False,
         pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "coarse_label": [IntDecoder()]},
     )
+    return loader, n
+
+
+def read_beton(path: str | os.PathLike, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read every record of a beton, in order, through an FFCV Loader.
+
+    Returns:
+        images (N, 32, 32, 3) uint8, fine (N,) int64, coarse (N,) int64.
+    """
+    loader, n = sequential_loader(path, batch_size)
+    images = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    fine = np.empty(n, dtype=np.int64)
+    coarse = np.empty(n, dtype=np.int64)
+    if loader is None:
+        return images, fine, coarse
     start = 0
     # FFCV reuses its output buffers between batches: copy each batch out before the next.
     for batch_images, batch_fine, batch_coarse in loader:

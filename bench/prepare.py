@@ -1,0 +1,174 @@
+"""Beton throughput, in images/s: writing N synthetic CIFAR images with FFCV's DatasetWriter
+(through :func:`fastcifar.data.beton.write_beton`, 1 and 2 writer processes) and reading them all
+back in order through an FFCV Loader (:func:`fastcifar.data.beton.read_beton`).
+
+Input: :func:`fastcifar.data.synthetic.make_arrays` (coloured gratings + noise; never all-zero),
+generated once and not timed. Each figure is the median of ``--repeats`` runs. Reads are reported
+twice: a whole ``read_beton`` call (which builds a Loader and pays its numba compilation) and one
+more pass of a warm Loader (steady-state decoding rate).
+Output: a table on stdout and ``bench/results/prepare-cpu-<date>.json`` / ``.md``.
+
+Usage: ``python -m bench.prepare --n 50000 --repeats 3``
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from fastcifar.errors import UserError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("ffcv", "numpy", "numba", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+def _median_run(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = (1, 2), seed: int = 0,
+                  tmp_dir: str | None = None) -> dict:
+    """Time beton writes and reads of ``n`` synthetic images; returns ``{"config": ..., "results": [...]}``.
+
+    Stages: ``write`` (one per writer process count), ``read_beton`` (a whole call: checks, a new
+    Loader with its numba compilation, one pass), ``read_epoch`` (one more pass of an already
+    built Loader: the steady-state read rate). Each result: ``stage``, ``writer_processes``,
+    ``images``, ``seconds`` (median), ``all_seconds``, ``images_per_s`` (from the median), ``mib``.
+    """
+    import ffcv.loader  # noqa: F401  imported here so its start-up (seconds) is not timed
+
+    from fastcifar.data.beton import read_beton, sequential_loader, write_beton
+    from fastcifar.data.synthetic import make_arrays
+
+    if n < 1 or repeats < 1:
+        raise UserError("--n and --repeats must be positive integers")
+    images, fine, coarse = make_arrays(n, 100, seed)
+    results = []
+
+    def record(stage: str, procs: int | None, times: list[float], size: int, **extra) -> None:
+        median = statistics.median(times)
+        results.append({"stage": stage, "writer_processes": procs, "images": n, "seconds": round(median, 3),
+                        "all_seconds": [round(t, 3) for t in times], "images_per_s": round(n / median),
+                        "mib": round(size / 2**20, 1), **extra})
+
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="bench-prepare-") as scratch:
+        path = Path(scratch) / "bench.beton"
+        for count in workers:
+            times = _median_run(lambda: write_beton(path, images, fine, coarse, num_workers=count), repeats)
+            record("write", count, times, path.stat().st_size)
+        start = time.perf_counter()
+        read_images, _, _ = read_beton(path)
+        first = time.perf_counter() - start
+        if not (read_images == images).all():  # a benchmark of a wrong read would be meaningless
+            raise RuntimeError("the beton read back differs from what was written")
+        record("read_beton", None, _median_run(lambda: read_beton(path), repeats), path.stat().st_size,
+               first_call_seconds=round(first, 3))
+        loader, _ = sequential_loader(path)
+        for _ in loader:  # warm-up pass: compilation
+            pass
+
+        def one_pass() -> None:
+            for _ in loader:
+                pass
+
+        record("read_epoch", None, _median_run(one_pass, repeats), path.stat().st_size)
+    return {
+        "config": {"n": n, "repeats": repeats, "workers": list(workers), "seed": seed,
+                   "data": "fastcifar.data.synthetic.make_arrays (100 classes)"},
+        "results": results,
+    }
+
+
+def _table(record: dict) -> str:
+    lines = ["| stage | writer processes | images | median s | images/s | runs (s) | beton MiB |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for r in record["results"]:
+        procs = "-" if r["writer_processes"] is None else str(r["writer_processes"])
+        runs = ", ".join(f"{t:.2f}" for t in r["all_seconds"])
+        lines.append(f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:,} "
+                     f"| {runs} | {r['mib']} |")
+    return "\n".join(lines)
+
+
+def main(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] | int = (1, 2), seed: int = 0,
+         out_dir: str = str(RESULTS_DIR), tmp_dir: str | None = None) -> None:
+    """Run the benchmark, print the table and write bench/results/prepare-cpu-<date>.json and .md.
+
+    Args:
+        n: synthetic images per beton.
+        repeats: runs per figure (the median is reported).
+        workers: writer process counts to try, e.g. --workers=1,2.
+        seed: seed of the synthetic images.
+        out_dir: where the JSON and Markdown results go.
+        tmp_dir: where the temporary betons go (default: the system temp folder).
+    """
+    workers = (workers,) if isinstance(workers, int) else tuple(int(w) for w in workers)
+    record = bench_prepare(n=n, repeats=repeats, workers=workers, seed=seed, tmp_dir=tmp_dir)
+    today = datetime.date.today().isoformat()
+    record.update(
+        command="python -m bench.prepare " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        date=today,
+        device={"kind": "cpu", "cpu": _cpu_name(), "cores": os.cpu_count(),
+                "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        versions=_versions(),
+    )
+    table = _table(record)
+    print(table)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"prepare-cpu-{today}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(
+        f"# Beton write/read throughput (CPU, {today})\n\n"
+        f"Command: `{record['command']}`\n\n"
+        f"Machine: {record['device']['cpu']}, {record['device']['cores']} cores "
+        f"(load average at end {record['device']['load_average_at_end']}; the machine was shared).\n\n"
+        f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}\n\n"
+        f"{table}\n\n"
+        "- write: `write_beton` (FFCV DatasetWriter, raw RGB + 2 IntFields, temporary file, fsync, rename) "
+        "of synthetic images already in memory.\n"
+        "- read_beton: one whole `read_beton` call (beton checks, a new FFCV Loader with its numba "
+        "compilation, one sequential pass copying every record out), after a first call that took "
+        f"{record['results'][-2]['first_call_seconds']} s (FFCV's first compilation in the process).\n"
+        "- read_epoch: one more sequential pass of an already built Loader (1 thread), decoding only.\n"
+    )
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    from fastcifar.cli import run_cli
+
+    run_cli(main, prog="python -m bench.prepare")
