@@ -6,16 +6,20 @@ copy); the buffer is reused a few batches later, so our transform (which writes 
 in this iterator right after FFCV yields, never later. Labels: ``IntDecoder -> ToTensor -> Squeeze
 -> ToDevice``, cloned for the same reason.
 
-Order: train ``QUASI_RANDOM`` (FFCV's page-aware shuffle; it also works on betons of a single
-page), test ``SEQUENTIAL``. FFCV has no distributed QUASI_RANDOM, so with ``world_size > 1`` train
-uses ``RANDOM`` with ``distributed=True``. FFCV's distributed orders build a
-``torch.utils.data.DistributedSampler`` without ``num_replicas``/``rank``, i.e. they read both
-from the initialised default process group; we check they match ``rank``/``world_size``. That
-sampler pads every rank to ``ceil(N / world_size)`` samples by repeating a few, also for test.
+Order: train ``RANDOM``, test ``SEQUENTIAL``. Not ``QUASI_RANDOM``: it runs on small betons
+(even a single page), but its ``sample_order`` shuffles its page table in place and re-seeds from
+that mutated state, so an epoch's order depends on every order drawn before (measured: two
+iterations of epoch 0 gave different orders), which breaks ``set_epoch`` and resuming; and it
+only pays off when the dataset does not fit in the page cache, while CIFAR (150 MB) does.
+``RANDOM`` permutes with ``np.random.default_rng(seed + epoch)``: a pure function of the epoch.
+With ``world_size > 1`` FFCV's orders build a ``torch.utils.data.DistributedSampler`` without
+``num_replicas``/``rank``, i.e. they read both from the initialised default process group; we
+check they match ``rank``/``world_size``. That sampler pads every rank to ``ceil(N / world_size)``
+samples by repeating a few, also for test.
 
-Seeds: FFCV shuffles with ``Loader(seed=seed)`` and its own per-epoch rule (QUASI_RANDOM:
-``seed * 912300 + epoch``, RANDOM: ``seed + epoch``), so the order is deterministic per epoch; our
-augmentation draws from a generator seeded by ``(seed, epoch, rank)``.
+Seeds: the FFCV order seed is derived from ``seed`` (so seeds 0 and 1 do not give shifted copies
+of the same epoch sequence); our augmentation draws from a generator seeded by
+``(seed, epoch, rank)``.
 
 Note: FFCV sets ``torch.set_num_threads(num_workers)`` process-wide when it starts an epoch.
 """
@@ -33,6 +37,7 @@ from fastcifar.data.loaders.base import (
     build_transform,
     check_batches,
     check_rank,
+    derive_seed,
     make_generator,
 )
 from fastcifar.errors import UserError
@@ -94,13 +99,8 @@ class FfcvLoader(LoaderBase):
         self.batch_size = int(batch_size)
         self.drop_last = train if drop_last is None else bool(drop_last)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        if not train:
-            order = OrderOption.SEQUENTIAL
-        elif distributed:
-            order = OrderOption.RANDOM  # FFCV raises NotImplementedError for distributed QUASI_RANDOM
-        else:
-            order = OrderOption.QUASI_RANDOM
-        self.order = order
+        # See the module doc for why not QUASI_RANDOM.
+        order = OrderOption.RANDOM if train else OrderOption.SEQUENTIAL
 
         # On a CPU device ToDevice would only copy into a second CPU buffer: skip it there.
         to_device = [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
@@ -115,7 +115,7 @@ class FfcvLoader(LoaderBase):
             num_workers=num_workers or default_num_workers(),
             order=order,
             distributed=distributed,
-            seed=self.seed,
+            seed=derive_seed(self.seed) % 2**31,
             pipelines=pipelines,
             drop_last=self.drop_last,
             batches_ahead=batches_ahead,
