@@ -183,8 +183,9 @@ def extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
             members = tar.getmembers()  # reads the whole stream: truncation shows here
             for member in members:
                 _check_member(member, target, archive)
-            # The 'data' filter repeats the safety checks inside tarfile itself (Python >= 3.11.4).
-            tar.extractall(target, members=members, filter="data")
+            # Where tarfile has extraction filters (3.11.4+), 'data' repeats these checks inside tarfile.
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(target, members=members, **extra)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, OSError) and err.errno is not None:  # a filesystem problem, not bad bytes
             raise UserError(f"cannot extract {archive} into {target}: {err.strerror}") from None
