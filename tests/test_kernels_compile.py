@@ -1,0 +1,103 @@
+"""torch.compile(fullgraph=True) traces through kernels.sk_fuse_mean / sk_select / zpool with no graph break."""
+
+import pytest
+import torch
+from torch import nn
+
+import kernels
+from kernels import _runtime
+
+
+class TinySKTriplet(nn.Module):
+    """SK fuse + select over two conv branches, then Z-pools along C and W: every op, forward and backward."""
+
+    def __init__(self, channels: int = 6, use_kernels: bool = True):
+        super().__init__()
+        self.branch0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.branch1 = nn.Conv2d(channels, channels, 3, padding=2, dilation=2)
+        self.attn = nn.Linear(channels, 2 * channels)
+        if use_kernels:
+            self.fuse, self.select, self.zpool = kernels.sk_fuse_mean, kernels.sk_select, kernels.zpool
+        else:
+            self.fuse = kernels.sk_fuse_mean_reference
+            self.select = kernels.sk_select_reference
+            self.zpool = kernels.zpool_reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = [self.branch0(x), self.branch1(x)]
+        logits = self.attn(self.fuse(branches)).view(x.shape[0], 2, -1)  # (N, M, C)
+        v = self.select(branches, logits)
+        return self.zpool(v, 1) * self.zpool(v, -1).mean()
+
+
+def run_and_grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def custom_ops_in(gm: torch.fx.GraphModule) -> list[str]:
+    return sorted(str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "fastcifar" in str(n.target))
+
+
+@pytest.mark.slow
+def test_fullgraph_compile_with_interpreted_kernels():
+    """On CPU (interpreter) the ops stay opaque nodes through Dynamo and AOTAutograd (aot_eager)."""
+    assert _runtime.INTERPRET, "the suite runs the kernels through TRITON_INTERPRET=1"
+    torch.manual_seed(0)
+    model = TinySKTriplet()
+    reference = TinySKTriplet(use_kernels=False)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording_aot_eager(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=recording_aot_eager)
+    out, grads = run_and_grads(compiled, x)
+    ref_out, ref_grads = run_and_grads(reference, x)
+
+    assert len(graphs) == 1  # fullgraph=True already raises on a break; one graph, one compile
+    assert custom_ops_in(graphs[0]) == [
+        "fastcifar.sk_fuse_mean",
+        "fastcifar.sk_select",
+        "fastcifar.zpool",
+        "fastcifar.zpool",
+    ]
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or _runtime.INTERPRET, reason="needs CUDA and TRITON_INTERPRET unset (=0)"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fullgraph_inductor_sees_the_triton_kernels(dtype):
+    """On CUDA Inductor decomposes the ops and schedules the Triton kernels themselves."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = TinySKTriplet(channels=24).cuda().to(dtype).to(memory_format=torch.channels_last)
+    reference = TinySKTriplet(channels=24, use_kernels=False).cuda().to(dtype)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(4, 24, 9, 11, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    (out, grads), code = run_and_get_code(run_and_grads, compiled, x)
+    ref_out, ref_grads = run_and_grads(reference, x)
+
+    source = "\n".join(code)
+    for kernel in ("_sk_fuse_mean_kernel", "_sk_select_fwd_kernel", "_sk_select_bwd_kernel", "_zpool_fwd_kernel", "_zpool_bwd_kernel"):
+        assert kernel in source, f"{kernel} not in Inductor's generated code"
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol * max(1.0, r.abs().max().item()))
