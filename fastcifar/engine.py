@@ -1,0 +1,363 @@
+"""One training epoch and one evaluation pass, with the study's optimiser and schedule.
+
+Recipe (see the reference's training section): Adam betas (0.9, 0.999), eps 1e-8, no weight decay;
+OneCycleLR with max_lr 0.01, pct_start 0.3 and beta1 cycled 0.95 -> 0.85 -> 0.95, stepped after
+every batch; cross-entropy (label smoothing 0 by default). Speed options: autocast to bf16/fp16
+(a GradScaler for fp16), channels_last tensors, and a compiled model passed in by the caller.
+
+Host synchronisation: a step launches work and never waits for it. The loss is summed on the
+device and read back only every ``log_every`` steps (progress bar, NaN/inf check, Ctrl-C
+agreement between ranks) and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fastcifar.distributed import DistContext, all_reduce_sum
+from fastcifar.errors import UserError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+# (split, images, labels) -> None; called with every batch when set (debugging and tests only:
+# it usually copies to the host, which costs a synchronisation per step).
+BatchHook = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How each step runs: where, in which precision and memory layout, with which loss."""
+
+    device: torch.device
+    amp: str = "off"
+    channels_last: bool = False
+    label_smoothing: float = 0.0
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Put a batch (N, 3, H, W) in the model's memory layout (a no-op when it already is)."""
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+@dataclass
+class EpochResult:
+    """What one (possibly interrupted) pass over the training loader did.
+
+    ``loss_sum`` and ``samples`` are summed over all ranks; ``steps`` counts the steps of this
+    epoch completed so far including any skipped on resume. ``warmup_seconds`` is the first
+    step's time above the steady-state step time (compilation on a compiled model).
+    """
+
+    loss_sum: float
+    samples: int
+    steps: int
+    seconds: float
+    warmup_seconds: float
+    interrupted: bool
+    lr: float  # learning rate of the last step taken
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+
+@dataclass
+class EvalResult:
+    """Full-test-set metrics, summed over ranks. Accuracies in percent."""
+
+    loss: float
+    top1: float
+    top5: float
+    samples: int
+    seconds: float
+    warmup_seconds: float
+
+
+def build_optimizer(
+    parameters: Iterable[torch.nn.Parameter],
+    *,
+    max_lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    device: torch.device,
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
+    """Adam + OneCycleLR exactly as the study built them (the scheduler sets lr and beta1)."""
+    optimizer = torch.optim.Adam(
+        parameters,
+        lr=max_lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        # The fused CUDA kernel updates every parameter in one launch; CPU keeps the default.
+        fused=True if device.type == "cuda" else None,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        pct_start=0.3,
+        cycle_momentum=True,
+    )
+    return optimizer, scheduler
+
+
+def build_scaler(settings: StepSettings) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(settings.device.type, enabled=settings.amp == "fp16")
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work; timing boundaries only."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) turned into a flag that the training loop checks between steps.
+
+    The first Ctrl-C lets the current step finish so a checkpoint can be written; a second one
+    raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested = False
+        self.announce = announce
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (e.g. embedded use): no handler, never set
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _stop_or_diverged(
+    stop: bool, loss_sum: torch.Tensor, ctx: DistContext, device: torch.device
+) -> tuple[bool, bool]:
+    """Read back (one sync) whether any rank wants to stop and whether any rank's loss is non-finite."""
+    flags = torch.stack(
+        [
+            torch.tensor(1.0 if stop else 0.0, device=device, dtype=torch.float64),
+            (~torch.isfinite(loss_sum)).to(torch.float64),
+        ]
+    )
+    all_reduce_sum(flags, ctx)
+    stop_any, bad_any = flags.tolist()
+    return stop_any > 0, bad_any > 0
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    settings: StepSettings,
+    *,
+    ctx: DistContext = DistContext(),
+    stop: StopRequest | None = None,
+    skip_steps: int = 0,
+    carried_loss_sum: float = 0.0,
+    carried_samples: int = 0,
+    log_every: int = 25,
+    description: str = "train",
+    batch_hook: BatchHook | None = None,
+) -> EpochResult:
+    """Train for one pass over ``loader``; ``model`` is in train mode on return.
+
+    ``skip_steps`` batches are drawn and dropped first (resume after Ctrl-C mid-epoch: the
+    loader replays the same epoch, so the skipped batches are the ones already trained on);
+    ``carried_*`` are that partial epoch's global loss sum and sample count.
+
+    Raises NonFiniteLoss when the loss becomes NaN/inf (checked every ``log_every`` steps).
+    """
+    device = settings.device
+    model.train()
+    total_steps = len(loader)  # type: ignore[arg-type]
+    local_loss = torch.zeros((), device=device, dtype=torch.float64)
+    local_samples = 0
+    steps = skip_steps
+    interrupted = False
+    first_step_seconds = 0.0
+    last_lr = current_lr(optimizer)
+    bar = tqdm(
+        total=total_steps, initial=skip_steps, desc=description, disable=not ctx.is_main,
+        leave=False, dynamic_ncols=True, mininterval=0.5,
+    )
+    synchronize(device)
+    start = time.perf_counter()
+    batches: Iterator = iter(loader)
+    for index, (images, labels) in enumerate(batches):
+        if index < skip_steps:
+            continue
+        timed_first = index == skip_steps
+        if timed_first:
+            synchronize(device)
+            first_start = time.perf_counter()
+        images = settings.prepare_input(images)
+        if batch_hook is not None:
+            batch_hook("train", images, labels)
+        with settings.autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        last_lr = current_lr(optimizer)  # a Python float: no device sync
+        scheduler.step()
+        local_loss += loss.detach().to(torch.float64) * labels.shape[0]
+        local_samples += labels.shape[0]
+        steps += 1
+        if timed_first:
+            synchronize(device)
+            first_step_seconds = time.perf_counter() - first_start
+        bar.update(1)
+        stop_now = stop is not None and stop.requested
+        at_check = steps % log_every == 0 or steps == total_steps
+        # Single process: honour Ctrl-C after any step (no sync needed). Several ranks: agree at
+        # the check points only, where all ranks meet anyway.
+        if at_check or (stop_now and not ctx.is_distributed):
+            stop_any, bad_any = _stop_or_diverged(stop_now, local_loss, ctx, device)
+            if bad_any:
+                bar.close()
+                raise NonFiniteLoss(
+                    f"training loss became NaN/inf in step {steps} of {description}; the last good "
+                    "checkpoint is kept: lower --lr, use --amp bf16 instead of fp16, or check the data"
+                )
+            if ctx.is_main:
+                bar.set_postfix(loss=f"{local_loss.item() / max(local_samples, 1):.4f}", lr=f"{last_lr:.2e}")
+            if stop_any:
+                interrupted = steps < total_steps
+                break
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    bar.close()
+    totals = torch.tensor([local_loss.item(), float(local_samples)], dtype=torch.float64, device=device)
+    all_reduce_sum(totals, ctx)
+    done = steps - skip_steps
+    steady = (seconds - first_step_seconds) / (done - 1) if done > 1 else first_step_seconds
+    return EpochResult(
+        loss_sum=carried_loss_sum + float(totals[0]),
+        samples=carried_samples + int(totals[1]),
+        steps=steps,
+        seconds=seconds,
+        warmup_seconds=max(first_step_seconds - steady, 0.0),
+        interrupted=interrupted,
+        lr=last_lr,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    settings: StepSettings,
+    *,
+    ctx: DistContext = DistContext(),
+    pad_last_batch: bool = False,
+    batch_hook: BatchHook | None = None,
+) -> EvalResult:
+    """Test loss (plain CE, mean over images), top-1 and top-5 over every test image.
+
+    ``pad_last_batch`` pads a short final batch with zeros to the first batch's size so a compiled
+    model sees one shape only (no recompilation); the padded rows are ignored. In eval mode
+    BatchNorm uses running statistics, so padding does not change the real rows' outputs.
+    """
+    device = settings.device
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, n
+    full_batch = 0
+    first_batch_seconds = 0.0
+    batches = 0
+    synchronize(device)
+    start = time.perf_counter()
+    for images, labels in loader:
+        if batches == 0:
+            first_start = time.perf_counter()
+        images = settings.prepare_input(images)
+        if batch_hook is not None:
+            batch_hook("test", images, labels)
+        count = labels.shape[0]
+        full_batch = full_batch or count
+        if pad_last_batch and count < full_batch:
+            padded = torch.zeros((full_batch, *images.shape[1:]), dtype=images.dtype, device=device)
+            padded[:count] = images
+            images = settings.prepare_input(padded)
+        with settings.autocast():
+            logits = model(images)
+        logits = logits[:count].float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top == labels[:, None]
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum").to(torch.float64),
+                hits[:, 0].sum().to(torch.float64),
+                hits.any(dim=1).sum().to(torch.float64),
+                torch.tensor(float(count), device=device, dtype=torch.float64),
+            ]
+        )
+        if batches == 0:
+            synchronize(device)
+            first_batch_seconds = time.perf_counter() - first_start
+        batches += 1
+    all_reduce_sum(sums, ctx)
+    loss_sum, top1, top5, n = sums.tolist()
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    steady = (seconds - first_batch_seconds) / (batches - 1) if batches > 1 else first_batch_seconds
+    if n == 0:
+        raise UserError("the test set is empty: prepare the dataset again (python -m fastcifar.data prepare)")
+    loss = loss_sum / n
+    return EvalResult(
+        loss=loss if math.isfinite(loss) else float("nan"),
+        top1=100.0 * top1 / n,
+        top5=100.0 * top5 / n,
+        samples=int(n),
+        seconds=seconds,
+        warmup_seconds=max(first_batch_seconds - steady, 0.0),
+    )

@@ -1,0 +1,203 @@
+"""Per-epoch metrics of a run: metrics.jsonl, TensorBoard scalars, curves.png, summary.json.
+
+Accuracies are percentages (0..100). All files are written by rank 0 only; callers construct a
+:class:`RunLogger` with ``enabled=False`` on other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+EPOCH_FIELDS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "top1",
+    "top5",
+    "images_per_s",
+    "epoch_seconds",
+    "lr",
+)
+ACCURACY_THRESHOLDS = (50.0, 60.0, 70.0, 75.0)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of everything that affects speed or numerics."""
+    import numpy
+    import torch
+
+    found: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+    for name in ("torchvision", "triton", "ffcv"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:  # not installed, or broken import on this machine
+            found[name] = None
+    return found
+
+
+def time_to_thresholds(
+    history: Sequence[dict[str, Any]], thresholds: Iterable[float] = ACCURACY_THRESHOLDS
+) -> dict[str, float | None]:
+    """Cumulative run seconds (train + eval) until top-1 first reached each threshold, else None."""
+    reached: dict[str, float | None] = {}
+    for threshold in thresholds:
+        elapsed = 0.0
+        reached[f"{threshold:g}"] = None
+        for row in history:
+            elapsed += row["epoch_seconds"]
+            if row["top1"] >= threshold:
+                reached[f"{threshold:g}"] = round(elapsed, 3)
+                break
+    return reached
+
+
+def summarize(history: Sequence[dict[str, Any]], config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary.json content from its per-epoch rows."""
+    if not history:
+        raise ValueError("summarize needs at least one epoch")
+    last = history[-1]
+    epoch_seconds = [row["epoch_seconds"] for row in history]
+    train_seconds = sum(row["train_seconds"] for row in history)
+    compile_seconds = sum(row.get("compile_seconds", 0.0) for row in history)
+    images = sum(row["train_images"] for row in history)
+    # Each row's images_per_s already leaves out its first step's warm-up excess.
+    timed_seconds = sum(row["train_images"] / row["images_per_s"] for row in history)
+    steady = [row["images_per_s"] for row in history[1:]] or [history[0]["images_per_s"]]
+    return {
+        "epochs": len(history),
+        "final_top1": last["top1"],
+        "final_top5": last["top5"],
+        "final_test_loss": last["test_loss"],
+        "final_train_loss": last["train_loss"],
+        "best_top1": max(row["top1"] for row in history),
+        "best_top1_epoch": max(history, key=lambda row: row["top1"])["epoch"],
+        "best_top5": max(row["top5"] for row in history),
+        "total_seconds": round(sum(epoch_seconds), 3),
+        "train_seconds": round(train_seconds, 3),
+        "epoch_seconds": [round(s, 3) for s in epoch_seconds],
+        "mean_epoch_seconds": round(statistics.fmean(epoch_seconds), 3),
+        # Over all epochs, with the compile/warm-up excess of the first steps taken out.
+        "images_per_s": round(images / max(timed_seconds, 1e-9), 1),
+        "warmup_seconds": round(sum(row.get("warmup_seconds", 0.0) for row in history), 3),
+        # Median of the per-epoch figures after the first epoch (the first one pays warm-up).
+        "images_per_s_steady": round(statistics.median(steady), 1),
+        "compile_seconds": round(compile_seconds, 3),
+        "time_to_top1_seconds": time_to_thresholds(history),
+        "config": config,
+        "versions": versions(),
+        **extra,
+    }
+
+
+class RunLogger:
+    """Writes everything a run records per epoch into its folder (no-op when disabled)."""
+
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.out = Path(out)
+        self.enabled = enabled
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.curves_path = self.out / "curves.png"
+        self.summary_path = self.out / "summary.json"
+        self._tb = None
+        if enabled:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.out / "tb"))
+
+    def restart_from(self, history: Sequence[dict[str, Any]]) -> None:
+        """Make metrics.jsonl hold exactly ``history`` (used on resume: drops rows past the checkpoint)."""
+        if not self.enabled:
+            return
+        text = "".join(json.dumps(row) + "\n" for row in history)
+        write_text_atomic(self.metrics_path, text)
+
+    def log_epoch(self, row: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+        """Append ``row`` to metrics.jsonl, write its TensorBoard scalars, redraw curves.png."""
+        if not self.enabled:
+            return
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            step = row["epoch"]
+            self._tb.add_scalars("loss", {"train": row["train_loss"], "test": row["test_loss"]}, step)
+            self._tb.add_scalars("accuracy", {"top1": row["top1"], "top5": row["top5"]}, step)
+            for key in ("lr", "images_per_s", "epoch_seconds"):
+                self._tb.add_scalar(key, row[key], step)
+            self._tb.flush()
+        plot_curves(history, self.curves_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.enabled:
+            write_text_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Three panels like the study's Figure 6: loss (train/test), accuracy (top-1/top-5), lr."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    ax_loss.plot(epochs, [r["test_loss"] for r in history], marker="o", label="test")
+    ax_loss.set(title="cross-entropy loss", xlabel="epoch", ylabel="loss")
+    ax_acc.plot(epochs, [r["top1"] for r in history], marker="o", label="top-1")
+    ax_acc.plot(epochs, [r["top5"] for r in history], marker="o", label="top-5")
+    ax_acc.set(title="test accuracy", xlabel="epoch", ylabel="%")
+    ax_lr.plot(epochs, [r["lr"] for r in history], marker="o")
+    ax_lr.set(title="learning rate (last step of epoch)", xlabel="epoch", ylabel="lr")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,213 @@
+"""Training engine and end-to-end runs on tiny synthetic data (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+TINY = {"growth_rate": 4, "block_config": (1, 1)}
+METRIC_FIELDS = ("epoch", "train_loss", "test_loss", "top1", "top5", "images_per_s", "epoch_seconds", "lr")
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """A small synthetic dataset (64 train / 40 test images), shared by the training tests."""
+    from fastcifar.data.prepare import prepare
+
+    root = tmp_path_factory.getbasetemp() / "train-synthetic"
+    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
+    return root
+
+
+def tiny_run(root, out, **flags):
+    from fastcifar.train import train
+
+    options = dict(
+        arch="sk_densenet", model_kwargs=TINY, epochs=1, batch_size=16, eval_batch_size=16,
+        dataset="synthetic", data_root=str(root), device="cpu", out=str(out), workers=1,
+    )
+    options.update(flags)
+    return train(**options)
+
+
+# ------------------------------------------------------------------------------------------
+# Engine pieces against independent references
+
+
+def test_onecycle_schedule_follows_the_recipe():
+    from fastcifar.engine import build_optimizer
+
+    params = [nn.Parameter(torch.zeros(2))]
+    epochs, steps = 3, 10
+    optimizer, scheduler = build_optimizer(params, max_lr=0.01, epochs=epochs, steps_per_epoch=steps, device=torch.device("cpu"))
+    assert optimizer.param_groups[0]["betas"][1] == 0.999
+    lrs, beta1s = [], []
+    for _ in range(epochs * steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        beta1s.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        scheduler.step()
+    total = epochs * steps
+    peak = int(0.3 * total) - 1  # OneCycle's phase end: pct_start * total_steps - 1
+    assert lrs[0] == pytest.approx(0.01 / 25)
+    assert max(lrs) == pytest.approx(0.01)
+    assert lrs.index(max(lrs)) == peak
+    # Cosine annealing from max_lr to initial_lr / 1e4 over the remaining steps.
+    final = 0.01 / 25 / 1e4
+    t = (total - 1 - peak) / (total - 1 - peak)
+    assert lrs[-1] == pytest.approx(final + (0.01 - final) * (1 + math.cos(math.pi * t)) / 2)
+    assert beta1s[0] == pytest.approx(0.95) and beta1s[peak] == pytest.approx(0.85)
+    assert beta1s[-1] == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_evaluate_matches_direct_computation(pad):
+    from fastcifar.engine import StepSettings, evaluate
+
+    torch.manual_seed(0)
+    images = torch.randn(23, 3, 4, 4)
+    labels = torch.randint(0, 7, (23,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 7), nn.BatchNorm1d(7))
+    model.train()
+    model(torch.randn(16, 3, 4, 4))  # give BatchNorm non-trivial running statistics
+    batches = [(images[i : i + 8], labels[i : i + 8]) for i in range(0, 23, 8)]  # 8, 8, 7
+    result = evaluate(model, batches, StepSettings(device=torch.device("cpu")), pad_last_batch=pad)
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    top5 = logits.topk(5, dim=1).indices
+    assert result.samples == 23
+    assert result.loss == pytest.approx(nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert result.top1 == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+    assert result.top5 == pytest.approx(100 * (top5 == labels[:, None]).any(1).float().mean().item())
+    assert model.training is False  # evaluate restores the mode it found (eval here)
+
+
+def test_train_one_epoch_matches_a_plain_loop():
+    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, train_one_epoch
+
+    def make():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+
+    torch.manual_seed(2)
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(6)]
+    settings = StepSettings(device=torch.device("cpu"), label_smoothing=0.1)
+
+    model = make()
+    optimizer, scheduler = build_optimizer(model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=6, device=settings.device)
+    result = train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, log_every=4)
+
+    reference = make()
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01, betas=(0.9, 0.999))
+    ref_sched = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.01, total_steps=6, pct_start=0.3)
+    losses = []
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(reference(x), y, label_smoothing=0.1)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        ref_sched.step()
+        losses.append(loss.item())
+    assert result.samples == 24 and result.steps == 6 and not result.interrupted
+    assert result.loss == pytest.approx(sum(losses) / 6, rel=1e-6)
+    for mine, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    from fastcifar.engine import NonFiniteLoss, StepSettings, build_optimizer, build_scaler, train_one_epoch
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    with torch.no_grad():
+        model[1].bias[0] = float("nan")
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(3)]
+    settings = StepSettings(device=torch.device("cpu"))
+    optimizer, scheduler = build_optimizer(model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=3, device=settings.device)
+    with pytest.raises(NonFiniteLoss, match="NaN"):
+        train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, log_every=2)
+
+
+def test_checkpoint_is_atomic_and_round_trips(tmp_path):
+    from fastcifar.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+
+    rng = capture_rng_state()
+    expected = torch.rand(3)
+    path = save_checkpoint(tmp_path / "checkpoint.pt", {"rng": rng, "epoch": 2, "weights": torch.arange(4)})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.arange(4))
+    restore_rng_state(state["rng"])
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_time_to_thresholds():
+    from fastcifar.metrics import time_to_thresholds
+
+    history = [
+        {"epoch_seconds": 2.0, "top1": 40.0},
+        {"epoch_seconds": 3.0, "top1": 62.0},
+        {"epoch_seconds": 1.0, "top1": 71.0},
+    ]
+    assert time_to_thresholds(history) == {"50": 5.0, "60": 5.0, "70": 6.0, "75": None}
+
+
+# ------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.parametrize("loader", ["gpu", "ffcv", "torch"])
+def test_one_epoch_end_to_end(train_data, tmp_path, loader):
+    out = tmp_path / "run"
+    summary = tiny_run(train_data, out, loader=loader)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and set(METRIC_FIELDS) <= set(rows[0])
+    row = rows[0]
+    assert row["epoch"] == 1 and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+    assert 0 <= row["top1"] <= row["top5"] <= 100 and row["images_per_s"] > 0
+    # 64 images, batch 16, drop_last: 4 steps; the last lr is the schedule's end.
+    assert row["train_images"] == 64
+    assert row["lr"] == pytest.approx(0.01 / 25 / 1e4, rel=1e-3)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["final_top1"] == summary["final_top1"] == row["top1"]
+    assert on_disk["config"]["loader"] == loader
+    assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoint.pt").is_file()
+    assert any((out / "tb").iterdir())
+
+
+def test_metrics_and_summary_are_consistent(train_data, tmp_path):
+    out = tmp_path / "run"
+    summary = tiny_run(train_data, out, epochs=3, label_smoothing=0.1, lr=0.02)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs"] == 3
+    assert summary["best_top1"] == max(r["top1"] for r in rows) >= summary["final_top1"] == rows[-1]["top1"]
+    assert summary["best_top5"] >= summary["final_top5"] == rows[-1]["top5"]
+    assert summary["total_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in rows), abs=0.01)
+    assert len(summary["epoch_seconds"]) == 3 and summary["images_per_s"] > 0
+    assert set(summary["time_to_top1_seconds"]) == {"50", "60", "70", "75"}
+    for threshold, seconds in summary["time_to_top1_seconds"].items():
+        reached = [r for r in rows if r["top1"] >= float(threshold)]
+        assert (seconds is None) == (not reached)
+    assert summary["config"]["label_smoothing"] == 0.1 and summary["config"]["lr"] == 0.02
+    assert summary["versions"]["torch"] == torch.__version__
+    # The learning rate follows OneCycle: up, then down to max_lr / 25 / 1e4 at the end.
+    assert rows[-1]["lr"] == pytest.approx(0.02 / 25 / 1e4, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_matches_eager(train_data, tmp_path):
+    eager = tiny_run(train_data, tmp_path / "eager", epochs=2)
+    compiled = tiny_run(train_data, tmp_path / "compiled", epochs=2, compile=True)
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("eager", "compiled")
+    }
+    for a, b in zip(rows["eager"], rows["compiled"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-3)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=2e-3)
+    assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
