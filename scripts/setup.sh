@@ -26,6 +26,11 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/python" -m pip install -q --upgrade pip
 fi
 echo "setup: installing fastcifar and its dependencies (first time: a few minutes)"
-"$venv/bin/python" -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -c "import fastcifar, ffcv, torch, fire; print('setup: ok  torch', torch.__version__, ' ffcv', ffcv.__version__)"
+log="$venv/setup-pip.log"
+if ! "$venv/bin/python" -m pip install -e ".[dev]" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
+    echo "setup: pip install failed (full log: $log)" >&2
+    exit 1
+fi
+"$venv/bin/python" -c "import importlib.metadata as m, fastcifar, ffcv, torch, fire; print('setup: ok  torch', torch.__version__, ' ffcv', m.version('ffcv'))"
 touch "$venv/.installed"
