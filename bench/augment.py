@@ -1,0 +1,203 @@
+"""Augmentation alone, in images/s: the study's train transform three ways.
+
+- ``fastcifar``: :class:`fastcifar.augment.TrainTransform` on uint8 batches on the device, every
+  sample with its own flip, crop offset and RandAugment ops/signs.
+- ``torchvision-pil``: the study's per-image pipeline (RandomHorizontalFlip, RandomCrop(32,
+  padding=4, reflect), RandAugment(2, 10), ToTensor, Normalize) on PIL images, one CPU process
+  (a DataLoader spreads this over workers; multiply by the worker count for an upper bound).
+- ``torchvision-v2-batch``: the same transforms from ``torchvision.transforms.v2`` applied to whole
+  uint8 batches on the device. Faster, but NOT equivalent: v2 draws one flip, one crop and one
+  RandAugment op pair per batch, so every image in a batch gets the same augmentation.
+
+Input: seeded random uint8 CIFAR-shaped images (never all-zero). Output: a table on stdout and
+``bench/results/augment-<device>-<date>.json`` / ``.md`` (command, versions, device, date).
+
+Usage: ``python -m bench.augment --device=cpu --batch_size=512 --n_images=8192``
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+from fastcifar.errors import UserError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    """Seeded CIFAR-shaped uint8 ``(n, 3, 32, 32)`` images: noise over a per-image value range."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.randint(0, 80, (n, 1, 1, 1), generator=g)
+    span = torch.randint(100, 176, (n, 1, 1, 1), generator=g)
+    return (lo + torch.rand(n, 3, 32, 32, generator=g) * span).to(torch.uint8)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_batches(step: Callable[[torch.Tensor], object], batches: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds to run ``step`` over every batch, after one warm-up batch (CUDA: synchronised ends)."""
+    step(batches[0])
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _torchvision_pil_pipeline():
+    import torchvision.transforms as T
+
+    return T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.RandomCrop(32, padding=4, padding_mode="reflect"),
+            T.RandAugment(num_ops=2, magnitude=10),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _torchvision_v2_batch_pipeline():
+    import torchvision.transforms.v2 as T2
+
+    return T2.Compose(
+        [
+            T2.RandomHorizontalFlip(),
+            T2.RandomCrop(32, padding=4, padding_mode="reflect"),
+            T2.RandAugment(num_ops=2, magnitude=10),
+            T2.ToDtype(torch.float32, scale=True),
+            T2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        ]
+    )
+
+
+def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_images: int = 8192,
+                  pil_images: int | None = None, seed: int = 0) -> dict:
+    """Measure the three augmentation pipelines; returns ``{"config": ..., "results": [...]}``.
+
+    Args:
+        device: where the batched pipelines run ("cpu", "cuda", "cuda:1", ...).
+        batch_size: images per batch for the batched pipelines.
+        n_images: images timed for the batched pipelines (rounded down to whole batches, >= 1 batch).
+        pil_images: images timed for the per-image PIL pipeline (default ``min(n_images, 2048)``);
+            it always runs on the CPU.
+        seed: seed for the input images and the random draws.
+    Each result has ``pipeline``, ``device``, ``images``, ``seconds``, ``images_per_s``, ``per_sample``.
+    """
+    from PIL import Image
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was requested but no CUDA device is available; pass --device=cpu.")
+    if batch_size < 1 or n_images < 1:
+        raise UserError("batch_size and n_images must be positive integers.")
+    n_batches = max(1, n_images // batch_size)
+    host = _images(n_batches * batch_size, seed)
+    batches = [b.to(device) for b in host.split(batch_size)]
+    results = []
+
+    train = TrainTransform().to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    seconds = _time_batches(lambda b: train(b, generator=gen), batches, device)
+    results.append(("fastcifar", device, n_batches * batch_size, seconds, True))
+
+    torch.manual_seed(seed)  # torchvision draws from the global generators
+    v2 = _torchvision_v2_batch_pipeline()
+    seconds = _time_batches(v2, batches, device)
+    results.append(("torchvision-v2-batch", device, n_batches * batch_size, seconds, False))
+
+    n_pil = min(n_images, 2048) if pil_images is None else pil_images
+    pil = [Image.fromarray(np.ascontiguousarray(img)) for img in host[:n_pil].permute(0, 2, 3, 1).numpy()]
+    per_image = _torchvision_pil_pipeline()
+    per_image(pil[0])
+    start = time.perf_counter()
+    for img in pil:
+        per_image(img)
+    results.append(("torchvision-pil", torch.device("cpu"), n_pil, time.perf_counter() - start, True))
+
+    return {
+        "config": {"device": str(device), "batch_size": batch_size, "n_images": n_batches * batch_size,
+                   "pil_images": n_pil, "seed": seed, "torch_threads": torch.get_num_threads()},
+        "results": [
+            {"pipeline": name, "device": str(dev), "images": n, "seconds": round(s, 4),
+             "images_per_s": round(n / s, 1), "per_sample": per_sample}
+            for name, dev, n, s, per_sample in results
+        ],
+    }
+
+
+def _table(record: dict) -> str:
+    lines = ["| pipeline | device | per-sample draws | images | seconds | images/s |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in record["results"]:
+        lines.append(f"| {r['pipeline']} | {r['device']} | {'yes' if r['per_sample'] else 'no (one per batch)'} "
+                     f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_images: int | None = None,
+         seed: int = 0, out_dir: str = str(RESULTS_DIR)) -> None:
+    """Run :func:`bench_augment`, print the table and write ``augment-<device>-<date>.json/.md``."""
+    from bench.ceilings import environment
+    import torchvision
+
+    record = bench_augment(device, batch_size, n_images, pil_images, seed)
+    dev = torch.device(device)
+    today = datetime.date.today().isoformat()
+    record = {
+        "benchmark": "augment",
+        "command": "python -m bench.augment " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": {**environment(dev), "torchvision": torchvision.__version__,
+                        # the CPU is shared: the 1-minute load average says how contended it was
+                        "load_average_1min_after": round(os.getloadavg()[0], 2)},
+        **record,
+    }
+    table = _table(record)
+    print(table)
+    stem = Path(out_dir) / f"augment-{dev.type}-{today}"
+    _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    env = record["environment"]
+    md = (f"# Augmentation throughput ({dev.type}, {today})\n\n"
+          f"Command: `{record['command']}`  \n"
+          f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}, "
+          f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, {record['config']['torch_threads']} torch threads, "
+          f"load average {env['load_average_1min_after']} after the run)\n\n"
+          f"{table}\n\n"
+          "The study's train transform (flip, reflect-pad crop, RandAugment(2, 10), normalise) on "
+          "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
+          "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
+          "different work than the per-sample pipelines.\n")
+    _write_atomic(stem.with_suffix(".md"), md)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    from fastcifar.cli import run_cli
+
+    run_cli(main, prog="python -m bench.augment")
