@@ -134,6 +134,7 @@ class RunLogger:
         self._tb = None
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.touch()
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
