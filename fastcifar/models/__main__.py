@@ -1,0 +1,123 @@
+"""``python -m fastcifar.models [--markdown] [--models=a,b]``: the model zoo as a table.
+
+For every registered id (and each reported study variant, e.g. ``sk_densenet`` k=2/4/6) it prints
+the parameter count, the forward GFLOPs for one 3x32x32 image (``torch.utils.flop_counter``: conv,
+linear and matmul only, a multiply-add = 2 FLOPs), and the study's reported params and top-1/top-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastcifar.cli import run_cli
+from fastcifar.errors import UserError
+from fastcifar.models.registry import StudyResult, get_entry, list_models
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    label: str
+    params: int
+    gflops: float
+    study: StudyResult
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Number of parameter elements (every parameter is trainable in this zoo)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: torch.nn.Module) -> int:
+    """Forward FLOPs of ``model`` on one (1, 3, 32, 32) image, in eval mode."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 32, 32))
+    return counter.get_total_flops()
+
+
+def _label(name: str, overrides: dict) -> str:
+    return name + "".join(f" {k}={v}" for k, v in overrides.items())
+
+
+def build_rows(names: list[str]) -> list[Row]:
+    """Measure every id in ``names`` (plus the study variants it lists), with a progress bar."""
+    from fastcifar.models.registry import create_model
+    from tqdm import tqdm
+
+    jobs = []
+    for name in names:
+        entry = get_entry(name)
+        studies = entry.study or (StudyResult(),)
+        for study in studies:
+            jobs.append((entry.name, study))
+    rows = []
+    for name, study in tqdm(jobs, desc="measuring models", unit="model", leave=False):
+        model = create_model(name, **study.overrides)
+        rows.append(
+            Row(_label(name, study.overrides), count_params(model), forward_flops(model) / 1e9, study)
+        )
+    return rows
+
+
+def _fmt(value: float | str | None, spec: str = "") -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def render(rows: list[Row], markdown: bool = False) -> str:
+    """The table as aligned text or as GitHub markdown."""
+    header = ["id", "params", "GFLOPs/img", "study params", "study top-1", "study top-5", "note"]
+    body = [
+        [
+            r.label,
+            f"{r.params:,}",
+            f"{r.gflops:.3f}",
+            _fmt(r.study.params),
+            _fmt(r.study.top1, ".2f"),
+            _fmt(r.study.top5, ".2f"),
+            r.study.note,
+        ]
+        for r in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+        lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row)) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    right = {1, 2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def main(markdown: bool = False, models: str | tuple | list | None = None) -> None:
+    """Print the model table.
+
+    Args:
+        markdown: print a GitHub markdown table instead of aligned text.
+        models: comma-separated ids to include (default: all).
+    """
+    if models is None:
+        names = list_models()
+    else:
+        names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models)]
+        names = [m for m in names if m]
+        if not names:
+            raise UserError("--models is empty; give comma-separated ids from list_models().")
+        for name in names:
+            get_entry(name)  # validate before the slow part
+    print(render(build_rows(names), markdown=markdown))
+
+
+if __name__ == "__main__":
+    run_cli(main, "python -m fastcifar.models")
