@@ -96,8 +96,8 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
         device: where the batched pipelines run ("cpu", "cuda", "cuda:1", ...).
         batch_size: images per batch for the batched pipelines.
         n_images: images timed for the batched pipelines (rounded down to whole batches, >= 1 batch).
-        pil_images: images timed for the per-image PIL pipeline (default ``min(n_images, 2048)``);
-            it always runs on the CPU.
+        pil_images: images timed for the per-image PIL pipeline (default ``min(n_images, 2048)``,
+            0 skips it); it always runs on the CPU.
         seed: seed for the input images and the random draws.
     Each result has ``pipeline``, ``device``, ``images``, ``seconds``, ``images_per_s``, ``per_sample``.
     """
@@ -124,13 +124,14 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
     results.append(("torchvision-v2-batch", device, n_batches * batch_size, seconds, False))
 
     n_pil = min(n_images, 2048) if pil_images is None else pil_images
-    pil = [Image.fromarray(np.ascontiguousarray(img)) for img in host[:n_pil].permute(0, 2, 3, 1).numpy()]
-    per_image = _torchvision_pil_pipeline()
-    per_image(pil[0])
-    start = time.perf_counter()
-    for img in pil:
-        per_image(img)
-    results.append(("torchvision-pil", torch.device("cpu"), n_pil, time.perf_counter() - start, True))
+    if n_pil > 0:  # pil_images=0 skips the (slow, CPU-only) per-image baseline
+        pil = [Image.fromarray(np.ascontiguousarray(img)) for img in host[:n_pil].permute(0, 2, 3, 1).numpy()]
+        per_image = _torchvision_pil_pipeline()
+        per_image(pil[0])
+        start = time.perf_counter()
+        for img in pil:
+            per_image(img)
+        results.append(("torchvision-pil", torch.device("cpu"), n_pil, time.perf_counter() - start, True))
 
     return {
         "config": {"device": str(device), "batch_size": batch_size, "n_images": n_batches * batch_size,
