@@ -39,7 +39,6 @@ RAND_AUGMENT_OPS: tuple[str, ...] = (
     "Equalize",
 )
 _OP = {name: i for i, name in enumerate(RAND_AUGMENT_OPS)}
-_SIGNED = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"})
 
 
 def magnitude_table(num_bins: int, height: int, width: int) -> dict[str, torch.Tensor | None]:
