@@ -27,13 +27,13 @@ CUSTOM_PATTERN = re.compile(r"^(?:fastcifar|kernels)::|sk_select|sk_fuse|zpool",
 # Autograd engine nodes and compiled-graph wrappers: their own time is framework overhead,
 # even when the node is named after a convolution (``ConvolutionBackward0``).
 _FRAMEWORK = re.compile(
-    r"^autograd::|Backward\d*$|^CompiledFunction|^Torch-Compiled Region|^## |^Optimizer\.", re.IGNORECASE
+    r"^autograd::|^torch::autograd::|[a-z0-9]Backward\d*$|^CompiledFunction|^Torch-Compiled Region|^## |^Optimizer\."
 )
 _INDUCTOR = re.compile(r"^(?:triton|cpp)_(poi|red|per|tem|fused)", re.IGNORECASE)
 _NORM = re.compile(r"batch_?norm|layer_?norm|group_?norm|_norm_|bn_fw|bn_bw|welford", re.IGNORECASE)
 _COPY = re.compile(
     r"copy|memcpy|memset|transpose|nchwtonhwc|nhwctonchw|catarray|fill|contiguous|index_?select|"
-    r"aten::(?:to|cat|clone|zero_|index|gather|permute|stack)$",
+    r"aten::(?:to|cat|clone|zero_|index|gather|scatter|scatter_add_|permute|stack)$",
     re.IGNORECASE,
 )
 _CONV = re.compile(
