@@ -383,3 +383,39 @@ def test_impl_triton_layers_match_torch_channels_last():
         fused.load_state_dict(ref.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(fused(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m fastcifar.models
+# --------------------------------------------------------------------------------------------
+
+# Forward MFLOPs for one 3x32x32 image from the spec's summary table (FlopCounterMode).
+SPEC_MFLOPS = {"sknet26": 66.2, "sknet26_study": 571.7, "resnet18": 74.1, "sk_densenet": 1664.9}
+
+
+def test_forward_flops_match_spec():
+    from fastcifar.models.__main__ import forward_flops
+
+    for name, mflops in SPEC_MFLOPS.items():
+        assert round(forward_flops(create_model(name)) / 1e6, 1) == mflops, name
+
+
+def test_cli_table_lists_counts_and_study_figures(capsys):
+    from fastcifar.models.__main__ import main
+
+    main(models="resnet18,sk_densenet", markdown=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| id | params | GFLOPs/img")
+    rows = {line.split("|")[1].strip(" `"): line for line in lines[2:]}
+    assert set(rows) == {"resnet18", "sk_densenet k=2", "sk_densenet k=4", "sk_densenet", "sk_densenet k=6"}
+    assert f"{SPEC_PARAMS['resnet18']:,}" in rows["resnet18"]
+    for k in (2, 4, 6):
+        assert f"{SK_DENSENET_K[k]:,}" in rows[f"sk_densenet k={k}"]
+    assert "5.18M" in rows["sk_densenet"] and "77.27" in rows["sk_densenet"]
+
+
+def test_cli_unknown_model_is_user_error():
+    from fastcifar.models.__main__ import main
+
+    with pytest.raises(UserError):
+        main(models="resnet19")

@@ -79,8 +79,8 @@ def render(rows: list[Row], markdown: bool = False) -> str:
             f"{r.params:,}",
             f"{r.gflops:.3f}",
             _fmt(r.study.params),
-            _fmt(r.study.top1, ".2f"),
-            _fmt(r.study.top5, ".2f"),
+            _fmt(r.study.top1, "g"),
+            _fmt(r.study.top5, "g"),
             r.study.note,
         ]
         for r in rows
