@@ -289,3 +289,18 @@ def test_offline_download_says_how_to_place_the_archive(tmp_path, monkeypatch):
     for words in (spec.url, spec.md5, str(dest), "--archive", "name resolution"):
         assert words in message
     assert list(dest.parent.iterdir()) == []
+
+
+def test_pickles_with_numpy1_module_names_load(tmp_path):
+    # The official pickles name numpy 1.x's module (numpy.core.multiarray); numpy 2 renamed it.
+    images, fine, coarse = synthetic.make_arrays(6, 100, seed=0)
+    record = {b"data": images.transpose(0, 3, 1, 2).reshape(6, 3072), b"fine_labels": fine.tolist(),
+              b"coarse_labels": coarse.tolist()}
+    payload = pickle.dumps(record, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in payload
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(payload)
+    split = archives._read_split(folder, ("train",), archives.SPECS["cifar100"])
+    np.testing.assert_array_equal(split.images, images)
+    np.testing.assert_array_equal(split.fine, fine)
