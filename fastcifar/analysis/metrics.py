@@ -85,7 +85,7 @@ class Intervals:
             return False
         starts, ends = starts_ends
         i = bisect.bisect_right(starts, ts + _EPS) - 1
-        return i >= 0 and ts <= ends[i] + _EPS
+        return i >= 0 and ts < ends[i] - _EPS
 
     def total(self) -> float:
         return sum(e - s for starts, ends in self.by_tid.values() for s, e in zip(starts, ends))
@@ -113,7 +113,7 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
 def _step_index(starts: list[float], steps: list[Event], ts: float) -> int:
     """Index of the step whose range holds ``ts``, or -1."""
     i = bisect.bisect_right(starts, ts + _EPS) - 1
-    if i >= 0 and ts <= steps[i].end + _EPS:
+    if i >= 0 and ts < steps[i].end - _EPS:
         return i
     return -1
 

@@ -206,7 +206,7 @@ def render_markdown(report: dict) -> str:
         if not h.get("used"):
             lines.append(f"- {n}: not used ({h.get('reason')}).")
             continue
-        lines.append(f"- {n}: " + "; ".join(f"{k}: `{json.dumps(h[k], default=str)[:400]}`" for k in h["computed"]))
+        lines.append(f"- {n}: " + _hta_summary(h))
         for key, err in h.get("errors", {}).items():
             lines.append(f"  - {key} failed: {err}")
     warnings = [(n, w) for n in names for w in v[n]["warnings"]]
@@ -215,6 +215,29 @@ def render_markdown(report: dict) -> str:
     if report["charts"]:
         lines += ["", "## Charts", ""] + [f"![{Path(c).stem}]({c})" for c in report["charts"]]
     return "\n".join(lines) + "\n"
+
+
+def _hta_summary(h: dict) -> str:
+    """HTA's figures for one variant in one line (full tables in report.json)."""
+    parts = []
+    for row in h.get("temporal_breakdown", [])[:1]:
+        parts.append(
+            "temporal: idle {:.1f}%, compute {:.1f}%, non-compute {:.1f}%".format(
+                row.get("idle_time_pctg", float("nan")), row.get("compute_time_pctg", float("nan")),
+                row.get("non_compute_time_pctg", float("nan")),
+            )
+        )
+    if h.get("kernel_type_breakdown"):
+        parts.append("kernel types: " + ", ".join(f"{r['kernel_type']} {r['percentage']}%" for r in h["kernel_type_breakdown"]))
+    if h.get("idle_time_breakdown"):
+        parts.append("idle: " + ", ".join(f"{r['idle_category']} {r['idle_time'] / 1e3:.2f} ms" for r in h["idle_time_breakdown"]))
+    stats = h.get("launch_stats") or {}
+    if stats.get("launches"):
+        parts.append(
+            f"launches: {stats['launches']}, median launch delay {stats.get('median_launch_delay_us', float('nan')):.1f} µs, "
+            f"median runtime call {stats.get('median_cpu_duration_us', float('nan')):.1f} µs"
+        )
+    return "; ".join(parts) or "no figures"
 
 
 def write_charts(report: dict, root: Path) -> list[str]:
