@@ -263,7 +263,11 @@ def run_benchmarks(
     now = datetime.datetime.now(datetime.timezone.utc)
     record: dict[str, Any] = {
         "benchmark": "kernels",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": (
+            " ".join(["python -m bench.kernels", *sys.argv[1:]])
+            if sys.argv and sys.argv[0].endswith("kernels.py")
+            else f"run_benchmarks({str(out_dir)!r}, dtype={dtype!r}, layout={layout!r}, batch={batch}) from: {' '.join(sys.argv)}"
+        ),
         "date": now.isoformat(timespec="seconds"),
         "environment": _environment(device),
         "config": {"dtype": dtype, "layout": layout, "batch": batch, "sk_branches": SK_BRANCHES},
