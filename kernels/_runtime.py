@@ -78,13 +78,6 @@ def wrap_triton(kernel: Any) -> Any:
     return torch.library.wrap_triton(kernel)
 
 
-def is_fake(*tensors: torch.Tensor) -> bool:
-    """True for FakeTensors (shape propagation during tracing), where no kernel may run."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return any(isinstance(t, FakeTensor) for t in tensors)
-
-
 def keep_opaque_when_interpreted(op: Any, fake_impl: Callable[..., Any]) -> None:
     """Make a triton_op compile on CPU under TRITON_INTERPRET=1.
 
