@@ -127,7 +127,7 @@ def test_bad_override_values_raise_user_error(name, overrides):
         create_model(name, **overrides)
 
 
-def test_default_impl_is_torch_without_cuda():
+def test_default_impl_rule():
     expected = "triton" if torch.cuda.is_available() and triton_available() else "torch"
     assert resolve_impl(None) == expected
     assert resolve_impl("torch") == "torch"
