@@ -292,6 +292,7 @@ def profile_variant(
     num_classes: int = 100,
     seed: int = 0,
     with_stack: bool = False,
+    compile_backend: str = "inductor",
     progress: Any = None,
 ) -> dict:
     """Time and profile one variant; write its trace and ``run.json``; return the run.json dict."""
@@ -311,14 +312,14 @@ def profile_variant(
     batches = build_batches(device, batch_size, num_classes, spec.channels_last, seed)
     inductor_kernel_ranges = False
     if spec.compile:
-        if device.type == "cpu":
+        if device.type == "cpu" and compile_backend == "inductor":
             # Inductor's C++ kernels are invisible to the profiler unless it wraps them in ranges.
             import torch._inductor.config as inductor_config
 
             if hasattr(inductor_config.cpp, "enable_kernel_profile"):
                 inductor_config.cpp.enable_kernel_profile = True
                 inductor_kernel_ranges = True
-        forward: nn.Module | Callable = torch.compile(model)
+        forward: nn.Module | Callable = torch.compile(model, backend=compile_backend)
     else:
         forward = model
 
@@ -391,6 +392,7 @@ def profile_variant(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "batch_size": batch_size,
         "schedule": {"wait": wait, "warmup": warmup, "active": steps},
+        "compile_backend": compile_backend if spec.compile else None,
         "compile_warmup_steps": compile_warmup if spec.compile else 1,
         "warmup_s": warmup_s,
         "warmup_step_ms": warm_ms,
@@ -436,6 +438,7 @@ def profile_variants(
     num_classes: int = 100,
     seed: int = 0,
     with_stack: bool = False,
+    compile_backend: str = "inductor",
 ) -> dict:
     """Profile ``variants`` of ``arch``; return ``{"out": DIR, "variants": {name: run.json dict}}``.
 
@@ -449,6 +452,8 @@ def profile_variants(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; default CUDA when available.
         wait, warmup: profiler schedule steps before the active ones.
         compile_warmup: steps run before timing when compiling (compilation happens there).
+        compile_backend: ``torch.compile`` backend; ``"aot_eager"`` traces without code
+            generation (quick checks of the pipeline on CPU), ``"inductor"`` is the real thing.
     """
     from tqdm import tqdm
 
@@ -472,7 +477,8 @@ def profile_variants(
             results[name] = profile_variant(
                 name, arch=arch, steps=steps, batch_size=batch_size, out=root, model_kwargs=kwargs,
                 device=dev, wait=wait, warmup=warmup, compile_warmup=compile_warmup,
-                num_classes=num_classes, seed=seed, with_stack=with_stack, progress=bar,
+                num_classes=num_classes, seed=seed, with_stack=with_stack, compile_backend=compile_backend,
+                progress=bar,
             )
     return {"out": str(root), "variants": results}
 
@@ -489,11 +495,13 @@ def main(
     warmup: int = 1,
     compile_warmup: int = 2,
     with_stack: bool = False,
+    compile_backend: str = "inductor",
 ) -> None:
     """Profile training steps of eager / compiled / compiled_triton; see the module docstring."""
     result = profile_variants(
         arch, variants, steps, batch_size, out, model_kwargs, device,
         wait=wait, warmup=warmup, compile_warmup=compile_warmup, with_stack=with_stack,
+        compile_backend=compile_backend,
     )
     for name, info in result["variants"].items():
         print(

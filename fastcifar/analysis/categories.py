@@ -29,7 +29,7 @@ CUSTOM_PATTERN = re.compile(r"^(?:fastcifar|kernels)::|sk_select|sk_fuse|zpool",
 _FRAMEWORK = re.compile(
     r"^autograd::|^torch::autograd::|[a-z0-9]Backward\d*$|^CompiledFunction|^Torch-Compiled Region|^## |^Optimizer\."
 )
-_INDUCTOR = re.compile(r"^(?:triton|cpp)_(poi|red|per|tem|fused)", re.IGNORECASE)
+_INDUCTOR = re.compile(r"^(?:graph_\d+_)?(?:triton|cpp)_(poi|red|per|tem|fused)", re.IGNORECASE)
 _NORM = re.compile(r"batch_?norm|layer_?norm|group_?norm|_norm_|bn_fw|bn_bw|welford", re.IGNORECASE)
 _COPY = re.compile(
     r"copy|memcpy|memset|transpose|nchwtonhwc|nhwctonchw|catarray|fill|contiguous|index_?select|"

@@ -28,11 +28,13 @@ from fastcifar.analysis.trace import Event, Trace
 # Regions whose time the Triton kernels target: host ranges / ops by name, device kernels by name.
 REGIONS = {
     "sk_select": {
-        "host": re.compile(r"^(?:sk_select|(?:fastcifar|kernels)::sk_select(?:_backward)?)$"),
+        "host": re.compile(r"^(?:sk_select|(?:fastcifar|kernels)::sk_select)$"),
+        "host_backward": re.compile(r"^(?:fastcifar|kernels)::sk_select_backward$"),
         "kernel": re.compile(r"sk_select", re.IGNORECASE),
     },
     "zpool": {
-        "host": re.compile(r"^(?:zpool|(?:fastcifar|kernels)::zpool(?:_backward)?)$"),
+        "host": re.compile(r"^(?:zpool|(?:fastcifar|kernels)::zpool)$"),
+        "host_backward": re.compile(r"^(?:fastcifar|kernels)::zpool_backward$"),
         "kernel": re.compile(r"zpool", re.IGNORECASE),
     },
 }
@@ -179,11 +181,12 @@ def collect_work(trace: Trace) -> list[Work]:
     return work
 
 
-def _region_intervals(trace: Trace, pattern: re.Pattern) -> tuple[Intervals, Intervals, int]:
+def _region_intervals(trace: Trace, pattern: re.Pattern, backward_pattern: re.Pattern) -> tuple[Intervals, Intervals, int]:
     """Forward and backward host intervals of a region, and the number of forward calls.
 
-    Forward: host events whose name matches. Backward: autograd ``evaluate_function`` events whose
-    sequence number is that of an operator run inside the forward intervals.
+    Forward: host events whose name matches ``pattern``. Backward: the region's own backward op
+    (``backward_pattern``) and autograd ``evaluate_function`` events whose sequence number is that
+    of an operator run inside the forward intervals.
     """
     forward = [e for e in trace.host if pattern.match(e.name)]
     fwd = Intervals.of(forward)
@@ -195,7 +198,8 @@ def _region_intervals(trace: Trace, pattern: re.Pattern) -> tuple[Intervals, Int
     }
     backward = [
         e for e in trace.host
-        if e.name.startswith("autograd::engine::evaluate_function") and e.args.get("Sequence number") in seqs
+        if (e.name.startswith("autograd::engine::evaluate_function") and e.args.get("Sequence number") in seqs)
+        or backward_pattern.match(e.name)
     ]
     calls = sum(1 for starts, _ in fwd.by_tid.values() for _ in starts)
     return fwd, Intervals.of(backward), calls
@@ -204,7 +208,7 @@ def _region_intervals(trace: Trace, pattern: re.Pattern) -> tuple[Intervals, Int
 def region_time(trace: Trace, work: list[Work], region: str, n_steps: int) -> dict:
     """Device time inside one region (``sk_select`` or ``zpool``), forward and backward, per step."""
     spec = REGIONS[region]
-    fwd, bwd, calls = _region_intervals(trace, spec["host"])
+    fwd, bwd, calls = _region_intervals(trace, spec["host"], spec["host_backward"])
     fwd_us = bwd_us = 0.0
     by_name = 0.0
     for w in work:
@@ -215,8 +219,8 @@ def region_time(trace: Trace, work: list[Work], region: str, n_steps: int) -> di
         elif trace.device_kind == "cuda" and spec["kernel"].search(w.name):
             # Kernels launched from a compiled graph carry no range: recognise them by name.
             by_name += w.dur
-    found = calls > 0 or by_name > 0
-    sources = [s for s, ok in (("host ranges/ops", calls > 0), ("kernel names", by_name > 0)) if ok]
+    found = calls > 0 or by_name > 0 or bwd_us > 0
+    sources = [s for s, ok in (("host ranges/ops", calls > 0 or bwd_us > 0), ("kernel names", by_name > 0)) if ok]
     return {
         "found": found,
         "source": " + ".join(sources) if found else "not separable (no range, op or kernel of this name; fused by Inductor?)",

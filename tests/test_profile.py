@@ -1,0 +1,175 @@
+"""Profile a tiny SK-DenseNet (eager + compiled), analyse it, and check the report against the raw trace."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastcifar.errors import UserError
+
+TINY = {"growth_rate": 4, "block_config": [2, 2, 2, 2]}
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    from fastcifar.analyze import analyze
+    from fastcifar.profile import profile_variants
+
+    out = tmp_path_factory.mktemp("prof")
+    # aot_eager: the whole torch.compile path (Dynamo + AOTAutograd) without C++ code generation,
+    # which takes minutes on 2 cores; the analysis does not depend on the backend.
+    result = profile_variants(
+        "sk_densenet", "eager,compiled", steps=STEPS, batch_size=4, out=out, model_kwargs=TINY,
+        device="cpu", compile_backend="aot_eager",
+    )
+    return out, result, analyze(out)
+
+
+def raw_events(folder: Path) -> list[dict]:
+    (trace,) = folder.glob("*.pt.trace.json")
+    return json.loads(trace.read_text())["traceEvents"]
+
+
+def union_length(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if s >= end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def test_outputs_written(profiled) -> None:
+    out, result, _ = profiled
+    for name in ("eager", "compiled"):
+        run = json.loads((out / name / "run.json").read_text())
+        assert run == json.loads(json.dumps(result["variants"][name], default=str))
+        assert len(run["wall_step_ms"]) == STEPS and len(run["profiled_step_ms"]) == STEPS
+        assert run["schedule"] == {"wait": 1, "warmup": 1, "active": STEPS}
+        assert run["triton_kernels"] == "not used" and run["impl"] == "torch"
+        # TensorBoard's profiler plugin and Perfetto read <logdir>/<run>/*.pt.trace.json.
+        (trace,) = (out / name).glob("*.pt.trace.json")
+        assert trace.name in run["trace_files"]
+    assert json.loads((out / "compiled" / "run.json").read_text())["spec"]["channels_last"] is True
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_matches_raw_trace(profiled) -> None:
+    out, _, report = profiled
+    for name in ("eager", "compiled"):
+        m = report["variants"][name]
+        events = [e for e in raw_events(out / name) if e.get("ph") == "X"]
+        steps = sorted((e for e in events if e["name"].startswith("ProfilerStep#")), key=lambda e: e["ts"])
+        assert m["steps"] == len(steps) == STEPS
+        assert m["median_step_ms"] == pytest.approx(statistics.median(e["dur"] / 1e3 for e in steps))
+        assert sum(m["category_ms"].values()) == pytest.approx(m["kernel_total_ms"])
+        assert sum(m["category_pct"].values()) == pytest.approx(100.0)
+        # CPU trace: operator self times add up to the time covered by operators within the steps.
+        in_step = [
+            e for e in events
+            if e["cat"] == "cpu_op" and any(s["ts"] <= e["ts"] < s["ts"] + s["dur"] for s in steps)
+        ]
+        covered = union_length([(e["ts"], e["ts"] + e["dur"]) for e in in_step]) / 1e3
+        assert m["kernel_total_ms"] == pytest.approx(covered, rel=1e-3)
+        assert m["temporal"]["busy_ms"] + m["temporal"]["idle_ms"] == pytest.approx(sum(e["dur"] for e in steps) / 1e3)
+        data = [e for e in events if e["name"] == "data" and e["cat"] == "user_annotation"]
+        assert m["data"]["wait_ms_per_step"] == pytest.approx(sum(e["dur"] for e in data) / 1e3 / STEPS)
+        assert m["memory"]["peak_allocated_bytes"] > 0
+    eager, compiled = report["variants"]["eager"], report["variants"]["compiled"]
+    assert compiled["speedup_vs_baseline"] == pytest.approx(eager["median_step_ms"] / compiled["median_step_ms"])
+    assert compiled["wall_speedup_vs_baseline"] == pytest.approx(
+        statistics.median(eager["run"]["wall_step_ms"]) / statistics.median(compiled["run"]["wall_step_ms"])
+    )
+    assert (out / "report.md").exists() and all((out / c).exists() for c in report["charts"])
+
+
+def test_eager_layer_ranges_count_modules(profiled) -> None:
+    from fastcifar.models import SKConv, create_model
+
+    model = create_model("sk_densenet", **TINY)
+    n_sk = sum(isinstance(mod, SKConv) for mod in model.modules())
+    n_dense = sum(type(mod).__name__.endswith("Bottleneck") for mod in model.modules())
+    _, _, report = profiled
+    eager = report["variants"]["eager"]
+    assert eager["regions"]["sk_select"]["calls_per_step"] == n_sk
+    assert eager["regions"]["sk_select"]["forward_ms_per_step"] > 0
+    assert eager["regions"]["sk_select"]["backward_ms_per_step"] > 0
+    assert eager["layers"]["SKConv"]["calls_per_step"] == n_sk
+    assert eager["layers"]["dense_layer"]["calls_per_step"] == n_dense
+    assert report["variants"]["compiled"]["layers"] == {}  # no ranges inside a compiled graph
+
+
+def test_layer_ranges_restore_model_functions() -> None:
+    from fastcifar.models import layers
+    from fastcifar.profile import layer_ranges
+
+    before = layers.sk_select_torch
+    model = torch.nn.Sequential(layers.SKConv(8, groups=2, min_dim=4, impl="torch"))
+    with layer_ranges(model) as wrapped:
+        assert wrapped == 1 and layers.sk_select_torch is not before
+    assert layers.sk_select_torch is before
+    assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks
+
+
+def test_triton_mode_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastcifar.profile import triton_mode
+
+    cpu = torch.device("cpu")
+    assert triton_mode(cpu, "torch") == "not used"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "interpreter" in triton_mode(cpu, "triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "reference fallback" in triton_mode(cpu, "triton")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"variants": "eager,fast"}, "unknown variant"),
+        ({"model_kwargs": "{growth"}, "JSON object"),
+        ({"arch": "no_such_net"}, "unknown --arch"),
+        ({"steps": 0}, "--steps"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_profile_user_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from fastcifar.profile import profile_variants
+
+    args = {"arch": "sk_densenet", "variants": "eager", "steps": 1, "batch_size": 2, "out": tmp_path, "device": "cpu"}
+    with pytest.raises(UserError, match=message):
+        profile_variants(**{**args, **kwargs})
+
+
+def test_profile_cli_error_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastcifar.profile", "--variants", "turbo", "--out", str(tmp_path), "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("fastcifar.profile: error: unknown variant")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_profile_gpu_tiny(tmp_path: Path) -> None:
+    from fastcifar.analyze import analyze
+    from fastcifar.profile import profile_variants
+
+    profile_variants("sk_densenet", "eager,compiled,compiled_triton", steps=3, batch_size=32, out=tmp_path, model_kwargs=TINY, device="cuda")
+    report = analyze(tmp_path)
+    for name in ("eager", "compiled", "compiled_triton"):
+        m = report["variants"][name]
+        assert m["device_kind"] == "cuda" and m["steps"] == 3
+        assert sum(m["category_ms"].values()) == pytest.approx(m["kernel_total_ms"])
+    assert report["variants"]["compiled_triton"]["regions"]["sk_select"]["found"]
