@@ -249,7 +249,8 @@ def resolve_device(requested: str | None, local_rank: int = 0):
 def ensure_dataset(config: TrainConfig, ctx) -> None:
     """Prepare the betons when missing (rank 0 only; the other ranks wait)."""
     from fastcifar import distributed
-    from fastcifar.data import dataset_dir, prepare
+    # Imported from the module itself: the package attribute `prepare` is that module once loaded.
+    from fastcifar.data.prepare import dataset_dir, prepare
 
     folder = Path(dataset_dir(config.data_root, config.dataset))
     missing = [name for name in ("train.beton", "test.beton", "meta.json") if not (folder / name).is_file()]
@@ -305,7 +306,8 @@ def run(config: TrainConfig, resume_state: dict[str, Any] | None = None) -> dict
 
     from fastcifar import checkpoint as ckpt
     from fastcifar import distributed, engine
-    from fastcifar.data import build_loader, load_meta
+    from fastcifar.data.loaders import build_loader
+    from fastcifar.data.prepare import load_meta
     from fastcifar.metrics import RunLogger, summarize
     from fastcifar.models import create_model
 
@@ -547,8 +549,6 @@ def train(
         fast: preset: compile + channels_last + bf16 + gpu loader + Triton kernels.
         baseline: preset: the study's pipeline: eager fp32 NCHW + torch loader + PyTorch layers.
     """
-    from fastcifar import checkpoint as ckpt
-
     flags = dict(
         arch=arch, model_kwargs=model_kwargs, epochs=epochs, batch_size=batch_size, lr=lr, loader=loader,
         dataset=dataset, data_root=data_root, device=device, compile=compile, compile_mode=compile_mode,
@@ -564,6 +564,10 @@ def train(
         resume = out
     if not isinstance(resume, str):
         raise UserError(f"--resume takes a run folder, got {resume!r}.")
+    if not (Path(resume) / "checkpoint.pt").is_file():  # checked before the (slow) torch import
+        raise UserError(f"no checkpoint at {Path(resume) / 'checkpoint.pt'}: pass the folder of a run started by fastcifar.train")
+    from fastcifar import checkpoint as ckpt
+
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
     saved = TrainConfig(**state["config"])
     config = replace(
