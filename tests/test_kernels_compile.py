@@ -149,6 +149,68 @@ def compile_all_kernels_for_sm90() -> int:
     return count
 
 
+def trace_cuda_decomposition() -> list[tuple[str, list[str]]]:
+    """Trace every op on fake CUDA tensors through AOT functionalisation, as Inductor receives them.
+
+    Returns (kernel name, tensors the kernel mutates) per Triton kernel node. Triton's mutation
+    analysis lowers each kernel to TTIR; a fixed sm_90 target stands in for the absent driver.
+    Must run with TRITON_INTERPRET unset, in a process of its own (it replaces Triton's driver).
+    """
+    import triton
+    from torch._functorch.aot_autograd import aot_export_module
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from triton.backends.compiler import GPUTarget
+
+    class Sm90Target:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    triton.runtime.driver.set_active(Sm90Target())
+
+    class AllOps(nn.Module):
+        def forward(self, grad, b0, b1, logits, x, grad_pool):
+            v = torch.ops.fastcifar.sk_select([b0, b1], logits)
+            s = torch.ops.fastcifar.sk_fuse_mean([b0, b1])
+            (d0, d1), dlogits = torch.ops.fastcifar.sk_select_backward(grad, [b0, b1], logits)
+            z, argmax = torch.ops.fastcifar.zpool(x, 2)
+            dx = torch.ops.fastcifar.zpool_backward(grad_pool, argmax, list(x.shape), 2, True)
+            return v, s, d0 + d1, dlogits, z, dx
+
+    with FakeTensorMode():
+        cl = torch.channels_last
+        feats = [torch.empty(2, 37, 5, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl) for _ in range(3)]
+        x = torch.empty(2, 8, 5, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+        args = [*feats, torch.empty(2, 2, 37, device="cuda"), x, torch.empty(2, 8, 2, 7, device="cuda", dtype=torch.bfloat16)]
+        gm, _ = aot_export_module(AllOps(), args, trace_joint=False)
+    return [
+        (kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__, sorted(n.kwargs["tensors_to_clone"]))
+        for n in gm.graph.nodes
+        if "triton_kernel_wrapper" in str(n.target)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the cuda tests trace the kernels for real")
+def test_cuda_decomposition_traces_without_a_gpu():
+    """What Inductor sees on CUDA: each op becomes its Triton kernel, writing only its outputs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    script = f"import runpy; print(runpy.run_path({__file__!r})['trace_cuda_decomposition']())"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str([
+        ("_sk_select_fwd_kernel", ["out_ptr"]),
+        ("_sk_fuse_mean_kernel", ["out_ptr"]),
+        ("_sk_select_bwd_kernel", ["df0_ptr", "df1_ptr", "dlogits_ptr"]),
+        ("_zpool_fwd_kernel", ["idx_ptr", "out_ptr"]),
+        ("_zpool_bwd_kernel", ["dx_ptr"]),
+    ])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the cuda tests compile the kernels for real")
 def test_kernels_compile_to_sm90_cubin_without_a_gpu():
