@@ -313,7 +313,8 @@ def profile_variant(
     inductor_kernel_ranges = False
     if spec.compile:
         if device.type == "cpu" and compile_backend == "inductor":
-            # Inductor's C++ kernels are invisible to the profiler unless it wraps them in ranges.
+            # Inductor's C++ kernels are invisible to the profiler unless it wraps them in ranges
+            # (a process-wide setting; it only adds ranges around kernels).
             import torch._inductor.config as inductor_config
 
             if hasattr(inductor_config.cpp, "enable_kernel_profile"):

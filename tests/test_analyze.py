@@ -78,6 +78,7 @@ def test_categorise_names() -> None:
         "void at::native::reduce_kernel<512, 1, MeanOps>": C.REDUCTION,
         "triton_red_fused_sum_1": C.REDUCTION,
         "cpp_fused_mean_0": C.REDUCTION,
+        "graph_0_cpp_fused_add_convolution_backward_native_batch_norm_backward_3": C.NORM,
         "Memcpy HtoD (Pageable -> Device)": C.COPY,
         "aten::copy_": C.COPY,
         "_sk_select_fwd_kernel": C.CUSTOM,

@@ -64,6 +64,21 @@ def test_outputs_written(profiled) -> None:
     assert not list(out.rglob("*.tmp"))
 
 
+def test_tensorboard_plugin_reads_traces(profiled, tmp_path: Path) -> None:
+    pytest.importorskip("torch_tb_profiler")
+    from torch_tb_profiler import consts
+    from torch_tb_profiler.profiler.data import RunProfileData
+    from torch_tb_profiler.profiler.run_generator import RunGenerator
+
+    out, _, _ = profiled
+    (trace,) = (out / "eager").glob("*.pt.trace.json")
+    match = consts.WORKER_PATTERN.match(trace.name)  # how the plugin finds traces in a run folder
+    assert match and match.group(1) == "eager"
+    data = RunProfileData.parse("eager", match.group(2)[1:], str(trace), str(tmp_path))
+    profile = RunGenerator("eager", match.group(2), data).generate_run_profile()
+    assert profile.views  # overview, operator, ... pages
+
+
 def test_report_matches_raw_trace(profiled) -> None:
     out, _, report = profiled
     for name in ("eager", "compiled"):
