@@ -1,0 +1,87 @@
+"""Two processes on CPU (gloo) through torchrun: disjoint shards, reduced metrics, rank-0 files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"growth_rate": 4, "block_config": (1, 1)}
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """A small synthetic dataset (64 train / 40 test images), shared by the training tests."""
+    from fastcifar.data.prepare import prepare
+
+    root = tmp_path_factory.getbasetemp() / "train-synthetic"
+    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_on_gloo(train_data, tmp_path):
+    from fastcifar.data.beton import read_beton
+    from fastcifar.data.loaders import build_loader
+    from fastcifar.models import create_model
+    from fastcifar.train import SEEN_DIR_ENV, SeenRecorder
+
+    out, seen = tmp_path / "run", tmp_path / "seen"
+    env = {**os.environ, "PYTHONPATH": str(REPO), SEEN_DIR_ENV: str(seen), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", "-m", "fastcifar.train",
+        "--arch", "sk_densenet", "--model_kwargs", json.dumps(TINY), "--dataset", "synthetic",
+        "--data_root", str(train_data), "--device", "cpu", "--epochs", "1", "--batch_size", "16",
+        "--eval_batch_size", "16", "--out", str(out),
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("epoch   1/1") == 1  # one summary line: rank 0 prints, rank 1 does not
+
+    ranks = [np.load(seen / f"seen-rank{r}.npz") for r in (0, 1)]
+    # Train: each rank 32 of the 64 images (2 steps of 16); together exactly the whole split.
+    _, train_labels, _ = read_beton(train_data / "synthetic" / "train.beton")
+    assert [len(r["train_labels"]) for r in ranks] == [32, 32]
+    together = np.sort(np.concatenate([r["train_labels"] for r in ranks]))
+    np.testing.assert_array_equal(together, np.sort(train_labels))
+    # Test: disjoint shards covering every image once (fingerprints of the un-augmented images).
+    recorder = SeenRecorder(tmp_path, rank=9)
+    for images, labels in build_loader("gpu", "test", root=train_data, dataset="synthetic", batch_size=40):
+        recorder("test", images, labels)
+    everything = set(np.round(np.concatenate(recorder.records["test_fingerprints"]), 6))
+    shards = [set(np.round(r["test_fingerprints"], 6)) for r in ranks]
+    assert len(everything) == 40 and not shards[0] & shards[1] and shards[0] | shards[1] == everything
+
+    # The reduced test metrics equal a single-process evaluation of the saved (rank-0) model.
+    row = json.loads((out / "metrics.jsonl").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and row["train_images"] == 64
+    model = create_model("sk_densenet", num_classes=100, **TINY)
+    model.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["model"])
+    model.eval()
+    images, labels = next(iter(build_loader("gpu", "test", root=train_data, dataset="synthetic", batch_size=40)))
+    with torch.no_grad():
+        logits = model(images)
+    assert row["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert row["top1"] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+    top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    assert row["top5"] == pytest.approx(100 * top5)
+    # Files come from rank 0 only: every TensorBoard event file names one writer process
+    # (events.out.tfevents.<time>.<host>.<pid>.<n>).
+    events = list((out / "tb").rglob("events.out.tfevents.*"))
+    assert events and len({path.name.split(".")[-2] for path in events}) == 1
