@@ -204,6 +204,7 @@ def train_one_epoch(
     log_every: int = 25,
     description: str = "train",
     batch_hook: BatchHook | None = None,
+    progress: bool = True,
 ) -> EpochResult:
     """Train for one pass over ``loader``; ``model`` is in train mode on return.
 
@@ -223,7 +224,7 @@ def train_one_epoch(
     first_step_seconds = 0.0
     last_lr = current_lr(optimizer)
     bar = tqdm(
-        total=total_steps, initial=skip_steps, desc=description, disable=not ctx.is_main,
+        total=total_steps, initial=skip_steps, desc=description, disable=not (progress and ctx.is_main),
         leave=False, dynamic_ncols=True, mininterval=0.5,
     )
     synchronize(device)

@@ -392,6 +392,12 @@ def run(config: TrainConfig, resume_state: dict[str, Any] | None = None) -> dict
                 f"compile {config.compile}, channels_last {config.channels_last}, world_size {ctx.world_size}; out {out}",
                 flush=True,
             )
+        if ctx.is_main and device.type == "cpu" and config.amp == "bf16" and config.channels_last:
+            print(
+                "note: on CPU, bf16 + channels_last gives non-finite weight gradients for grouped dilated convs "
+                "(SK layers) in current torch releases; if the loss becomes NaN, add --channels_last false",
+                flush=True,
+            )
         if rng_state is not None:  # last, after everything above that may draw random numbers
             ckpt.restore_rng_state(rng_state)
 

@@ -201,8 +201,10 @@ def test_metrics_and_summary_are_consistent(train_data, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_matches_eager(train_data, tmp_path):
-    eager = tiny_run(train_data, tmp_path / "eager", epochs=2)
-    compiled = tiny_run(train_data, tmp_path / "compiled", epochs=2, compile=True)
+    # Compilation on CPU is slow: the smallest model (one dense block) for one epoch of 4 steps.
+    smallest = {"growth_rate": 4, "block_config": (1,)}
+    eager = tiny_run(train_data, tmp_path / "eager", model_kwargs=smallest)
+    compiled = tiny_run(train_data, tmp_path / "compiled", model_kwargs=smallest, compile=True)
     rows = {
         name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("eager", "compiled")
