@@ -535,19 +535,21 @@ def train(
     Args:
         arch: model id (``python -m fastcifar.models`` lists them).
         model_kwargs: registry overrides, e.g. ``{"growth_rate": 12, "k": 4}``.
-        epochs, batch_size, lr: the schedule (lr is OneCycle's max_lr); batch_size is per process.
+        epochs: number of epochs (the study: 30).
+        batch_size: training batch per process (the study: 256).
+        lr: OneCycle's max_lr (the study: 0.01).
         loader: ``gpu`` (default), ``ffcv`` or ``torch``.
-        dataset, data_root: ``cifar100`` | ``cifar10`` | ``synthetic`` under ``data_root``;
-            missing betons are prepared first (CIFAR downloads once).
-        device: ``cuda`` when available, else ``cpu``.
-        compile, compile_mode: ``torch.compile`` the model (mode as torch.compile takes it).
-        amp: ``bf16`` | ``fp16`` (with GradScaler) | ``off``.
+        dataset: ``cifar100``, ``cifar10`` or ``synthetic``; missing betons are prepared first.
+        data_root: folder holding ``<dataset>/{train,test}.beton``.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
+        compile: ``torch.compile`` the model.
+        compile_mode: torch.compile's mode (default, reduce-overhead, max-autotune, ...).
+        amp: ``bf16``, ``fp16`` (with GradScaler) or ``off``.
         channels_last: NHWC memory format for model and batches.
-        kernels: ``triton`` | ``torch`` for the SK/Triplet layers (default: the model's choice).
+        kernels: ``triton`` or ``torch`` for the SK/Triplet layers (default: the model's choice).
         seed: weights, shuffle and augmentation seed.
         out: run folder (default ``runs/<arch>-<timestamp>``).
-        resume: a run folder to continue (or ``--resume`` with ``--out``); its saved config is used,
-            only ``--device``, ``--workers`` and ``--log_every`` may change.
+        resume: a run folder to continue (or ``--resume`` with ``--out``); its saved config is used, only --device, --workers and --log_every may change.
         workers: CPU workers of the ffcv/torch loaders.
         label_smoothing: cross-entropy label smoothing (the study: 0).
         eval_batch_size: test batch size (the study: 512).

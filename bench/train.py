@@ -1,0 +1,309 @@
+"""Training-step throughput of sk_densenet in four settings, side by side in one run.
+
+Variants (the model's train step through :func:`fastcifar.engine.train_one_epoch`: forward, CE
+loss, backward, Adam, OneCycleLR):
+
+- ``eager_fp32``: eager, fp32, NCHW, PyTorch SK layers (the study's setting);
+- ``eager_bf16_cl``: eager, bf16 autocast, channels_last;
+- ``compiled_bf16_cl``: ``torch.compile`` + bf16 autocast + channels_last;
+- ``compiled_bf16_cl_triton``: the same with the fused Triton SK kernels (``impl="triton"``);
+- ``eager_bf16`` / ``compiled_bf16``: bf16 in NCHW (added on CPU, see ``CPU_BF16_CL_NOTE``).
+
+Per variant: images/s and step time (median of ``repeats`` timed passes of ``steps`` steps after
+warm-up), peak device memory (CUDA only), compile time (the first step's time above a steady step,
+reported apart from the throughput), achieved TFLOP/s from the model's counted FLOPs (forward +
+backward, ``torch.utils.flop_counter``) and the fraction of ``peak_tflop_per_s`` when given.
+Input: seeded normal-distributed images and random labels, resident on the device (no loader).
+
+Usage::
+
+    python -m bench.train                    # CUDA: full size, batch 256; CPU: a tiny config (said so)
+    python -m bench.train --device cpu --steps 5 --batch_size 32
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from fastcifar.errors import UserError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "eager_fp32": {"compile": False, "amp": "off", "channels_last": False, "impl": "torch"},
+    "eager_bf16_cl": {"compile": False, "amp": "bf16", "channels_last": True, "impl": "torch"},
+    "compiled_bf16_cl": {"compile": True, "amp": "bf16", "channels_last": True, "impl": "torch"},
+    "compiled_bf16_cl_triton": {"compile": True, "amp": "bf16", "channels_last": True, "impl": "triton"},
+    # NCHW bf16 pair: on CPU, bf16 + channels_last fails (see CPU_BF16_CL_NOTE), so the CPU run adds these.
+    "eager_bf16": {"compile": False, "amp": "bf16", "channels_last": False, "impl": "torch"},
+    "compiled_bf16": {"compile": True, "amp": "bf16", "channels_last": False, "impl": "torch"},
+}
+STUDY_VARIANTS = ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton")
+CPU_BF16_CL_NOTE = (
+    "On CPU (torch 2.14.1 here) the weight gradient of a grouped *and* dilated conv (the SK 5x5 branch: "
+    "3x3, dilation 2, groups 2) is non-finite under bf16 autocast with channels_last; groups=1 or "
+    "dilation=1 or NCHW are fine. The engine stops such a run at the first NaN/inf loss, so the bf16 "
+    "channels_last variants fail on CPU and the NCHW bf16 variants are added for comparison."
+)
+TINY_CPU_CONFIG = {"growth_rate": 4, "block_config": (2, 2, 2, 2)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_train_flops(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """FLOPs of one forward + backward pass (fp32, eager) as torch's flop counter tallies them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def _build(arch: str, model_kwargs: dict[str, Any], impl: str, device: torch.device, channels_last: bool):
+    from fastcifar.models import create_model, get_entry
+
+    kwargs = dict(model_kwargs)
+    if "impl" in get_entry(arch).override_names():
+        kwargs["impl"] = impl
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=100, **kwargs)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device=device, memory_format=memory_format)
+
+
+def bench_variant(
+    name: str,
+    *,
+    device: torch.device,
+    arch: str,
+    model_kwargs: dict[str, Any],
+    batch_size: int,
+    steps: int,
+    repeats: int = 3,
+    warmup_steps: int = 3,
+) -> dict[str, Any]:
+    """Time one variant; see the module docstring for what is measured."""
+    from fastcifar import engine
+
+    spec = VARIANTS[name]
+    settings = engine.StepSettings(device=device, amp=spec["amp"], channels_last=spec["channels_last"])
+    model = _build(arch, model_kwargs, spec["impl"], device, spec["channels_last"])
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch_size, 3, 32, 32, generator=generator).to(device)
+    labels = torch.randint(0, 100, (batch_size,), generator=generator).to(device)
+    images = settings.prepare_input(images)
+    step_model = torch.compile(model) if spec["compile"] else model
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=repeats + 2, steps_per_epoch=max(steps, warmup_steps), device=device
+    )
+    scaler = engine.build_scaler(settings)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run(n: int) -> engine.EpochResult:
+        return engine.train_one_epoch(
+            step_model, [(images, labels)] * n, optimizer, scheduler, scaler, settings,
+            log_every=n, progress=False,
+        )
+
+    warm = run(warmup_steps)
+    timed = [run(steps) for _ in range(repeats)]
+    seconds = statistics.median(r.seconds for r in timed)
+    loss = timed[-1].loss
+    if not torch.isfinite(torch.tensor(loss)):
+        raise RuntimeError(f"{name}: non-finite loss {loss}")
+    return {
+        "images_per_s": batch_size * steps / seconds,
+        "step_ms": 1000 * seconds / steps,
+        "compile_seconds": warm.warmup_seconds if spec["compile"] else 0.0,
+        "first_step_excess_seconds": warm.warmup_seconds,
+        "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "timed_seconds": [r.seconds for r in timed],
+        "loss": loss,
+        **spec,
+    }
+
+
+def bench_train(
+    device: torch.device | str,
+    arch: str = "sk_densenet",
+    model_kwargs: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    steps: int = 20,
+    variants: Sequence[str] | str = STUDY_VARIANTS,
+    repeats: int = 3,
+    peak_tflop_per_s: float | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``variants`` of ``arch``'s training step; returns ``{"config", "variants", ...}``.
+
+    ``variants[name]`` holds images_per_s, step_ms, compile_seconds, peak_memory_mib (CUDA, else
+    None), tflop_per_s and mfu (None without ``peak_tflop_per_s``), or ``error`` if the variant
+    failed (the others still run). ``speedup_vs_eager_fp32`` compares images/s.
+    """
+    device = torch.device(device)
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(VARIANTS)}.")
+    model_kwargs = dict(model_kwargs or {})
+    probe = _build(arch, model_kwargs, "torch", device, False)
+    generator = torch.Generator().manual_seed(2)
+    flops = count_train_flops(
+        probe,
+        torch.randn(batch_size, 3, 32, 32, generator=generator).to(device),
+        torch.randint(0, 100, (batch_size,), generator=generator).to(device),
+    )
+    parameters = sum(p.numel() for p in probe.parameters())
+    del probe
+    results: dict[str, Any] = {}
+    for name in variants:
+        torch._dynamo.reset()  # every compiled variant pays (and reports) its own compilation
+        try:
+            row = bench_variant(
+                name, device=device, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size,
+                steps=steps, repeats=repeats,
+            )
+        except Exception as err:  # keep the other variants' figures; record why this one failed
+            results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            continue
+        row["tflop_per_s"] = flops / (row["step_ms"] / 1000) / 1e12
+        row["mfu"] = row["tflop_per_s"] / peak_tflop_per_s if peak_tflop_per_s else None
+        results[name] = row
+    base = results.get("eager_fp32", {}).get("images_per_s")
+    return {
+        "config": {
+            "device": str(device), "arch": arch, "model_kwargs": model_kwargs, "batch_size": batch_size,
+            "steps": steps, "repeats": repeats, "parameters": parameters, "train_flops_per_step": flops,
+            "peak_tflop_per_s": peak_tflop_per_s,
+        },
+        "variants": results,
+        "speedup_vs_eager_fp32": {
+            name: row["images_per_s"] / base for name, row in results.items() if base and "images_per_s" in row
+        },
+    }
+
+
+def _versions(device: torch.device) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+    }
+    try:
+        import triton
+
+        found["triton"] = triton.__version__
+    except Exception:  # triton absent: the triton variant reports its own error
+        found["triton"] = None
+    return found
+
+
+def render_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| variant | images/s | step ms | vs eager fp32 | compile s | peak MiB | TFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["variants"].items():
+        if "error" in row:
+            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | | |")
+            continue
+        memory = f"{row['peak_memory_mib']:.0f}" if row["peak_memory_mib"] is not None else "n/a (CPU)"
+        lines.append(
+            f"| {name} | {row['images_per_s']:,.1f} | {row['step_ms']:.1f} | "
+            f"{result['speedup_vs_eager_fp32'].get(name, float('nan')):.2f}x | {row['compile_seconds']:.1f} | "
+            f"{memory} | {row['tflop_per_s']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    from fastcifar.metrics import write_text_atomic
+
+    write_text_atomic(path, text)
+
+
+def main(
+    device: str | None = None,
+    arch: str = "sk_densenet",
+    model_kwargs: dict | None = None,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    repeats: int = 3,
+    variants: str | None = None,
+    peak_tflop_per_s: float | None = None,
+    out: str = str(RESULTS_DIR),
+) -> None:
+    """Run the benchmark, print a table, write ``<out>/train-<device>-<date>.json`` and ``.md``.
+
+    On CUDA the defaults are the full model at batch 256 for 50 steps; on CPU a tiny config
+    (growth_rate 4, blocks 2/2/2/2) at batch 32 for 5 steps, whose figures are ratios on that CPU only.
+    """
+    device_obj = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device_obj.type == "cuda"
+    if model_kwargs is None:
+        model_kwargs = {} if cuda else dict(TINY_CPU_CONFIG)
+    batch_size = batch_size or (256 if cuda else 32)
+    steps = steps or (50 if cuda else 5)
+    if variants is None:
+        variants = ",".join(STUDY_VARIANTS if cuda else VARIANTS)
+    result = bench_train(
+        device_obj, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size, steps=steps,
+        variants=variants, repeats=repeats, peak_tflop_per_s=peak_tflop_per_s,
+    )
+    date = datetime.date.today().isoformat()
+    note = (
+        "Full-size model on CUDA."
+        if cuda
+        else "CPU, tiny config (not the study's model size): ratios on this 2-core CPU only. On CPU tensors the "
+        "`triton` SK layers run the kernels' PyTorch fallback (no GPU kernels), so that variant measures compile "
+        "with the custom op, not Triton. Peak memory is CUDA-only. " + CPU_BF16_CL_NOTE
+    )
+    record = {
+        "benchmark": "train",
+        "command": "python -m bench.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": date,
+        "note": note,
+        "versions": _versions(device_obj),
+        **result,
+    }
+    table = render_table(result)
+    print(table)
+    stem = Path(out) / f"train-{device_obj.type}-{date}"
+    _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
+    markdown = (
+        f"# Training-step throughput: {arch} ({device_obj.type}, {date})\n\n"
+        f"Command: `{record['command']}`\n\n{note}\n\n"
+        f"Batch {batch_size}, {steps} steps per timed pass, median of {repeats} passes after 3 warm-up steps; "
+        f"model kwargs {model_kwargs or '{} (full size)'}; {result['config']['parameters']:,} parameters; "
+        f"{result['config']['train_flops_per_step'] / 1e9:.2f} GFLOP per step (fwd+bwd, counted).\n\n"
+        f"{table}\n\nVersions: torch {record['versions']['torch']}, triton {record['versions']['triton']}, "
+        f"python {record['versions']['python']}, {record['versions']['gpu'] or record['versions']['cpu']}, "
+        f"{record['versions']['torch_threads']} torch threads.\n"
+    )
+    _write_atomic(stem.with_suffix(".md"), markdown)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    from fastcifar.cli import run_cli
+
+    run_cli(main, "bench.train")
