@@ -8,6 +8,8 @@ that checks counts, the label paired with each image, and that no record is repe
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -86,7 +88,7 @@ def make(kind: str, split: str, root, arrays=None, **kwargs):
 # --- errors -------------------------------------------------------------------------------------
 
 
-def test_registry_and_user_errors(tmp_path):
+def test_registry_and_user_errors(tmp_path, monkeypatch):
     assert list_loaders() == ["ffcv", "gpu", "torch"]
     with pytest.raises(UserError, match="unknown loader kind 'dali'.*ffcv, gpu, torch"):
         build_loader("dali", "train", root=tmp_path, dataset="synthetic")
@@ -102,6 +104,9 @@ def test_registry_and_user_errors(tmp_path):
     for kind in KINDS:
         with pytest.raises(UserError, match="corrupt or incomplete.*prepare --dataset synthetic"):
             build_loader(kind, "test", root=tmp_path, dataset="synthetic")
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # as on a machine without FFCV
+    with pytest.raises(UserError, match="needs FFCV.*GpuLoader.from_arrays"):
+        build_loader("gpu", "test", root=tmp_path, dataset="synthetic")
 
 
 def test_batch_larger_than_split_is_a_user_error():

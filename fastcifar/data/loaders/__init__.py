@@ -71,6 +71,13 @@ def beton_path(root: str | Path, dataset: str, split: str) -> Path:
     command = f"`python -m fastcifar.data prepare --dataset {dataset} --root {root}`"
     if not path.is_file():
         raise UserError(f"{path} does not exist; run {command} first.")
+    try:
+        import ffcv  # noqa: F401  every kind reads betons through FFCV
+    except ImportError as err:
+        raise UserError(
+            f"reading {path} needs FFCV, which is not importable ({err}); install it, or build the gpu "
+            "loader from arrays: GpuLoader.from_arrays(images, labels, ...)."
+        ) from None
     # The data package's beton check (header, fields, truncation); reworded to name the command.
     from fastcifar.data.beton import _open_checked
 

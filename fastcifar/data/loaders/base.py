@@ -18,6 +18,7 @@ and rank ``r`` takes the strided slice ``perm[r::world_size]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, runtime_checkable
@@ -58,6 +59,21 @@ def make_generator(device: torch.device | str, *parts: int) -> torch.Generator:
     generator = torch.Generator(device=torch.device(device))
     generator.manual_seed(derive_seed(*parts))
     return generator
+
+
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit.
+
+    Why: FFCV's ``Compiler.set_num_threads`` (run by every FFCV ``Loader``, e.g. inside
+    ``read_beton``) also calls ``torch.set_num_threads(num_workers)``, silently changing the
+    thread count the caller's model and our transforms run with.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_split(split: str) -> None:

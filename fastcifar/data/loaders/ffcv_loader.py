@@ -21,7 +21,8 @@ Seeds: the FFCV order seed is derived from ``seed`` (so seeds 0 and 1 do not giv
 of the same epoch sequence); our augmentation draws from a generator seeded by
 ``(seed, epoch, rank)``.
 
-Note: FFCV sets ``torch.set_num_threads(num_workers)`` process-wide when it starts an epoch.
+Threads: FFCV sets torch's thread count to ``num_workers`` when a Loader is built and when an
+epoch starts; we restore the caller's count after both (see ``_iter_epoch``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fastcifar.data.loaders.base import (
     check_batches,
     check_rank,
     derive_seed,
+    keep_torch_threads,
     make_generator,
 )
 from fastcifar.errors import UserError
@@ -109,25 +111,33 @@ class FfcvLoader(LoaderBase):
             "label": [IntDecoder(), ToTensor(), Squeeze(), *to_device],
             "coarse_label": None,  # not needed for training: skip decoding it
         }
-        self._ffcv = FfcvBaseLoader(
-            str(path),
-            batch_size=self.batch_size,
-            num_workers=num_workers or default_num_workers(),
-            order=order,
-            distributed=distributed,
-            seed=derive_seed(self.seed) % 2**31,
-            pipelines=pipelines,
-            drop_last=self.drop_last,
-            batches_ahead=batches_ahead,
-        )
+        with keep_torch_threads():  # FFCV's constructor sets torch's thread count
+            self._ffcv = FfcvBaseLoader(
+                str(path),
+                batch_size=self.batch_size,
+                num_workers=num_workers or default_num_workers(),
+                order=order,
+                distributed=distributed,
+                seed=derive_seed(self.seed) % 2**31,
+                pipelines=pipelines,
+                drop_last=self.drop_last,
+                batches_ahead=batches_ahead,
+            )
         # Samples this rank gets per epoch before batching (DistributedSampler pads to ceil(N/W)).
         self.num_items = len(self._ffcv.first_traversal_order)
         check_batches("ffcv", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
         self.transform = build_transform(train, augment, dtype, channels_last).to(self.device)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # FFCV's __iter__ (and its producer thread, before the first batch) call
+        # torch.set_num_threads(num_workers); put the caller's count back once the first batch is
+        # in: our transform runs on this thread's torch threads, and a silently changed count
+        # changes its speed several-fold on a small machine (bench/loaders.py).
+        threads = torch.get_num_threads()
         # FFCV keys its shuffle on ``next_epoch`` and increments it in ``__iter__``.
         self._ffcv.next_epoch = epoch
         aug_generator = make_generator(self.device, self.seed, epoch, self.rank)
-        for images, labels in self._ffcv:
+        for index, (images, labels) in enumerate(self._ffcv):
+            if index == 0:
+                torch.set_num_threads(threads)
             yield self.transform(images, generator=aug_generator), labels.clone()

@@ -20,6 +20,7 @@ from fastcifar.data.loaders.base import (
     build_transform,
     check_batches,
     check_rank,
+    keep_torch_threads,
     make_generator,
     shard_size,
     shard_slice,
@@ -100,7 +101,8 @@ class GpuLoader(LoaderBase):
         """Decode a whole beton once (through FFCV) and keep it on ``device``."""
         from fastcifar.data.beton import read_beton
 
-        images, fine, _coarse = read_beton(path)
+        with keep_torch_threads():
+            images, fine, _coarse = read_beton(path)
         return cls.from_arrays(images, fine, device=device, **kwargs)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

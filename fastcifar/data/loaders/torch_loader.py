@@ -29,6 +29,7 @@ from fastcifar.data.loaders.base import (
     LoaderBase,
     check_batches,
     check_rank,
+    keep_torch_threads,
     make_generator,
     shard_slice,
 )
@@ -123,7 +124,8 @@ class TorchLoader(LoaderBase):
         """Decode the beton once into numpy and serve PIL images from it."""
         from fastcifar.data.beton import read_beton
 
-        images, fine, _coarse = read_beton(path)
+        with keep_torch_threads():
+            images, fine, _coarse = read_beton(path)
         return cls(images, fine, train=train, **kwargs)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
