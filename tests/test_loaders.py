@@ -96,7 +96,8 @@ def test_registry_and_user_errors(tmp_path, monkeypatch):
         build_loader("gpu", "val", root=tmp_path, dataset="synthetic")
     with pytest.raises(UserError, match="rank 2 and world_size 2"):
         build_loader("gpu", "train", root=tmp_path, dataset="synthetic", rank=2, world_size=2)
-    with pytest.raises(UserError, match=r"does not exist; run `python -m fastcifar.data prepare --dataset synthetic --root "):
+    missing = r"does not exist; run `python -m fastcifar.data prepare --dataset synthetic --root "
+    with pytest.raises(UserError, match=missing):
         build_loader("ffcv", "train", root=tmp_path, dataset="synthetic")
     corrupt = tmp_path / "synthetic" / "test.beton"
     corrupt.parent.mkdir()
@@ -166,7 +167,8 @@ def test_test_epoch_is_every_image_once_in_order(kind, synthetic_root, split_arr
 @pytest.mark.parametrize("kind", KINDS)
 def test_augmented_epochs_are_deterministic_and_differ(kind, synthetic_root, split_arrays):
     loader = make(
-        kind, "train", synthetic_root, split_arrays["train"], batch_size=128, seed=3, dtype=torch.bfloat16, channels_last=True
+        kind, "train", synthetic_root, split_arrays["train"],
+        batch_size=128, seed=3, dtype=torch.bfloat16, channels_last=True,
     )
     first = run_epoch(loader, max_batches=2)
     x, y = first
@@ -221,7 +223,8 @@ def test_rank_shards_disjoint_equal_train_and_covering_test(kind, split_arrays):
         images, labels = split_arrays[split]
         n = len(labels)
         loaders = [
-            build(images, labels, train=split == "train", batch_size=batch, augment=False, rank=r, world_size=world, **extra)
+            build(images, labels, train=split == "train", batch_size=batch, augment=False,
+                  rank=r, world_size=world, **extra)
             for r in range(world)
         ]
         shards = shard_records(loaders, images, labels)
@@ -250,7 +253,9 @@ def test_ffcv_shards_through_torch_distributed(synthetic_root, split_arrays, mon
     loaders = []
     for rank in range(world):
         monkeypatch.setattr(dist, "get_rank", lambda *a, r=rank, **k: r)
-        loaders.append(make("ffcv", "train", synthetic_root, batch_size=batch, augment=False, rank=rank, world_size=world))
+        loaders.append(
+            make("ffcv", "train", synthetic_root, batch_size=batch, augment=False, rank=rank, world_size=world)
+        )
     shards = shard_records(loaders, images, labels)
     assert_disjoint(shards)
     assert sorted(i for s in shards for i in s) == list(range(n))
@@ -264,7 +269,9 @@ def test_ffcv_shards_through_torch_distributed(synthetic_root, split_arrays, mon
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_loader_on_cuda_never_synchronises(split_arrays):
     images, labels = split_arrays["train"]
-    loader = GpuLoader.from_arrays(images, labels, device="cuda", train=True, batch_size=128, dtype=torch.bfloat16, channels_last=True)
+    loader = GpuLoader.from_arrays(
+        images, labels, device="cuda", train=True, batch_size=128, dtype=torch.bfloat16, channels_last=True
+    )
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
