@@ -173,7 +173,7 @@ def write_beton(
     return path
 
 
-def _open_checked(path: Path):
+def open_checked(path: Path):
     """Open ``path`` with FFCV's Reader and check it holds the CIFAR fields; UserError otherwise."""
     from ffcv.reader import Reader
 
@@ -205,7 +205,7 @@ def sequential_loader(path: str | os.PathLike, batch_size: int = 1000):
     from ffcv.loader import Loader, OrderOption
 
     path = Path(path)
-    n = int(_open_checked(path).num_samples)
+    n = int(open_checked(path).num_samples)
     if n == 0:
         return None, 0
     loader = Loader(

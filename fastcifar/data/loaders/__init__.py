@@ -79,10 +79,10 @@ def beton_path(root: str | Path, dataset: str, split: str) -> Path:
             "loader from arrays: GpuLoader.from_arrays(images, labels, ...)."
         ) from None
     # The data package's beton check (header, fields, truncation); reworded to name the command.
-    from fastcifar.data.beton import _open_checked
+    from fastcifar.data.beton import open_checked
 
     try:
-        _open_checked(path)
+        open_checked(path)
     except UserError as err:
         raise UserError(f"{path} is corrupt or incomplete ({err}); run {command} again.") from None
     return path
