@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,10 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.common import RESULTS_DIR, sync, write_text_atomic
 from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 from fastcifar.errors import UserError
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -44,19 +42,14 @@ def _images(n: int, seed: int) -> torch.Tensor:
     return (lo + torch.rand(n, 3, 32, 32, generator=g) * span).to(torch.uint8)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_batches(step: Callable[[torch.Tensor], object], batches: list[torch.Tensor], device: torch.device) -> float:
     """Seconds to run ``step`` over every batch, after one warm-up batch (CUDA: synchronised ends)."""
     step(batches[0])
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for batch in batches:
         step(batch)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -153,19 +146,12 @@ def _table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_images: int | None = None,
          seed: int = 0, out_dir: str = str(RESULTS_DIR)) -> None:
     """Run :func:`bench_augment`, print the table and write ``augment-<device>-<date>.json/.md``."""
-    from bench.ceilings import environment
     import torchvision
+
+    from bench.ceilings import environment
 
     record = bench_augment(device, batch_size, n_images, pil_images, seed)
     dev = torch.device(device)
@@ -182,7 +168,7 @@ def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_i
     table = _table(record)
     print(table)
     stem = Path(out_dir) / f"augment-{dev.type}-{today}"
-    _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     env = record["environment"]
     md = (f"# Augmentation throughput ({dev.type}, {today})\n\n"
           f"Command: `{record['command']}`  \n"
@@ -194,7 +180,7 @@ def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_i
           "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
           "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
           "different work than the per-sample pipelines.\n")
-    _write_atomic(stem.with_suffix(".md"), md)
+    write_text_atomic(stem.with_suffix(".md"), md)
     print(f"wrote {stem}.json and {stem}.md")
 
 

@@ -42,8 +42,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import kernels  # noqa: E402
+from bench.common import RESULTS_DIR, write_text_atomic
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SK_CASES = [(80, 32), (80, 16), (80, 8), (80, 4), (40, 32)]  # (C, H = W), M = 2
 ZPOOL_CASES = [(64, 8), (128, 4), (256, 2), (512, 1)]  # (C, H = W), pooled along dims 1, 2, 3
@@ -244,12 +244,6 @@ def _markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_benchmarks(
     out_dir: str | Path = RESULTS_DIR, dtype: str = "bf16", layout: str = "channels_last", batch: int = 256
 ) -> dict[str, Any]:
@@ -287,8 +281,8 @@ def run_benchmarks(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"kernels-{device}-{now.date().isoformat()}"
-    _write_atomic(out / f"{stem}.json", json.dumps(record, indent=2))
-    _write_atomic(out / f"{stem}.md", _markdown(record))
+    write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=2))
+    write_text_atomic(out / f"{stem}.md", _markdown(record))
     print(f"wrote {out / stem}.json and .md")
     return record
 

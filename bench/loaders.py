@@ -24,25 +24,23 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from bench.common import (
+    RESULTS_DIR,
+    cpu_name,
+    package_versions,
+    sync,
+    write_text_atomic,
+)
 from fastcifar.errors import UserError
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_loader(
@@ -101,20 +99,20 @@ def _bench_loader(kind, root, dataset, device, batch_size, epochs, num_workers, 
     for b, _ in enumerate(loader):
         if b + 1 >= warmup_batches:
             break
-    _sync(device)
+    sync(device)
     warmup_seconds = time.perf_counter() - start
 
     epoch_seconds, images = [], 0
     for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)
         images = 0
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for b, (_, labels) in enumerate(loader):
             images += len(labels)
             if max_batches is not None and b + 1 >= max_batches:
                 break
-        _sync(device)
+        sync(device)
         epoch_seconds.append(time.perf_counter() - start)
     seconds = statistics.median(epoch_seconds)
     workers = getattr(loader, "num_workers", None)
@@ -134,26 +132,6 @@ def _bench_loader(kind, root, dataset, device, batch_size, epochs, num_workers, 
         "images_per_s": round(images / seconds, 1),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "torchvision", "ffcv", "numba", "numpy", "pillow"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return versions
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _table(results: list[dict]) -> str:
@@ -222,13 +200,13 @@ def run(
         "date": datetime.date.today().isoformat(),
         "device": {
             "kind": dev.type,
-            "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-            "cpu": _cpu_name(),
+            "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "load_average_at_start": load_at_start,
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         },
-        "versions": _versions(),
+        "versions": package_versions(("torch", "torchvision", "ffcv", "numba", "numpy", "pillow")),
         "config": {
             "n_train": n, "epochs": epochs, "batch_size": batch_size, "warmup_batches": warmup_batches,
             "max_batches": max_batches, "torch_max_batches": torch_max_batches, "seed": seed,
@@ -259,8 +237,8 @@ def main(out_dir: str = str(RESULTS_DIR), **kwargs) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"loaders-{record['device']['kind']}-{record['date']}"
-    _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    _write_atomic(stem.with_suffix(".md"), _markdown(record, table))
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), _markdown(record, table))
     print(f"wrote {stem}.json and {stem}.md")
 
 
@@ -311,12 +289,6 @@ def _reading(results: list[dict]) -> str:
             "made for the GPU).\n"
         )
     return "".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

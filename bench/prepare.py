@@ -16,38 +16,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
+from bench.common import RESULTS_DIR, cpu_name, package_versions
 from fastcifar.errors import UserError
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("ffcv", "numpy", "numba", "torch"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return versions
 
 
 def _median_run(fn, repeats: int) -> list[float]:
@@ -141,9 +118,9 @@ def main(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] | int = (1,
     record.update(
         command="python -m bench.prepare " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         date=today,
-        device={"kind": "cpu", "cpu": _cpu_name(), "cores": os.cpu_count(),
+        device={"kind": "cpu", "cpu": cpu_name(), "cores": os.cpu_count(),
                 "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
-        versions=_versions(),
+        versions=package_versions(("ffcv", "numpy", "numba", "torch")),
     )
     table = _table(record)
     print(table)

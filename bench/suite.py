@@ -32,9 +32,10 @@ from typing import Any, Callable
 
 import torch
 
+from bench.common import sync, write_text_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_SK_DENSENET = {"growth_rate": 4, "block_config": [2, 2, 2, 2]}
-TRAIN_VARIANTS = ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton")
 
 
 class Suite:
@@ -69,14 +70,8 @@ class Suite:
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.out / "results.json", json.dumps(self.record, indent=2, default=str))
-        _write_atomic(self.out / "results.md", render_markdown(self.record))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_text_atomic(self.out / "results.json", json.dumps(self.record, indent=2, default=str))
+        write_text_atomic(self.out / "results.md", render_markdown(self.record))
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -147,18 +142,18 @@ def section_gpu_loader(device: torch.device, tiny: bool) -> dict:
     epochs = []
     for epoch in range(2):  # epoch 0 warms up (allocator, lazy kernels); epoch 1 is the figure
         loader.set_epoch(epoch)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         seen = 0
         for xb, _yb in loader:
             seen += xb.shape[0]
-        _sync(device)
+        sync(device)
         epochs.append({"images": seen, "seconds": time.perf_counter() - start})
     timed = epochs[-1]
     return {"images": n, "epochs": epochs, "images_per_s": timed["images"] / timed["seconds"]}
 
 
-def section_train(device: torch.device, tiny: bool) -> dict:
+def section_train(device: torch.device, tiny: bool, variants: str, peak_tflop_per_s: float | None) -> dict:
     from bench.train import bench_train
 
     return bench_train(
@@ -167,30 +162,40 @@ def section_train(device: torch.device, tiny: bool) -> dict:
         model_kwargs=TINY_SK_DENSENET if tiny else {},
         batch_size=8 if tiny else 256,
         steps=2 if tiny else 20,
-        variants=TRAIN_VARIANTS,
+        variants=variants,
+        repeats=1 if tiny else 3,
+        peak_tflop_per_s=peak_tflop_per_s,
     )
 
 
-def section_profile(device: torch.device, tiny: bool, out: Path) -> dict:
+def section_profile(device: torch.device, tiny: bool, out: Path, variants: str, compile_backend: str) -> dict:
     from fastcifar.analyze import analyze
     from fastcifar.profile import profile_variants
 
     folder = out / "profile"
     profile_variants(
         arch="sk_densenet",
-        variants="eager,compiled",
+        variants=variants,
         steps=2 if tiny else 5,
         batch_size=8 if tiny else 256,
         out=folder,
         model_kwargs=TINY_SK_DENSENET if tiny else None,
         device=str(device),
+        compile_backend=compile_backend,
     )
-    return analyze(folder)
+    report = analyze(folder)
+    return {
+        "report": str(folder / "report.md"),
+        "baseline": report["baseline"],
+        "speedup": {name: m["speedup_vs_baseline"] for name, m in report["variants"].items()},
+        "median_step_ms": {name: m["median_step_ms"] for name, m in report["variants"].items()},
+    }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _measured_peak(suite: Suite) -> float | None:
+    """The matmul rate the environment section measured: the MFU denominator."""
+    env = suite.record["sections"].get("environment", {}).get("result") or {}
+    return (env.get("matmul") or {}).get("tflop_per_s")
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -223,9 +228,10 @@ def _headline(name: str, entry: dict) -> str:
         if name == "gpu_loader":
             return f"{res['images_per_s']:,.0f} img/s"
         if name == "train":
-            return "; ".join(f"{v}: {r['images_per_s']:,.0f} img/s" for v, r in res["variants"].items() if "images_per_s" in r)
+            return "; ".join(f"{v}: {r['images_per_s']:,.0f} img/s" if "images_per_s" in r else f"{v}: failed"
+                             for v, r in res["variants"].items())
         if name == "profile":
-            return "; ".join(f"{v}: {s:.2f}x" for v, s in (res.get("speedup") or {}).items())
+            return "; ".join(f"{v}: {s:.2f}x" for v, s in res["speedup"].items() if s is not None)
         if name == "augment":
             return "; ".join(f"{r['pipeline']}: {r['images_per_s']:,.0f} img/s" for r in res["throughput"]["results"])
     except (KeyError, TypeError, AttributeError):
@@ -241,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--tiny", dest="tiny", action="store_true", default=None, help="tiny sizes (default on CPU)")
     size.add_argument("--full", dest="tiny", action="store_false", help="full sizes (default on CUDA)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    parser.add_argument("--train_variants", default="eager_fp32,eager_bf16_cl,compiled_bf16_cl,compiled_bf16_cl_triton",
+                        help="bench.train variants (comma-separated)")
+    parser.add_argument("--profile_variants", default="eager,compiled", help="fastcifar.profile variants")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile backend for the profile section (aot_eager: quick CPU check)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -257,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         ("kernels", lambda: section_kernels(out)),
         ("augment", lambda: section_augment(device, tiny)),
         ("gpu_loader", lambda: section_gpu_loader(device, tiny)),
-        ("train", lambda: section_train(device, tiny)),
-        ("profile", lambda: section_profile(device, tiny, out)),
+        ("train", lambda: section_train(device, tiny, args.train_variants, _measured_peak(suite))),
+        ("profile", lambda: section_profile(device, tiny, out, args.profile_variants, args.compile_backend)),
     ]
     for name, fn in sections:
         if name not in skip:

@@ -35,9 +35,9 @@ from typing import Any, Sequence
 
 import torch
 
+from bench.common import RESULTS_DIR, write_text_atomic
 from fastcifar.errors import UserError
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, dict[str, Any]] = {
     "eager_fp32": {"compile": False, "amp": "off", "channels_last": False, "impl": "torch"},
     "eager_bf16_cl": {"compile": False, "amp": "bf16", "channels_last": True, "impl": "torch"},
@@ -56,11 +56,6 @@ CPU_BF16_CL_NOTE = (
     "convolutions use channels_last internally). The NCHW bf16 variants are added for comparison."
 )
 TINY_CPU_CONFIG = {"growth_rate": 4, "block_config": (2, 2, 2, 2)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def count_train_flops(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -240,12 +235,6 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from fastcifar.metrics import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def main(
     device: str | None = None,
     arch: str = "sk_densenet",
@@ -293,7 +282,7 @@ def main(
     table = render_table(result)
     print(table)
     stem = Path(out) / f"train-{device_obj.type}-{date}"
-    _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
     markdown = (
         f"# Training-step throughput: {arch} ({device_obj.type}, {date})\n\n"
         f"Command: `{record['command']}`\n\n{note}\n\n"
@@ -304,7 +293,7 @@ def main(
         f"python {record['versions']['python']}, {record['versions']['gpu'] or record['versions']['cpu']}, "
         f"{record['versions']['torch_threads']} torch threads.\n"
     )
-    _write_atomic(stem.with_suffix(".md"), markdown)
+    write_text_atomic(stem.with_suffix(".md"), markdown)
     print(f"wrote {stem}.json and {stem}.md")
 
 
