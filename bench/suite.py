@@ -200,6 +200,39 @@ def _measured_peak(suite: Suite) -> float | None:
 
 # --- report -------------------------------------------------------------------------------------
 
+FAST_VARIANT = "compiled_bf16_cl_triton"
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def derive(sections: dict) -> dict:
+    """Figures the issues set goals for, computed from what the sections measured (None if missing).
+
+    - ``augment_share_of_fast_step``: seconds our train transform takes for one batch over the
+      seconds of one fast-path training step at the same batch size (goal on a GPU: < 5%);
+    - ``fast_vs_eager_fp32``: images/s of the fast path over the study's eager fp32 setting (goal: >= 3x);
+    - ``projected_30_epochs_seconds``: 30 x 50,000 images at the fast path's measured training
+      rate, evaluation excluded (a projection from throughput, not a timed run; goal: < 180 s).
+    """
+    def result(name: str) -> dict:
+        entry = sections.get(name) or {}
+        return entry.get("result") or {} if entry.get("status") == "ok" else {}
+
+    train = result("train")
+    variants = train.get("variants") or {}
+    fast = variants.get(FAST_VARIANT) or {}
+    eager = variants.get("eager_fp32") or {}
+    ours = next((r for r in (result("augment").get("throughput") or {}).get("results", [])
+                 if r.get("pipeline") == "fastcifar"), None)
+    derived: dict[str, Any] = {"fast_variant": FAST_VARIANT, "augment_share_of_fast_step": None,
+                               "fast_vs_eager_fp32": None, "projected_30_epochs_seconds": None}
+    if fast.get("images_per_s") and ours:
+        derived["augment_share_of_fast_step"] = fast["images_per_s"] / ours["images_per_s"]
+    if fast.get("images_per_s") and eager.get("images_per_s"):
+        derived["fast_vs_eager_fp32"] = fast["images_per_s"] / eager["images_per_s"]
+    if fast.get("images_per_s"):
+        derived["projected_30_epochs_seconds"] = 30 * CIFAR_TRAIN_IMAGES / fast["images_per_s"]
+    return derived
+
 
 def render_markdown(record: dict) -> str:
     """A short human summary: one row per section plus the headline figures found in results."""
@@ -215,6 +248,16 @@ def render_markdown(record: dict) -> str:
     lines += ["| section | status | seconds | headline |", "|---|---|---|---|"]
     for name, entry in record["sections"].items():
         lines.append(f"| {name} | {entry['status']} | {entry['seconds']} | {_headline(name, entry)} |")
+    derived = record.get("derived") or {}
+    if any(v is not None for k, v in derived.items() if k != "fast_variant"):
+        lines += ["", f"Derived from the figures above (fast path = `{derived['fast_variant']}`):", ""]
+        if derived["augment_share_of_fast_step"] is not None:
+            lines.append(f"- augmentation time / fast training step: {100 * derived['augment_share_of_fast_step']:.1f}%")
+        if derived["fast_vs_eager_fp32"] is not None:
+            lines.append(f"- fast path vs eager fp32: {derived['fast_vs_eager_fp32']:.2f}x images/s")
+        if derived["projected_30_epochs_seconds"] is not None:
+            lines.append(f"- 30 epochs of 50,000 images at the fast path's rate (projection, no evaluation): "
+                         f"{derived['projected_30_epochs_seconds']:.0f} s")
     return "\n".join(lines) + "\n"
 
 
@@ -274,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in sections:
         if name not in skip:
             suite.run(name, fn)
+    suite.record["derived"] = derive(suite.record["sections"])
+    suite.save()
     print()
     print(render_markdown(suite.record))
     failed = [n for n, e in suite.record["sections"].items() if e["status"] != "ok"]

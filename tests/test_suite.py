@@ -48,3 +48,32 @@ def test_suite_runs_every_section_on_cpu(tmp_path: Path) -> None:
     for name in sections:
         assert f"| {name} | ok |" in summary
     assert summary.strip() in proc.stdout  # the short table is printed last
+
+
+def test_derived_goal_figures_follow_from_the_sections() -> None:
+    from bench.suite import FAST_VARIANT, derive, render_markdown
+
+    sections = {
+        "augment": {"status": "ok", "result": {"throughput": {"results": [
+            {"pipeline": "torchvision-pil", "images_per_s": 900.0},
+            {"pipeline": "fastcifar", "images_per_s": 200_000.0},
+        ]}}},
+        "train": {"status": "ok", "result": {"variants": {
+            "eager_fp32": {"images_per_s": 4_000.0},
+            FAST_VARIANT: {"images_per_s": 16_000.0},
+        }}},
+    }
+    derived = derive(sections)
+    # One image costs 1/200k s to augment and 1/16k s to train: the share is 16k/200k.
+    assert derived["augment_share_of_fast_step"] == pytest.approx(0.08)
+    assert derived["fast_vs_eager_fp32"] == pytest.approx(4.0)
+    assert derived["projected_30_epochs_seconds"] == pytest.approx(30 * 50_000 / 16_000)
+
+    failed = dict(sections, train={"status": "failed", "error": "boom"})
+    assert derive(failed)["fast_vs_eager_fp32"] is None
+    assert derive(failed)["augment_share_of_fast_step"] is None
+
+    record = {"date": "d", "command": "c", "sections": {
+        name: dict(entry, seconds=1.0) for name, entry in sections.items()}, "derived": derived}
+    text = render_markdown(record)
+    assert "8.0%" in text and "4.00x" in text and "94 s" in text
