@@ -23,7 +23,8 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating virtual environment in $venv"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    # pip's notes about this machine's local package folders are noise here; real failures still stop set -e.
+    "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
 echo "setup: installing fastcifar and its dependencies (first time: a few minutes)"
 log="$venv/setup-pip.log"
