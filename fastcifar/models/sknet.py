@@ -152,85 +152,49 @@ _MIDS = (128, 256, 384, 512)
 _DEPTHS = (2, 2, 2, 2)
 
 
-@register_model(
+def _register_sknet(name: str, summary: str, study: tuple[StudyResult, ...], **variant) -> None:
+    """Register one SKNet-26 reading; ``variant`` fixes ``stride_bug`` and ``ca`` for that id."""
+
+    @register_model(name, summary=summary, study=study)
+    def build(
+        num_classes: int = 100,
+        *,
+        widths: Sequence[int] = _WIDTHS,
+        mids: Sequence[int] = _MIDS,
+        depths: Sequence[int] = _DEPTHS,
+        sk_groups: int = 32,
+        sk_reduction: int = 16,
+        impl: str | None = None,
+    ) -> nn.Module:
+        return _sknet(
+            num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
+            sk_reduction=sk_reduction, impl=impl, **variant,
+        )
+
+
+_register_sknet(
     "sknet26",
-    summary="SKNet-26 (M=2, G=32, r=16), strides 1/2/2/2 applied: the corrected network",
-    study=(StudyResult(note="the study ran sknet26_study"),),
+    "SKNet-26 (M=2, G=32, r=16), strides 1/2/2/2 applied: the corrected network",
+    (StudyResult(note="the study ran sknet26_study"),),
+    stride_bug=False,
 )
-def sknet26(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    mids: Sequence[int] = _MIDS,
-    depths: Sequence[int] = _DEPTHS,
-    sk_groups: int = 32,
-    sk_reduction: int = 16,
-    impl: str | None = None,
-) -> nn.Module:
-    return _sknet(
-        num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
-        sk_reduction=sk_reduction, impl=impl, stride_bug=False,
-    )
-
-
-@register_model(
+_register_sknet(
     "sknet26_study",
-    summary="SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
-    study=(StudyResult("4.81M", 69.65, 91.06),),
+    "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
+    (StudyResult("4.81M", 69.65, 91.06),),
+    stride_bug=True,
 )
-def sknet26_study(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    mids: Sequence[int] = _MIDS,
-    depths: Sequence[int] = _DEPTHS,
-    sk_groups: int = 32,
-    sk_reduction: int = 16,
-    impl: str | None = None,
-) -> nn.Module:
-    return _sknet(
-        num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
-        sk_reduction=sk_reduction, impl=impl, stride_bug=True,
-    )
-
-
-@register_model(
+_register_sknet(
     "sknet_ca_post",
-    summary="sknet26_study + CA(mid) after each SKConv (spec's reading; no study code exists)",
-    study=(StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible"),),
+    "sknet26_study + CA(mid) after each SKConv (spec's reading; no study code exists)",
+    (StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible"),),
+    stride_bug=True,
+    ca="post",
 )
-def sknet_ca_post(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    mids: Sequence[int] = _MIDS,
-    depths: Sequence[int] = _DEPTHS,
-    sk_groups: int = 32,
-    sk_reduction: int = 16,
-    impl: str | None = None,
-) -> nn.Module:
-    return _sknet(
-        num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
-        sk_reduction=sk_reduction, impl=impl, stride_bug=True, ca="post",
-    )
-
-
-@register_model(
+_register_sknet(
     "sknet_ca_pre",
-    summary="sknet26_study + CA(in) on each unit's input (spec's reading; no study code exists)",
-    study=(StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible"),),
+    "sknet26_study + CA(in) on each unit's input (spec's reading; no study code exists)",
+    (StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible"),),
+    stride_bug=True,
+    ca="pre",
 )
-def sknet_ca_pre(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    mids: Sequence[int] = _MIDS,
-    depths: Sequence[int] = _DEPTHS,
-    sk_groups: int = 32,
-    sk_reduction: int = 16,
-    impl: str | None = None,
-) -> nn.Module:
-    return _sknet(
-        num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
-        sk_reduction=sk_reduction, impl=impl, stride_bug=True, ca="pre",
-    )
