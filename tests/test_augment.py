@@ -348,3 +348,17 @@ def test_colour_ops_on_full_range_noise() -> None:
         assert_close_uint8(color.adjust_contrast(x, f), TF.adjust_contrast(x, f), geometric=False)
         assert_close_uint8(color.adjust_brightness(x, f), TF.adjust_brightness(x, f), geometric=False)
     assert_close_uint8(color.equalize(x), TF.equalize(x), geometric=False)
+
+
+def test_cpu_subset_route_equals_the_batched_where_route(monkeypatch) -> None:
+    """On CPU each op group runs only on its samples; the fixed-shape GPU route must give the same bytes."""
+    from fastcifar.augment import randaugment as ra
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=g)
+    x[:20] = x[:20] // 4 + 100  # low-contrast samples: autocontrast and equalize do real work
+    subset = ra.rand_augment(x, num_ops=2, magnitude=10, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(ra, "_use_subsets", lambda device: False)
+    batched = ra.rand_augment(x, num_ops=2, magnitude=10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(subset, batched)
+    assert not torch.equal(subset, x)

@@ -39,6 +39,7 @@ RAND_AUGMENT_OPS: tuple[str, ...] = (
     "Equalize",
 )
 _OP = {name: i for i, name in enumerate(RAND_AUGMENT_OPS)}
+_GEOMETRIC_MOVES = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
 def magnitude_table(num_bins: int, height: int, width: int) -> dict[str, torch.Tensor | None]:
@@ -104,12 +105,44 @@ def _geometric_theta(op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float
     return inverse_affine_theta(angle, tx, ty, shx, shy, cx, cy)
 
 
+def _use_subsets(device: torch.device) -> bool:
+    """Whether op groups run on their samples only (see :class:`_Selector`)."""
+    return device.type == "cpu"
+
+
+class _Selector:
+    """Writes one op group's result into the samples that drew it.
+
+    On CUDA (and any accelerator) every group is computed for the whole batch and picked with
+    ``torch.where``: fixed shapes, no host synchronisation. On the CPU a host "sync" costs nothing,
+    so each group runs only on the samples that drew it (``nonzero`` + ``index_select``), about 1/14
+    of the work per op; every op is per-sample, so both routes give bit-identical results.
+    """
+
+    def __init__(self, x: torch.Tensor, op: torch.Tensor):
+        self.op = op
+        self.subset = _use_subsets(x.device)
+
+    def apply(self, out: torch.Tensor, names: tuple[str, ...], compute) -> torch.Tensor:
+        """``compute(sel)`` returns the group's result for ``x[sel]``; ``sel`` indexes per-sample params."""
+        hit = _is_op(self.op, *names)
+        if not self.subset:
+            return torch.where(hit.view(-1, 1, 1, 1), compute(slice(None)), out)
+        index = hit.nonzero().squeeze(1)
+        if index.numel():
+            out[index] = compute(index)
+        return out
+
+
 def _apply_step(x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float]) -> torch.Tensor:
     """Apply each sample's op ``op[i]`` with signed magnitude to uint8 ``x (N, C, H, W)``."""
-    n, c, h, w = x.shape
-    per_image = (n, 1, 1, 1)
-
-    out = affine_nearest(x, _geometric_theta(op, sign, mags, h, w))  # ops 0..5
+    c, h, w = x.shape[1:]
+    select = _Selector(x, op)
+    theta = _geometric_theta(op, sign, mags, h, w)
+    if select.subset:  # Identity samples keep x; the affine pass runs on the geometric ones only
+        out = select.apply(x.clone(), _GEOMETRIC_MOVES, lambda sel: affine_nearest(x[sel], theta[sel]))
+    else:
+        out = affine_nearest(x, theta)  # ops 0..5: Identity has the identity matrix
 
     # Brightness/Color/Contrast: blend(x, degenerate, 1 + m); for Brightness the degenerate is 0 and
     # x * r + 0 * (1 - r) is bit-identical to torchvision's plain x * r.
@@ -121,23 +154,29 @@ def _apply_step(x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor, mags: dic
     )
     if c == 1:  # torchvision leaves 1-channel images unchanged under Color
         ratio = torch.where(op == _OP["Color"], 1.0, ratio)
-    gray = color.grayscale_floor(x)  # (N, 1, H, W)
-    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-    degenerate = torch.where((op == _OP["Color"]).view(per_image), gray, mean)
-    degenerate = torch.where((op == _OP["Brightness"]).view(per_image), 0.0, degenerate)
-    out = torch.where(_is_op(op, "Brightness", "Color", "Contrast").view(per_image), color.blend(x, degenerate, ratio), out)
+
+    def blend(sel) -> torch.Tensor:
+        xs, ops = x[sel], op[sel]
+        per_image = (-1, 1, 1, 1)
+        gray = color.grayscale_floor(xs)  # (n, 1, H, W)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        degenerate = torch.where((ops == _OP["Color"]).view(per_image), gray, mean)
+        degenerate = torch.where((ops == _OP["Brightness"]).view(per_image), 0.0, degenerate)
+        return color.blend(xs, degenerate, ratio[sel])
+
+    out = select.apply(out, ("Brightness", "Color", "Contrast"), blend)
 
     sharp_factor = 1.0 + sign * mags["Sharpness"]
-    out = torch.where((op == _OP["Sharpness"]).view(per_image), color.adjust_sharpness(x, sharp_factor), out)
+    out = select.apply(out, ("Sharpness",), lambda sel: color.adjust_sharpness(x[sel], sharp_factor[sel]))
 
     # Posterize with 8 bits and Solarize above 255 are identities, so one pass serves both.
     bits = torch.where(op == _OP["Posterize"], int(mags["Posterize"]), 8)
     threshold = torch.where(op == _OP["Solarize"], 255.0 * mags["Solarize"], 256.0)
-    post_sol = color.solarize(color.posterize(x, bits), threshold)
-    out = torch.where(_is_op(op, "Posterize", "Solarize").view(per_image), post_sol, out)
-
-    out = torch.where((op == _OP["AutoContrast"]).view(per_image), color.autocontrast(x), out)
-    out = torch.where((op == _OP["Equalize"]).view(per_image), color.equalize(x), out)
+    out = select.apply(
+        out, ("Posterize", "Solarize"), lambda sel: color.solarize(color.posterize(x[sel], bits[sel]), threshold[sel])
+    )
+    out = select.apply(out, ("AutoContrast",), lambda sel: color.autocontrast(x[sel]))
+    out = select.apply(out, ("Equalize",), lambda sel: color.equalize(x[sel]))
     return out
 
 
