@@ -284,9 +284,8 @@ def _reading(results: list[dict]) -> str:
         lines.append(
             f"- FFCV decoding alone (normalise only) runs at {plain['images_per_s'] / base['images_per_s']:.0f}x "
             "the baseline: with augmentation the ffcv and gpu loaders are bound by the batched "
-            "augmentation (fastcifar.augment), which on a CPU computes every RandAugment candidate op "
-            "for the whole batch and picks each sample's with torch.where (no data-dependent shapes, "
-            "made for the GPU).\n"
+            "augmentation (fastcifar.augment): per-sample crop, flip, RandAugment (on a CPU each op "
+            "group runs on the samples that drew it) and normalisation in the loader's process.\n"
         )
     return "".join(lines) + "\n"
 

@@ -5,9 +5,11 @@ with p=0.5 for signed ops, nearest interpolation and fill 0 for geometric ops, o
 with replacement) but every sample draws its own op and sign at every step, where torchvision
 applies one draw to the whole tensor it is given.
 
-How the batch is processed: for each of the ``num_ops`` steps every candidate result is computed
-for the whole batch with per-sample parameters and the sample's own op is picked with
-``torch.where``. Shapes never depend on the draws, so the work is a fixed set of batched kernels.
+How the batch is processed: on CUDA, for each of the ``num_ops`` steps every candidate result is
+computed for the whole batch with per-sample parameters and the sample's own op is picked with
+``torch.where``: shapes never depend on the draws, so the work is a fixed set of batched kernels
+with no host synchronisation. On the CPU, where a host "sync" is free, each op group runs only on
+the samples that drew it; both routes give the same bytes (tested).
 The six geometric ops (Identity included) share one ``grid_sample`` with per-sample matrices;
 Brightness, Color and Contrast share one blend with a per-sample degenerate image; Posterize and
 Solarize share one pass (neutral parameters for samples that drew neither).
