@@ -349,6 +349,19 @@ class GCBlock(nn.Module):
         return x + self.transform(context.view(n, c, 1, 1))
 
 
+def init_kaiming_fan_out(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) for every conv weight; BatchNorm weight 1, bias 0.
+
+    Conv biases and Linear layers keep PyTorch's defaults (as in the SKNet and Res2Net notebooks).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 __all__ = [
     "IMPLS",
     "AttentionGate",
@@ -360,6 +373,7 @@ __all__ = [
     "TripletAttention",
     "ZPool",
     "conv_bn_act",
+    "init_kaiming_fan_out",
     "resolve_impl",
     "sk_select_torch",
     "triton_available",

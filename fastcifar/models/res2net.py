@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastcifar.errors import UserError
-from fastcifar.models.layers import conv_bn_act
+from fastcifar.models.layers import conv_bn_act, init_kaiming_fan_out
 from fastcifar.models.registry import StudyResult, register_model
 
 
@@ -108,12 +108,7 @@ class Res2Net(nn.Module):
                 channels = plane * Bottle2neck.expansion
         self.blocks = nn.Sequential(*blocks)
         self.classifier = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_kaiming_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W) -> (N, num_classes)``."""

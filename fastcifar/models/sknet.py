@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fastcifar.errors import UserError
-from fastcifar.models.layers import CoordinateAttention, SKConv, conv_bn_act
+from fastcifar.models.layers import CoordinateAttention, SKConv, conv_bn_act, init_kaiming_fan_out
 from fastcifar.models.registry import StudyResult, register_model
 
 CA_PLACES = (None, "post", "pre")
@@ -112,12 +112,7 @@ class SKNet(nn.Module):
                 channels = width
         self.units = nn.Sequential(*units)
         self.classifier = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_kaiming_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W) -> (N, num_classes)``."""
