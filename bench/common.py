@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from fastcifar.metrics import write_text_atomic
+from fastcifar.atomic import write_text_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

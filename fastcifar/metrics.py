@@ -13,6 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from fastcifar.atomic import write_text_atomic
 
 EPOCH_FIELDS = (
     "epoch",
@@ -25,19 +26,6 @@ EPOCH_FIELDS = (
     "lr",
 )
 ACCURACY_THRESHOLDS = (50.0, 60.0, 70.0, 75.0)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
 from fastcifar.errors import UserError
+from fastcifar.atomic import write_json_atomic
 
 PROG = "fastcifar.profile"
 
@@ -122,12 +123,6 @@ def resolve_device(device: str | None) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # Building blocks of a run
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _sync(device: torch.device) -> None:
@@ -415,7 +410,7 @@ def profile_variant(
         "versions": _versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json_atomic(folder / "run.json", info)
+    write_json_atomic(folder / "run.json", info)
     return info
 
 

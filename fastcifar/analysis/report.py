@@ -12,6 +12,7 @@ from fastcifar.analysis.categories import CATEGORIES
 from fastcifar.analysis.hta_bridge import hta_available, hta_figures
 from fastcifar.analysis.metrics import REGIONS, variant_metrics
 from fastcifar.analysis.trace import find_variants, list_trace_files, load_run_info, load_trace
+from fastcifar.atomic import write_text_atomic
 
 KNOWN_ORDER = ("eager", "compiled", "compiled_triton")
 RUN_KEYS = (
@@ -80,20 +81,14 @@ def analyze(dir: str | os.PathLike, top_n: int = 10, charts: bool = True) -> dic
         "variants": variants,
     }
     report["charts"] = write_charts(report, root) if charts else []
-    _write_text(root / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    _write_text(root / "report.md", render_markdown(report))
+    write_text_atomic(root / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(root / "report.md", render_markdown(report))
     return report
 
 
 # ---------------------------------------------------------------------------------------------
 # Output helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:

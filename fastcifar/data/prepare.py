@@ -27,6 +27,7 @@ import numpy as np
 from fastcifar.data import archive as archives
 from fastcifar.data.beton import PAGE_SIZE, ffcv_version, write_beton
 from fastcifar.errors import UserError
+from fastcifar.atomic import write_json_atomic
 
 DATASETS = ("cifar100", "cifar10", "synthetic")
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)  # train, test
@@ -119,18 +120,6 @@ def _beton_bytes(num_images: int) -> int:
     return num_images * (_IMAGE_BYTES + 64) + 8 * PAGE_SIZE
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _resolve_official_source(
     spec: archives.DatasetSpec, root: Path, archive: str | os.PathLike | None
 ) -> tuple[str, Path | None, str]:
@@ -194,7 +183,7 @@ def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) ->
         files=files,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    _write_json_atomic(out / "meta.json", meta)
+    write_json_atomic(out / "meta.json", meta)
 
 
 def _read_archive(path: Path, spec: archives.DatasetSpec, scratch_parent: Path) -> archives.CifarData:
