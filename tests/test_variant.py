@@ -1,0 +1,137 @@
+"""The variant vocabulary: validation, device resolution and model building."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastcifar.errors import UserError
+from fastcifar.variant import (
+    ALIASES,
+    BASELINE,
+    FAST,
+    VARIANTS,
+    Variant,
+    build_model,
+    get_variant,
+    parse_variants,
+    resolve_device,
+    resolve_overrides,
+)
+
+TINY = {"growth_rate": 4, "block_config": (2, 2, 2, 2)}
+
+
+def _fake_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variant
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"amp": "fp8"}, "unknown amp"),
+        ({"kernels": "cuda"}, "unknown kernels"),
+        ({"compile_mode": "fast"}, "compile_mode"),
+    ],
+)
+def test_variant_rejects_unknown_values(fields: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        Variant(**fields)
+
+
+def test_named_variants_cover_the_study_and_the_fast_path() -> None:
+    assert BASELINE == Variant(kernels="torch") and BASELINE.memory_format == torch.contiguous_format
+    assert FAST.compile and FAST.channels_last and FAST.amp == "bf16" and FAST.kernels == "triton"
+    assert FAST.memory_format == torch.channels_last
+    graphs = VARIANTS["compiled_bf16_cl_triton_cudagraphs"]
+    assert graphs.compile_mode == "reduce-overhead" and graphs.uses_cudagraphs
+    assert not FAST.uses_cudagraphs and not BASELINE.uses_cudagraphs
+    # Only the compile mode separates the CUDA-graph variant from the fast one.
+    assert Variant(**{**graphs.describe(), "compile_mode": None}) == FAST
+    assert all(VARIANTS[target] for target in ALIASES.values())
+
+
+def test_get_and_parse_variants() -> None:
+    assert get_variant("eager") is VARIANTS["eager_fp32"]
+    assert parse_variants(" eager_fp32, compiled ,eager_fp32") == ["eager_fp32", "compiled"]
+    assert parse_variants(["compiled_bf16"]) == ["compiled_bf16"]
+    with pytest.raises(UserError, match="unknown variant.*turbo"):
+        parse_variants("eager_fp32,turbo")
+    with pytest.raises(UserError, match="unknown variant"):
+        parse_variants(" , ")
+    with pytest.raises(UserError, match="unknown variant 'fast'"):
+        get_variant("fast")
+
+
+def test_wrap_leaves_eager_models_alone_and_compiles_otherwise() -> None:
+    model = torch.nn.Linear(2, 2)
+    assert BASELINE.wrap(model) is model
+    compiled = FAST.wrap(model, backend="aot_eager")
+    assert compiled is not model and compiled._orig_mod is model  # an OptimizedModule over the same weights
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_device
+
+
+def test_resolve_device_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_gpus(monkeypatch, 0)
+    for automatic in (None, "", "auto"):
+        assert resolve_device(automatic) == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for cuda in ("cuda", "cuda:0"):
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device(cuda)
+
+
+def test_resolve_device_with_two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_gpus(monkeypatch, 2)
+    assert resolve_device(None, local_rank=1) == torch.device("cuda:1")
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda:1")
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda:0")
+    with pytest.raises(UserError, match="does not exist: this machine has 2 GPU"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("bad", ["cuda:abc", "cuda:-1", "tpu", "mps", "CUDA", "cuda:1:2", "meta"])
+def test_resolve_device_rejects_malformed_names(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    _fake_gpus(monkeypatch, 2)
+    with pytest.raises(UserError, match="is not a device"):
+        resolve_device(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# build_model
+
+
+def test_build_model_injects_the_variants_kernels_unless_overridden() -> None:
+    from fastcifar.models import SKConv
+
+    assert resolve_overrides("sk_densenet", TINY, FAST)["impl"] == "triton"
+    assert resolve_overrides("sk_densenet", {**TINY, "impl": "torch"}, FAST)["impl"] == "torch"
+    assert "impl" not in resolve_overrides("sk_densenet", TINY, Variant())  # model's own default
+    assert "impl" not in resolve_overrides("resnet18", {}, FAST)  # no attention layers, no impl
+
+    model = build_model("sk_densenet", TINY, VARIANTS["eager_bf16_cl"], torch.device("cpu"), num_classes=10)
+    sk_layers = [m for m in model.modules() if isinstance(m, SKConv)]
+    assert sk_layers and all(m.impl == "torch" for m in sk_layers)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not hasattr(model, "_orig_mod")  # not compiled
+    out = model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "arch, overrides, message",
+    [("no_such_net", {}, "unknown model"), ("sk_densenet", {"growth": 4}, "no option 'growth'")],
+)
+def test_build_model_rejects_unknown_names(arch: str, overrides: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build_model(arch, overrides, BASELINE, torch.device("cpu"))
