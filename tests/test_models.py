@@ -19,6 +19,7 @@ from fastcifar.models import (
     list_models,
     resolve_impl,
     sk_select_torch,
+    tiny_overrides,
     triton_available,
     zpool_torch,
 )
@@ -207,32 +208,29 @@ def test_sknet_stride_bug_changes_resolution_only():
     assert first_sk.num_branches == 1
 
 
-TINY = {
-    "sk_densenet": dict(growth_rate=4, block_config=(2, 2, 2, 2), k=2, sk_groups=2),
-    "sk_densenet_catsk": dict(growth_rate=4, block_config=(2, 2), sk_groups=2),
-    "densenet121": dict(growth_rate=4, block_config=(2, 2)),
-    "densenet_ca": dict(growth_rate=4, block_config=(2, 2)),
-    "densenet_triplet": dict(growth_rate=4, block_config=(2, 2)),
-    "sknet26": dict(widths=(32, 64), mids=(32, 32), depths=(1, 1), sk_groups=8),
-    "sknet26_study": dict(widths=(32, 64), mids=(32, 32), depths=(1, 1), sk_groups=8),
-    "sknet_ca_post": dict(widths=(32, 64), mids=(32, 32), depths=(1, 1), sk_groups=8),
-    "sknet_ca_pre": dict(widths=(32, 64), mids=(32, 32), depths=(1, 1), sk_groups=8),
-    "ca_mobilenetv2": dict(config=[(1, 8, 1, 1), (6, 16, 2, 2)], head_width=32),
-    "ca_triplet": dict(config=[(1, 8, 1, 1), (6, 16, 2, 2)], head_width=32),
-    "resnet18": dict(widths=(8, 16), depths=(1, 1)),
-    "triplet_resnet": dict(widths=(8, 16), depths=(1, 1)),
-    "gcnet": dict(widths=(8, 16, 16), depths=(1, 1, 2)),
-    "van": dict(embed_dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2)),
-    "res2net": dict(layers=(1, 1), planes=(8, 16)),
-}
-
-
-def test_every_model_has_a_tiny_config():
-    assert set(TINY) == set(list_models())
-    for name, overrides in TINY.items():
+def test_every_model_has_a_small_tiny_config():
+    for name in list_models():
+        overrides = tiny_overrides(name)
+        assert overrides, name
         model = create_model(name, num_classes=10, **overrides)
         assert n_params(model) < 100_000, name
         assert model(_randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_tiny_overrides_are_a_fresh_copy_and_unknown_ids_fail():
+    tiny_overrides("sk_densenet")["growth_rate"] = 999
+    assert tiny_overrides("sk_densenet")["growth_rate"] != 999
+    assert tiny_overrides("ca_resnet") == tiny_overrides("ca_mobilenetv2")
+    with pytest.raises(UserError):
+        tiny_overrides("sk_densenett")
+
+
+def test_register_model_rejects_a_stale_tiny_config():
+    from fastcifar.models import register_model
+
+    with pytest.raises(ValueError, match="growthrate"):
+        register_model("never_registered", summary="", tiny={"growthrate": 4})(lambda num_classes=100, *, growth_rate=1: None)
+    assert "never_registered" not in list_models()
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,18 +341,15 @@ def test_gc_block_starts_as_identity_and_pools_by_softmax():
 def test_impl_does_not_change_state_dict_keys():
     layer_t = SKConv(16, groups=4, impl="torch")
     assert "impl" not in str(list(layer_t.state_dict()))
-    keys = list(create_model("sk_densenet", **TINY["sk_densenet"], impl="torch").state_dict())
+    keys = list(create_model("sk_densenet", **tiny_overrides("sk_densenet"), impl="torch").state_dict())
     assert all("impl" not in k for k in keys)
 
 
 @KERNELS_SKIP
 def test_impl_triton_models_match_torch():
     # Interpreted Triton is slow on CPU: two-stage nets on 16x16 inputs.
-    configs = {
-        "sk_densenet": dict(growth_rate=4, block_config=(2, 2), k=2, sk_groups=2),
-        "triplet_resnet": dict(widths=(8, 16), depths=(1, 1)),
-    }
-    for name, overrides in configs.items():
+    for name in ("sk_densenet", "triplet_resnet"):
+        overrides = tiny_overrides(name)
         torch.manual_seed(0)
         ref = create_model(name, **overrides, impl="torch")
         fused = create_model(name, **overrides, impl="triton")

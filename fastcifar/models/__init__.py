@@ -27,6 +27,7 @@ from fastcifar.models.registry import (
     get_entry,
     list_models,
     register_model,
+    tiny_overrides,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "register_model",
     "resolve_impl",
     "sk_select_torch",
+    "tiny_overrides",
     "triton_available",
     "zpool_torch",
 ]

@@ -2,11 +2,14 @@
 
 For every registered id (and each reported study variant, e.g. ``sk_densenet`` k=2/4/6) it prints
 the parameter count, the forward GFLOPs for one 3x32x32 image (``torch.utils.flop_counter``: conv,
-linear and matmul only, a multiply-add = 2 FLOPs), and the study's reported params and top-1/top-5.
+linear and matmul only, a multiply-add = 2 FLOPs), and the study's reported params, top-1/top-5
+and final train/test loss (docs/models.md, "The study's figures").
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +75,8 @@ def _fmt(value: float | str | None, spec: str = "") -> str:
 
 def render(rows: list[Row], markdown: bool = False) -> str:
     """The table as aligned text or as GitHub markdown."""
-    header = ["id", "params", "GFLOPs/img", "study params", "study top-1", "study top-5", "note"]
+    header = ["id", "params", "GFLOPs/img", "study params", "study top-1", "study top-5", "study train loss",
+              "study test loss", "note"]
     body = [
         [
             r.label,
@@ -81,16 +85,18 @@ def render(rows: list[Row], markdown: bool = False) -> str:
             _fmt(r.study.params),
             _fmt(r.study.top1, "g"),
             _fmt(r.study.top5, "g"),
+            _fmt(r.study.train_loss, "g"),
+            _fmt(r.study.test_loss, "g"),
             r.study.note,
         ]
         for r in rows
     ]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 7 + ["---"]) + "|"]
         lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row)) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    right = {1, 2, 3, 4, 5}
+    right = {1, 2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         return "  ".join(
@@ -119,5 +125,28 @@ def main(markdown: bool = False, models: str | tuple | list | None = None) -> No
     print(render(build_rows(names), markdown=markdown))
 
 
+def _reject_unknown_flags(argv: list[str]) -> None:
+    """A mistyped ``--flag`` fails at once (fire would measure every model first, then complain)."""
+    known = set(inspect.signature(main).parameters) | {"help"}
+    for token in argv:
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if name and name not in known and not (name.startswith("no") and name[2:] in known):
+            flags = ", ".join(f"--{n}" for n in sorted(known - {"help"}))
+            raise UserError(f"unknown flag {token.split('=', 1)[0]}; valid flags: {flags}.")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Command-line entry: check flag names, then run :func:`main` through fire."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        _reject_unknown_flags(args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    run_cli(main, PROG)
+
+
+PROG = "python -m fastcifar.models"
+
 if __name__ == "__main__":
-    run_cli(main, "python -m fastcifar.models")
+    cli()

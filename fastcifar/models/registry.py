@@ -3,10 +3,15 @@
 A builder is a function ``builder(num_classes: int = 100, *, <overrides>) -> nn.Module``; its
 keyword parameters are the overrides :func:`create_model` accepts (e.g. ``growth_rate``,
 ``block_config``), so a typo in an override name is caught with the list of valid ones.
+
+Each entry also carries the study's reported figures (:class:`StudyResult`, see docs/models.md
+"The study's figures") and one ``tiny`` override set: a configuration of the same family small
+enough for tests, smoke runs and CPU benchmarks (``tiny_overrides(name)``).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +28,9 @@ class StudyResult:
     """What the study's report gives for one configuration of a model (None = not reported).
 
     ``overrides`` names the configuration (e.g. ``{"k": 2}``) when it is not the default one.
+    ``method`` is the report's own name for the row and ``source`` where it appears ("Table 2",
+    "§1.2"); ``train_loss`` / ``test_loss`` are the final losses the report gives for the base
+    methods and the best model. Accuracies are percentages.
     """
 
     params: str | None = None
@@ -30,16 +38,21 @@ class StudyResult:
     top5: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    method: str = ""
+    source: str = ""
+    train_loss: float | None = None
+    test_loss: float | None = None
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its id, builder, one-line summary and the study's figures."""
+    """A registered model: its id, builder, one-line summary, the study's figures, a tiny config."""
 
     name: str
     builder: Builder
     summary: str
     study: tuple[StudyResult, ...] = ()
+    tiny: dict[str, Any] = field(default_factory=dict)
 
     def override_names(self) -> list[str]:
         """Keyword overrides the builder accepts (everything but ``num_classes``)."""
@@ -57,14 +70,23 @@ def register_model(
     summary: str,
     aliases: tuple[str, ...] = (),
     study: tuple[StudyResult, ...] = (),
+    tiny: dict[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator that registers ``builder`` under ``name`` (and ``aliases``)."""
+    """Decorator that registers ``builder`` under ``name`` (and ``aliases``).
+
+    ``tiny`` is the family's small configuration (overrides of ``builder``), checked here so a
+    renamed builder argument cannot leave a stale tiny config behind.
+    """
 
     def decorate(builder: Builder) -> Builder:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"model id {key!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, summary, study)
+        entry = ModelEntry(name, builder, summary, study, dict(tiny or {}))
+        stale = sorted(set(entry.tiny) - set(entry.override_names()))
+        if stale:
+            raise ValueError(f"tiny config of {name!r} names unknown overrides {stale}")
+        _REGISTRY[name] = entry
         for alias in aliases:
             _ALIASES[alias] = name
         return builder
@@ -101,6 +123,15 @@ def get_entry(name: str) -> ModelEntry:
         valid = ", ".join(list_models(include_aliases=True))
         raise UserError(f"unknown model {name!r}; choose one of: {valid}.")
     return _REGISTRY[canonical]
+
+
+def tiny_overrides(name: str) -> dict[str, Any]:
+    """The registered tiny configuration of ``name`` (a fresh copy): a few thousand parameters.
+
+    ``create_model(name, **tiny_overrides(name))`` builds the same family at toy size; it keeps
+    the attention layers, so tests and CPU smoke runs exercise the real code paths.
+    """
+    return copy.deepcopy(get_entry(name).tiny)
 
 
 def create_model(name: str, num_classes: int = 100, **overrides: Any) -> nn.Module:

@@ -147,10 +147,14 @@ _MIDS = (128, 256, 384, 512)
 _DEPTHS = (2, 2, 2, 2)
 
 
+# Two stages of one unit each, 32 groups -> 8: every SKNet reading (bug, CA) at a few thousand params.
+_TINY = {"widths": (32, 64), "mids": (32, 32), "depths": (1, 1), "sk_groups": 8}
+
+
 def _register_sknet(name: str, summary: str, study: tuple[StudyResult, ...], **variant) -> None:
     """Register one SKNet-26 reading; ``variant`` fixes ``stride_bug`` and ``ca`` for that id."""
 
-    @register_model(name, summary=summary, study=study)
+    @register_model(name, summary=summary, study=study, tiny=_TINY)
     def build(
         num_classes: int = 100,
         *,
@@ -176,20 +180,26 @@ _register_sknet(
 _register_sknet(
     "sknet26_study",
     "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
-    (StudyResult("4.81M", 69.65, 91.06),),
+    (StudyResult("4.81M", 69.65, 91.06, method="SKNet", source="§1.2, Table 1", train_loss=0.36, test_loss=1.28),),
     stride_bug=True,
 )
 _register_sknet(
     "sknet_ca_post",
     "sknet26_study + CA(mid) after each SKConv (spec's reading; no study code exists)",
-    (StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible"),),
+    (
+        StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible",
+                    method="SKNet(Conv1->SK Conv->CA Conv->Conv2)", source="Table 1"),
+    ),
     stride_bug=True,
     ca="post",
 )
 _register_sknet(
     "sknet_ca_pre",
     "sknet26_study + CA(in) on each unit's input (spec's reading; no study code exists)",
-    (StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible"),),
+    (
+        StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible",
+                    method="SKNet(CA Conv->Conv1->SK Conv->Conv2)", source="Table 1"),
+    ),
     stride_bug=True,
     ca="pre",
 )
