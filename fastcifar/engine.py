@@ -1,9 +1,15 @@
-"""One training epoch and one evaluation pass, with the study's optimiser and schedule.
+"""The training step, one training epoch and one evaluation pass, with the study's optimiser.
 
-Recipe (see the reference's training section): Adam betas (0.9, 0.999), eps 1e-8, no weight decay;
+:func:`train_step` is the one optimisation step of the project: training
+(:func:`train_one_epoch`), the profiler (``fastcifar.profile``) and the training benchmark
+(``bench/train.py``) all run it, so what is profiled and timed is what trains.
+
+Recipe (docs/training.md): Adam betas (0.9, 0.999), eps 1e-8, no weight decay;
 OneCycleLR with max_lr 0.01, pct_start 0.3 and beta1 cycled 0.95 -> 0.85 -> 0.95, stepped after
-every batch; cross-entropy (label smoothing 0 by default). Speed options: autocast to bf16/fp16
-(a GradScaler for fp16), channels_last tensors, and a compiled model passed in by the caller.
+every batch; cross-entropy (label smoothing 0 by default). ``schedule="constant"`` and
+``weight_decay`` reproduce the notebooks that deviate (see :func:`build_optimizer`). Speed options
+(a :class:`fastcifar.variant.Variant`): autocast to bf16/fp16 (a GradScaler for fp16),
+channels_last tensors, and a compiled forward passed in by the caller.
 
 Host synchronisation: a step launches work and never waits for it. The loss is summed on the
 device and read back only every ``log_every`` steps (progress bar, NaN/inf check, Ctrl-C
@@ -16,18 +22,27 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from fastcifar.distributed import DistContext, all_reduce_sum
 from fastcifar.errors import UserError
+from fastcifar.variant import Variant
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+SCHEDULES = ("onecycle", "constant")
+# What one training step does, in order; each name is also a profiler range (record_function),
+# which costs a few microseconds per step when no profiler is running.
+STEP_COMPOSITION = ("data", "forward", "backward", "optimizer")
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 3, H, W), labels (N,)
+SINGLE_PROCESS = DistContext()
 # (split, images, labels) -> None; called with every batch when set (debugging and tests only:
 # it usually copies to the host, which costs a synchronisation per step).
 BatchHook = Callable[[str, torch.Tensor, torch.Tensor], None]
@@ -41,12 +56,24 @@ class NonFiniteLoss(UserError):
 
 @dataclass(frozen=True)
 class StepSettings:
-    """How each step runs: where, in which precision and memory layout, with which loss."""
+    """How each step runs: where, in which precision and memory layout, with which loss.
+
+    ``cudagraphs``: the forward replays CUDA graphs (a ``reduce-overhead`` compiled model), so each
+    step is announced to torch's CUDA-graph trees (see :func:`train_step`).
+    """
 
     device: torch.device
     amp: str = "off"
     channels_last: bool = False
     label_smoothing: float = 0.0
+    cudagraphs: bool = False
+
+    @classmethod
+    def for_variant(cls, variant: Variant, device: torch.device, *, label_smoothing: float = 0.0) -> StepSettings:
+        return cls(
+            device=device, amp=variant.amp, channels_last=variant.channels_last,
+            label_smoothing=label_smoothing, cudagraphs=variant.uses_cudagraphs,
+        )
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -98,6 +125,11 @@ class EvalResult:
     warmup_seconds: float
 
 
+def _unchanged(_step: int) -> float:
+    """LambdaLR multiplier of the ``constant`` schedule (a module function, so state dicts pickle)."""
+    return 1.0
+
+
 def build_optimizer(
     parameters: Iterable[torch.nn.Parameter],
     *,
@@ -105,18 +137,34 @@ def build_optimizer(
     epochs: int,
     steps_per_epoch: int,
     device: torch.device,
-) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
-    """Adam + OneCycleLR exactly as the study built them (the scheduler sets lr and beta1)."""
+    weight_decay: float = 0.0,
+    schedule: str = "onecycle",
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam + a learning-rate schedule exactly as the study's notebooks built them.
+
+    ``schedule``:
+
+    - ``"onecycle"`` (the study's): OneCycleLR, max_lr ``max_lr``, pct_start 0.3, beta1 cycled
+      0.95 -> 0.85 -> 0.95, to be stepped after every batch;
+    - ``"constant"``: what the VAN notebook ran. It built the same OneCycleLR but never stepped
+      it; building it already sets lr = max_lr / 25 and beta1 = 0.95, so training ran at that
+      constant lr and beta1. Reproduced plainly: the OneCycleLR is built (setting both) and the
+      returned scheduler multiplies by 1, so the step function stays the same for both schedules.
+
+    ``weight_decay`` is Adam's coupled L2 term (the Triplet notebook used 5e-4), not AdamW's.
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}.")
     optimizer = torch.optim.Adam(
         parameters,
         lr=max_lr,
         betas=(0.9, 0.999),
         eps=1e-8,
-        weight_decay=0.0,
+        weight_decay=weight_decay,
         # The fused CUDA kernel updates every parameter in one launch; CPU keeps the default.
         fused=True if device.type == "cuda" else None,
     )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+    scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=max_lr,
         epochs=epochs,
@@ -124,6 +172,8 @@ def build_optimizer(
         pct_start=0.3,
         cycle_momentum=True,
     )
+    if schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _unchanged)
     return optimizer, scheduler
 
 
@@ -140,6 +190,122 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work; timing boundaries only."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def batches_in_ranges(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """Yield ``loader``'s batches, each fetched inside a ``data`` profiler range (the loader's share)."""
+    batches = iter(loader)
+    while True:
+        with record_function("data"):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def train_step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    settings: StepSettings,
+) -> torch.Tensor:
+    """One optimisation step on a batch ``images (N, 3, H, W)``, ``labels (N,)``.
+
+    Forward and loss under autocast, gradients reset, (scaled) backward, optimizer step, scaler
+    update, scheduler step. Returns the loss, detached, as a device scalar: nothing here reads a
+    value back to the host, so the step queues its work and returns (and a CUDA-graph replay is
+    never broken by a host read).
+
+    CUDA graphs (``settings.cudagraphs``): torch's CUDA-graph trees copy each non-static input
+    (the loader's batch) into the graph's own static buffer on replay, and they reuse the output
+    memory of one replay for the next. ``cudagraph_mark_step_begin`` says a new step starts, so the
+    previous step's outputs (already consumed: the loss was folded into the caller's sums) may be
+    overwritten; without it torch cannot tell a new step from a second call within the same one.
+    """
+    if settings.cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    with record_function("forward"):
+        images = settings.prepare_input(images)
+        with settings.autocast():
+            logits = forward(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+    with record_function("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+    with record_function("optimizer"):
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+    return loss.detach()
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def describe_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    settings: StepSettings,
+) -> dict[str, Any]:
+    """What :func:`train_step` does with these objects, as plain data (run.json, comparisons).
+
+    Read from the objects themselves (after a checkpoint load they show what that run used).
+    The optimizer's ``lr`` / ``betas`` are left out where a schedule moves them; the schedule's
+    fixed points are given instead. ``total_steps`` is the schedule's length, which differs
+    between a profile (a few steps) and a training run.
+    """
+    group = optimizer.param_groups[0]
+    moving = ("params", "lr", "betas", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+    described: dict[str, Any] = {
+        "optimizer": {
+            "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
+            **{k: _json_value(v) for k, v in sorted(group.items()) if k not in moving},
+            "beta2": float(group["betas"][1]),
+        }
+    }
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        peak_end = scheduler._schedule_phases[0]["end_step"]  # float(pct_start * total_steps) - 1
+        described["schedule"] = {
+            "name": "onecycle",
+            "class": type(scheduler).__qualname__,
+            "stepped": "after every batch",
+            "initial_lr": float(group["initial_lr"]),
+            "max_lr": float(group["max_lr"]),
+            "min_lr": float(group["min_lr"]),
+            "pct_start": round((peak_end + 1) / scheduler.total_steps, 6),
+            "cycle_momentum": bool(scheduler.cycle_momentum),
+            "beta1": [float(group["max_momentum"]), float(group["base_momentum"]), float(group["max_momentum"])],
+            "total_steps": int(scheduler.total_steps),
+        }
+    else:  # "constant": the multiplier-1 LambdaLR over a never-stepped OneCycleLR
+        described["schedule"] = {
+            "name": "constant",
+            "class": type(scheduler).__qualname__,
+            "lr": float(group["lr"]),
+            "beta1": float(group["betas"][0]),
+        }
+    described["step"] = {
+        "composition": list(STEP_COMPOSITION),
+        "loss": "cross_entropy",
+        "label_smoothing": settings.label_smoothing,
+        "amp": settings.amp,
+        "grad_scaler": scaler.is_enabled(),
+        "channels_last": settings.channels_last,
+        "zero_grad": "set_to_none",
+        "cudagraph_step_marks": settings.cudagraphs,
+    }
+    return described
 
 
 class StopRequest:
@@ -161,7 +327,7 @@ class StopRequest:
         if self.announce:
             print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread (e.g. embedded use): no handler, never set
@@ -196,7 +362,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     settings: StepSettings,
     *,
-    ctx: DistContext = DistContext(),
+    ctx: DistContext = SINGLE_PROCESS,
     stop: StopRequest | None = None,
     skip_steps: int = 0,
     carried_loss_sum: float = 0.0,
@@ -229,27 +395,18 @@ def train_one_epoch(
     )
     synchronize(device)
     start = time.perf_counter()
-    batches: Iterator = iter(loader)
-    for index, (images, labels) in enumerate(batches):
+    for index, (images, labels) in enumerate(batches_in_ranges(loader)):
         if index < skip_steps:
             continue
         timed_first = index == skip_steps
         if timed_first:
             synchronize(device)
             first_start = time.perf_counter()
-        images = settings.prepare_input(images)
         if batch_hook is not None:
             batch_hook("train", images, labels)
-        with settings.autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        last_lr = current_lr(optimizer)  # a Python float: no device sync
-        scheduler.step()
-        local_loss += loss.detach().to(torch.float64) * labels.shape[0]
+        last_lr = current_lr(optimizer)  # the lr this step uses (a Python float: no device sync)
+        loss = train_step(model, images, labels, optimizer, scheduler, scaler, settings)
+        local_loss += loss.to(torch.float64) * labels.shape[0]
         local_samples += labels.shape[0]
         steps += 1
         if timed_first:
@@ -297,7 +454,7 @@ def evaluate(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     settings: StepSettings,
     *,
-    ctx: DistContext = DistContext(),
+    ctx: DistContext = SINGLE_PROCESS,
     pad_last_batch: bool = False,
     batch_hook: BatchHook | None = None,
 ) -> EvalResult:
@@ -328,6 +485,8 @@ def evaluate(
             padded = torch.zeros((full_batch, *images.shape[1:]), dtype=images.dtype, device=device)
             padded[:count] = images
             images = settings.prepare_input(padded)
+        if settings.cudagraphs:  # as in train_step: this batch's replay may reuse the last one's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with settings.autocast():
             logits = model(images)
         logits = logits[:count].float()

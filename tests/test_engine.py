@@ -1,0 +1,120 @@
+"""The engine's optimiser schedules, the one training step and its description."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fastcifar.errors import UserError
+
+
+def _params() -> list[nn.Parameter]:
+    return [nn.Parameter(torch.zeros(2))]
+
+
+def test_constant_schedule_is_a_never_stepped_onecycle() -> None:
+    """The VAN notebook: OneCycleLR built, never stepped -> lr max_lr/25 and beta1 0.95 throughout."""
+    from fastcifar.engine import build_optimizer
+
+    params = _params()
+    optimizer, scheduler = build_optimizer(
+        params, max_lr=0.01, epochs=2, steps_per_epoch=5, device=torch.device("cpu"), schedule="constant"
+    )
+    # What the notebook's objects did: build both, step only the optimizer.
+    ref_params = _params()
+    reference = torch.optim.Adam(ref_params, lr=0.01, betas=(0.9, 0.999))
+    torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=0.01, epochs=2, steps_per_epoch=5, pct_start=0.3)
+    for _ in range(10):  # more steps than one epoch: the constant schedule has no end
+        for p in (*params, *ref_params):
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        scheduler.step()
+        reference.step()
+        group, ref_group = optimizer.param_groups[0], reference.param_groups[0]
+        assert group["lr"] == pytest.approx(0.01 / 25) == ref_group["lr"]
+        assert group["betas"] == pytest.approx((0.95, 0.999)) and ref_group["betas"] == group["betas"]
+    torch.testing.assert_close(params[0], ref_params[0])
+
+
+def test_weight_decay_is_adams_coupled_l2() -> None:
+    from fastcifar.engine import build_optimizer
+
+    optimizer, _ = build_optimizer(
+        _params(), max_lr=0.001, epochs=1, steps_per_epoch=3, device=torch.device("cpu"), weight_decay=5e-4
+    )
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_unknown_schedule_is_a_user_error() -> None:
+    from fastcifar.engine import build_optimizer
+
+    with pytest.raises(UserError, match="unknown schedule 'cosine'"):
+        build_optimizer(
+            _params(), max_lr=0.01, epochs=1, steps_per_epoch=1, device=torch.device("cpu"), schedule="cosine"
+        )
+
+
+def test_train_step_runs_the_profiler_ranges_and_returns_a_device_loss() -> None:
+    from fastcifar.engine import (
+        STEP_COMPOSITION,
+        StepSettings,
+        batches_in_ranges,
+        build_optimizer,
+        build_scaler,
+        train_step,
+    )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    settings = StepSettings(device=torch.device("cpu"), label_smoothing=0.1)
+    optimizer, scheduler = build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=2, device=settings.device
+    )
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(2)]
+    expected = nn.functional.cross_entropy(model(batches[0][0]), batches[0][1], label_smoothing=0.1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        losses = [
+            train_step(model, x, y, optimizer, scheduler, build_scaler(settings), settings)
+            for x, y in batches_in_ranges(batches)
+        ]
+    assert losses[0] == pytest.approx(expected.item()) and not losses[0].requires_grad
+    assert scheduler.last_epoch == 2  # stepped once per batch
+    names = [e.name for e in prof.events() if e.name in STEP_COMPOSITION]
+    assert all(names.count(n) >= 2 for n in STEP_COMPOSITION)
+
+
+def test_describe_step_reads_what_the_objects_do() -> None:
+    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, describe_step
+
+    settings = StepSettings(device=torch.device("cpu"), amp="bf16", label_smoothing=0.1)
+    optimizer, scheduler = build_optimizer(
+        _params(), max_lr=0.01, epochs=2, steps_per_epoch=10, device=settings.device, weight_decay=5e-4
+    )
+    described = describe_step(optimizer, scheduler, build_scaler(settings), settings)
+    assert described["optimizer"]["class"] == "torch.optim.adam.Adam"
+    assert described["optimizer"]["weight_decay"] == 5e-4 and described["optimizer"]["eps"] == 1e-8
+    assert described["optimizer"]["beta2"] == 0.999
+    schedule = described["schedule"]
+    assert schedule["name"] == "onecycle" and schedule["total_steps"] == 20 and schedule["pct_start"] == 0.3
+    assert schedule["max_lr"] == 0.01 and schedule["initial_lr"] == pytest.approx(0.01 / 25)
+    assert schedule["beta1"] == [0.95, 0.85, 0.95]
+    assert described["step"]["amp"] == "bf16" and described["step"]["grad_scaler"] is False
+    assert described["step"]["label_smoothing"] == 0.1
+
+    optimizer, scheduler = build_optimizer(
+        _params(), max_lr=0.01, epochs=2, steps_per_epoch=10, device=settings.device, schedule="constant"
+    )
+    constant = describe_step(optimizer, scheduler, build_scaler(settings), settings)["schedule"]
+    assert constant["name"] == "constant"
+    assert constant["lr"] == pytest.approx(0.0004) and constant["beta1"] == pytest.approx(0.95)
+
+
+def test_step_settings_follow_the_variant() -> None:
+    from fastcifar.engine import StepSettings
+    from fastcifar.variant import BASELINE, VARIANTS
+
+    cpu = torch.device("cpu")
+    graphs = StepSettings.for_variant(VARIANTS["compiled_bf16_cl_triton_cudagraphs"], cpu, label_smoothing=0.1)
+    assert graphs == StepSettings(device=cpu, amp="bf16", channels_last=True, label_smoothing=0.1, cudagraphs=True)
+    assert StepSettings.for_variant(BASELINE, cpu) == StepSettings(device=cpu)
