@@ -1,23 +1,28 @@
-"""``python -m fastcifar.profile``: profile training steps of eager vs compiled variants.
+"""``python -m fastcifar.profile``: profile the training step of several variants side by side.
 
-Each variant trains a few steps (forward, loss, backward, Adam step) on synthetic CIFAR-like
-batches from the ``gpu`` loader, first without the profiler (wall-clock step times, with a device
-synchronisation per step), then under ``torch.profiler`` with a wait/warmup/active schedule,
-shapes and memory recorded. Outputs, per variant::
+Each variant (a name from :data:`fastcifar.variant.VARIANTS`) trains a few steps of the real
+training step, :func:`fastcifar.engine.train_step`, with the optimiser and schedule training uses
+(:func:`fastcifar.engine.build_optimizer`: Adam, fused on CUDA, OneCycleLR), on synthetic
+CIFAR-like batches from the ``gpu`` loader: first without the profiler (wall-clock step times,
+one device synchronisation per step), then under ``torch.profiler`` with a wait/warmup/active
+schedule, shapes and memory recorded. Outputs, per variant::
 
     OUT/<variant>/<variant>.<ts>.pt.trace.json   Chrome/Perfetto JSON; TensorBoard reads the folder
-    OUT/<variant>/run.json                       config, wall-clock and profiled step times, peak memory
+    OUT/<variant>/run.json                       config, optimiser, schedule, step composition,
+                                                 wall-clock and profiled step times, peak memory
 
-Variants:
+Eager variants get ``record_function`` ranges from forward hooks: ``<Kind>:<module path>`` for
+every SK, Triplet and dense layer, and ``sk_select`` / ``zpool`` around the parameter-free
+:class:`~fastcifar.models.layers.SKSelect` and :class:`~fastcifar.models.ZPool` modules (the steps
+the Triton kernels replace). Compiled variants get none: ranges would split the compiled graph.
 
-- ``eager``: the study's setting, fp32 NCHW, ``impl="torch"``; ``record_function`` ranges for
-  every SK, Triplet and dense layer and for the SK select / Z-pool steps.
-- ``compiled``: ``torch.compile`` + channels_last + bf16 autocast, ``impl="torch"``.
-- ``compiled_triton``: as ``compiled`` with ``impl="triton"`` (the fused ``kernels`` ops).
+The names ``eager``, ``compiled`` and ``compiled_triton`` are accepted for ``eager_fp32``,
+``compiled_bf16_cl`` and ``compiled_bf16_cl_triton`` (see :data:`fastcifar.variant.ALIASES`); the
+output folder is named as given.
 
 Examples::
 
-    python -m fastcifar.profile --arch sk_densenet --variants eager,compiled --steps 5 --out runs/profile
+    python -m fastcifar.profile --arch sk_densenet --variants eager_fp32,compiled_bf16_cl --steps 5 --out runs/profile
     python -m fastcifar.analyze runs/profile
     tensorboard --logdir runs/profile
 """
@@ -32,63 +37,49 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
-from fastcifar.errors import UserError
+from fastcifar import engine
 from fastcifar.atomic import write_json_atomic
+from fastcifar.errors import UserError
+from fastcifar.variant import build_model, get_variant, parse_variants, resolve_device
 
 PROG = "fastcifar.profile"
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """How one variant runs: compilation, memory format, autocast dtype, attention kernel impl."""
-
-    compile: bool
-    channels_last: bool
-    bf16: bool
-    impl: str
-
-
-VARIANTS: dict[str, VariantSpec] = {
-    "eager": VariantSpec(compile=False, channels_last=False, bf16=False, impl="torch"),
-    "compiled": VariantSpec(compile=True, channels_last=True, bf16=True, impl="torch"),
-    "compiled_triton": VariantSpec(compile=True, channels_last=True, bf16=True, impl="triton"),
-}
-
-# Module classes that get a record_function range per call in eager runs, by class name so this
-# file needs no import of every model family; value = range prefix.
-LAYER_RANGES = {
-    "SKConv": "SKConv",
-    "TripletAttention": "TripletAttention",
-    "PostActBottleneck": "dense_layer",
-    "PreActBottleneck": "dense_layer",
-}
-# Ranges around the two memory-bound steps the Triton kernels replace (see fastcifar.models.layers).
+DEFAULT_VARIANTS = ("eager_fp32", "compiled_bf16_cl", "compiled_bf16_cl_triton")
+# Ranges around the two memory-bound steps the Triton kernels replace (names the analyzer matches).
 SK_SELECT_RANGE = "sk_select"
 ZPOOL_RANGE = "zpool"
 
 
-# ---------------------------------------------------------------------------------------------
-# Argument parsing helpers
-# ---------------------------------------------------------------------------------------------
+def range_kinds() -> dict[type[nn.Module], str]:
+    """Module types that get a ``record_function`` range per forward call -> range prefix.
+
+    Matched with ``isinstance``; a ``":<module path>"`` suffix is added for layers, not for the
+    parameter-free select / Z-pool steps (the analyzer sums those by name).
+    """
+    from fastcifar.models.densenet import PostActBottleneck, PreActBottleneck
+    from fastcifar.models.layers import SKConv, SKSelect, TripletAttention, ZPool
+
+    return {
+        SKConv: "SKConv",
+        TripletAttention: "TripletAttention",
+        PostActBottleneck: "dense_layer",
+        PreActBottleneck: "dense_layer",
+        SKSelect: SK_SELECT_RANGE,
+        ZPool: ZPOOL_RANGE,
+    }
 
 
-def parse_variants(variants: str | Sequence[str]) -> list[str]:
-    """``"eager,compiled"`` or a sequence -> validated list (order kept, duplicates dropped)."""
-    names = variants.split(",") if isinstance(variants, str) else [str(v) for v in variants]
-    names = [n.strip() for n in names if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise UserError(f"unknown variant(s) {unknown or names}; choose from: {', '.join(VARIANTS)}.")
-    return list(dict.fromkeys(names))
+# ---------------------------------------------------------------------------------------------
+# Building blocks of a run
+# ---------------------------------------------------------------------------------------------
 
 
 def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
@@ -105,62 +96,15 @@ def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
     return dict(model_kwargs)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; a CUDA request without CUDA is a UserError."""
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise UserError(f"--device {device!r} is not a device name ({err}); use cpu or cuda.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device!r} is not supported; use cpu or cuda.")
-    return dev
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks of a run
-# ---------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build_model(arch: str, spec: VariantSpec, model_kwargs: dict, num_classes: int) -> tuple[nn.Module, str | None]:
-    """Create ``arch`` with the variant's ``impl`` when the model has attention kernels.
-
-    Returns the model and the impl used (``None`` when the architecture takes no ``impl``).
-    """
-    from fastcifar.models import create_model, get_entry
-
-    kwargs = dict(model_kwargs)
-    accepts_impl = "impl" in get_entry(arch).override_names()
-    if accepts_impl:
-        kwargs["impl"] = spec.impl
-    return create_model(arch, num_classes=num_classes, **kwargs), (spec.impl if accepts_impl else None)
-
-
-def _gpu_loader_class() -> type:
-    """The in-memory ``gpu`` loader class (module name differs between versions of the package)."""
-    try:
-        from fastcifar.data.loaders.gpu import GpuLoader  # type: ignore[import-not-found]
-    except ImportError:
-        from fastcifar.data.loaders.gpu_loader import GpuLoader
-    return GpuLoader
-
-
 def build_batches(
     device: torch.device, batch_size: int, num_classes: int, channels_last: bool, seed: int, num_batches: int = 4
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless augmented batches from the ``gpu`` loader over synthetic images (no FFCV, offline)."""
+    from fastcifar.data.loaders.gpu import GpuLoader
     from fastcifar.data.synthetic import make_arrays
 
     images, fine, _coarse = make_arrays(batch_size * num_batches, num_classes=num_classes, seed=seed)
-    loader = _gpu_loader_class().from_arrays(
+    loader = GpuLoader.from_arrays(
         images, fine, device=device, train=True, batch_size=batch_size, augment=True, seed=seed,
         dtype=torch.float32, channels_last=channels_last,
     )
@@ -174,15 +118,13 @@ def build_batches(
 
 @contextlib.contextmanager
 def layer_ranges(model: nn.Module) -> Iterator[int]:
-    """Wrap every SK / Triplet / dense-layer forward (and the SK select / Z-pool steps) in ranges.
+    """Wrap the forward of every module of a :func:`range_kinds` type in a profiler range.
 
-    Forward pre/post hooks open and close a ``record_function`` named ``<Kind>:<module path>``;
-    the select / Z-pool functions of :mod:`fastcifar.models.layers` are swapped for wrapped ones
-    for the duration (the model files stay untouched). Eager only: under ``torch.compile`` the
-    ranges would split the graph. Yields the number of wrapped modules.
+    Forward pre/post hooks open and close a ``record_function``; the hooks are removed on exit and
+    nothing else is changed. Eager only: under ``torch.compile`` the ranges would split the graph.
+    Yields the number of modules wrapped.
     """
-    from fastcifar.models import layers
-
+    kinds = range_kinds()
     handles = []
     open_ranges: dict[int, list[record_function]] = {}
 
@@ -198,33 +140,26 @@ def layer_ranges(model: nn.Module) -> Iterator[int]:
         return pre, post
 
     for path, module in model.named_modules():
-        kind = LAYER_RANGES.get(type(module).__name__)
+        kind = next((label for cls, label in kinds.items() if isinstance(module, cls)), None)
         if kind is None:
             continue
-        pre, post = make_hooks(f"{kind}:{path}")
+        label = kind if kind in (SK_SELECT_RANGE, ZPOOL_RANGE) else f"{kind}:{path}"
+        pre, post = make_hooks(label)
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
-
-    originals = {name: getattr(layers, name) for name in ("sk_select_torch", "zpool_torch") if hasattr(layers, name)}
-
-    def wrap(fn: Callable, label: str) -> Callable:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with record_function(label):
-                return fn(*args, **kwargs)
-
-        return wrapped
-
-    if "sk_select_torch" in originals:
-        layers.sk_select_torch = wrap(originals["sk_select_torch"], SK_SELECT_RANGE)
-    if "zpool_torch" in originals:
-        layers.zpool_torch = wrap(originals["zpool_torch"], ZPOOL_RANGE)
     try:
         yield len(handles) // 2
     finally:
         for handle in handles:
             handle.remove()
-        for name, fn in originals.items():
-            setattr(layers, name, fn)
+
+
+def model_impl(model: nn.Module) -> str | None:
+    """The ``impl`` the model's attention layers run (``None`` when it has none)."""
+    from fastcifar.models.layers import SKSelect, ZPool
+
+    found = sorted({m.impl for m in model.modules() if isinstance(m, (SKSelect, ZPool))})
+    return "+".join(found) if found else None
 
 
 def triton_mode(device: torch.device, impl: str | None) -> str:
@@ -252,19 +187,23 @@ def _peak_memory(device: torch.device) -> dict:
     }
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        out["triton"] = None
-    return out
-
-
 def _median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
+
+
+def _enable_inductor_cpu_kernel_ranges(device: torch.device, compile_backend: str) -> bool:
+    """Inductor's C++ kernels are invisible to the profiler unless it wraps them in ranges.
+
+    A process-wide setting that only adds ranges around kernels; returns whether it is on.
+    """
+    if device.type != "cpu" or compile_backend != "inductor":
+        return False
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config.cpp, "enable_kernel_profile"):
+        return False
+    inductor_config.cpp.enable_kernel_profile = True
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,64 +227,57 @@ def profile_variant(
     seed: int = 0,
     with_stack: bool = False,
     compile_backend: str = "inductor",
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    schedule: str = "onecycle",
+    label_smoothing: float = 0.0,
     progress: Any = None,
 ) -> dict:
-    """Time and profile one variant; write its trace and ``run.json``; return the run.json dict."""
-    spec = VARIANTS[name]
+    """Time and profile one variant; write its trace and ``run.json``; return the run.json dict.
+
+    The model, optimiser, schedule and step are built as training builds them; the schedule spans
+    exactly the steps run here (warm-up, timed and profiled), so ``lr`` is its peak.
+    """
+    variant = get_variant(name)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.pt.trace.json*"):  # a re-run replaces the variant's trace
         old.unlink()
 
     torch.manual_seed(seed)
-    model, impl = build_model(arch, spec, model_kwargs, num_classes)
-    model = model.to(device)
-    if spec.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(arch, model_kwargs, variant, device, num_classes=num_classes)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = build_batches(device, batch_size, num_classes, spec.channels_last, seed)
-    inductor_kernel_ranges = False
-    if spec.compile:
-        if device.type == "cpu" and compile_backend == "inductor":
-            # Inductor's C++ kernels are invisible to the profiler unless it wraps them in ranges
-            # (a process-wide setting; it only adds ranges around kernels).
-            import torch._inductor.config as inductor_config
-
-            if hasattr(inductor_config.cpp, "enable_kernel_profile"):
-                inductor_config.cpp.enable_kernel_profile = True
-                inductor_kernel_ranges = True
-        forward: nn.Module | Callable = torch.compile(model, backend=compile_backend)
-    else:
-        forward = model
-
-    def train_step() -> None:
-        with record_function("train_step"):
-            with record_function("data"):
-                images, labels = next(batches)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
-                loss = nn.functional.cross_entropy(forward(images), labels)
-            loss.backward()
-            with record_function("optimizer"):
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        # One sync per step: the step's range then covers its device work, and wall times are real.
-        _sync(device)
+    impl = model_impl(model)
+    inductor_kernel_ranges = variant.compile and _enable_inductor_cpu_kernel_ranges(device, compile_backend)
+    forward = variant.wrap(model, backend=compile_backend)
+    warm_steps = compile_warmup if variant.compile else 1
+    settings = engine.StepSettings.for_variant(variant, device, label_smoothing=label_smoothing)
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(), max_lr=lr, epochs=1, steps_per_epoch=warm_steps + steps + wait + warmup + steps,
+        device=device, weight_decay=weight_decay, schedule=schedule,
+    )
+    scaler = engine.build_scaler(settings)
+    described = engine.describe_step(optimizer, scheduler, scaler, settings)
+    batches = engine.batches_in_ranges(build_batches(device, batch_size, num_classes, variant.channels_last, seed))
 
     def timed(n: int) -> list[float]:
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            train_step()
+            with record_function("train_step"):
+                images, labels = next(batches)
+                engine.train_step(forward, images, labels, optimizer, scheduler, scaler, settings)
+            # One sync per step: the step's range then covers its device work, and wall times are real.
+            engine.synchronize(device)
             times.append((time.perf_counter() - start) * 1e3)
             if progress is not None:
                 progress.update(1)
         return times
 
-    ranges_ctx = layer_ranges(model) if not spec.compile else contextlib.nullcontext(0)
+    ranges_ctx = layer_ranges(model) if not variant.compile else contextlib.nullcontext(0)
     with ranges_ctx as wrapped_layers:
         start = time.perf_counter()
-        warm_ms = timed(compile_warmup if spec.compile else 1)
+        warm_ms = timed(warm_steps)
         warmup_s = time.perf_counter() - start
         wall_ms = timed(steps)
 
@@ -377,9 +309,11 @@ def profile_variant(
     if not written:
         raise RuntimeError(f"the profiler wrote no trace for variant {name!r}")
 
+    from fastcifar.metrics import versions
+
     info = {
         "variant": name,
-        "spec": asdict(spec),
+        "spec": variant.describe(),
         "arch": arch,
         "model_kwargs": model_kwargs,
         "impl": impl,
@@ -387,9 +321,9 @@ def profile_variant(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "batch_size": batch_size,
-        "schedule": {"wait": wait, "warmup": warmup, "active": steps},
-        "compile_backend": compile_backend if spec.compile else None,
-        "compile_warmup_steps": compile_warmup if spec.compile else 1,
+        "profiler_schedule": {"wait": wait, "warmup": warmup, "active": steps},
+        "compile_backend": compile_backend if variant.compile else None,
+        "compile_warmup_steps": warm_steps,
         "warmup_s": warmup_s,
         "warmup_step_ms": warm_ms,
         "wall_step_ms": wall_ms,
@@ -399,15 +333,19 @@ def profile_variant(
         "images_per_s": batch_size / (_median(wall_ms) / 1e3) if wall_ms else None,
         "memory": _peak_memory(device),
         "layer_ranges": wrapped_layers,
-        "layer_ranges_note": "eager only: ranges would split the torch.compile graph" if spec.compile else "",
+        "layer_ranges_note": "eager only: ranges would split the torch.compile graph" if variant.compile else "",
         "inductor_cpp_kernel_ranges": inductor_kernel_ranges,
         "record_shapes": True,
         "profile_memory": True,
         "with_stack": with_stack,
         "trace_files": sorted(written),
         "data": "gpu loader over synthetic arrays (fastcifar.data.synthetic.make_arrays), augmented",
-        "optimizer": "Adam lr=1e-3",
-        "versions": _versions(),
+        "lr": lr,
+        # engine.describe_step: what the step does, read from the objects that ran it.
+        "optimizer": described["optimizer"],
+        "schedule": described["schedule"],
+        "step": described["step"],
+        "versions": versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(folder / "run.json", info)
@@ -421,7 +359,7 @@ def profile_variant(
 
 def profile_variants(
     arch: str = "sk_densenet",
-    variants: str | Sequence[str] = ("eager", "compiled", "compiled_triton"),
+    variants: str | Sequence[str] = DEFAULT_VARIANTS,
     steps: int = 5,
     batch_size: int = 256,
     out: str | os.PathLike = "runs/profile",
@@ -435,12 +373,17 @@ def profile_variants(
     seed: int = 0,
     with_stack: bool = False,
     compile_backend: str = "inductor",
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    schedule: str = "onecycle",
+    label_smoothing: float = 0.0,
 ) -> dict:
     """Profile ``variants`` of ``arch``; return ``{"out": DIR, "variants": {name: run.json dict}}``.
 
     Args:
         arch: model id of :func:`fastcifar.models.create_model`.
-        variants: names from :data:`VARIANTS`, as a list or comma-separated string.
+        variants: names from :data:`fastcifar.variant.VARIANTS` (or its aliases), as a list or a
+            comma-separated string.
         steps: profiled (active) steps, also the number of wall-clock timed steps.
         batch_size: images per step.
         out: output folder; one subfolder per variant.
@@ -450,22 +393,30 @@ def profile_variants(
         compile_warmup: steps run before timing when compiling (compilation happens there).
         compile_backend: ``torch.compile`` backend; ``"aot_eager"`` traces without code
             generation (quick checks of the pipeline on CPU), ``"inductor"`` is the real thing.
+        lr, weight_decay, schedule, label_smoothing: as ``python -m fastcifar.train`` takes them
+            (:func:`fastcifar.engine.build_optimizer`); ``lr`` is the schedule's peak.
     """
     from tqdm import tqdm
+
+    from fastcifar.models import list_models
 
     names = parse_variants(variants)
     kwargs = parse_model_kwargs(model_kwargs)
     dev = resolve_device(device)
-    for label, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("wait", wait, 0), ("warmup", warmup, 0), ("compile_warmup", compile_warmup, 1)):
+    counts = (
+        ("steps", steps, 1), ("batch_size", batch_size, 1), ("wait", wait, 0), ("warmup", warmup, 0),
+        ("compile_warmup", compile_warmup, 1),
+    )
+    for label, value, low in counts:
         if not isinstance(value, int) or value < low:
             raise UserError(f"--{label} must be an integer >= {low}, got {value!r}.")
-    from fastcifar.models import list_models
-
-    if arch not in list_models():
+    if schedule not in engine.SCHEDULES:
+        raise UserError(f"unknown --schedule {schedule!r}; choose one of: {', '.join(engine.SCHEDULES)}.")
+    if arch not in list_models(include_aliases=True):
         raise UserError(f"unknown --arch {arch!r}; choose one of: {', '.join(list_models())}.")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    per_variant = {n: (compile_warmup if VARIANTS[n].compile else 1) + 2 * steps + wait + warmup for n in names}
+    per_variant = {n: (compile_warmup if get_variant(n).compile else 1) + 2 * steps + wait + warmup for n in names}
     results = {}
     with tqdm(total=sum(per_variant.values()), desc="profile", unit="step") as bar:
         for name in names:
@@ -474,6 +425,7 @@ def profile_variants(
                 name, arch=arch, steps=steps, batch_size=batch_size, out=root, model_kwargs=kwargs,
                 device=dev, wait=wait, warmup=warmup, compile_warmup=compile_warmup,
                 num_classes=num_classes, seed=seed, with_stack=with_stack, compile_backend=compile_backend,
+                lr=lr, weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
                 progress=bar,
             )
     return {"out": str(root), "variants": results}
@@ -481,7 +433,7 @@ def profile_variants(
 
 def main(
     arch: str = "sk_densenet",
-    variants: str = "eager,compiled,compiled_triton",
+    variants: str = ",".join(DEFAULT_VARIANTS),
     steps: int = 5,
     batch_size: int = 256,
     out: str = "runs/profile",
@@ -492,16 +444,21 @@ def main(
     compile_warmup: int = 2,
     with_stack: bool = False,
     compile_backend: str = "inductor",
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    schedule: str = "onecycle",
+    label_smoothing: float = 0.0,
 ) -> None:
-    """Profile training steps of eager / compiled / compiled_triton; see the module docstring."""
+    """Profile the training step of several variants (fastcifar.variant.VARIANTS); see the module docstring."""
     result = profile_variants(
         arch, variants, steps, batch_size, out, model_kwargs, device,
         wait=wait, warmup=warmup, compile_warmup=compile_warmup, with_stack=with_stack,
-        compile_backend=compile_backend,
+        compile_backend=compile_backend, lr=lr, weight_decay=weight_decay, schedule=schedule,
+        label_smoothing=label_smoothing,
     )
     for name, info in result["variants"].items():
         print(
-            f"{name:16s} wall median {info['wall_median_step_ms']:.2f} ms/step "
+            f"{name:24s} wall median {info['wall_median_step_ms']:.2f} ms/step "
             f"(profiled {info['profiled_median_step_ms']:.2f}); kernels: {info['triton_kernels']}; "
             f"trace {Path(result['out']) / name / info['trace_files'][0]}"
         )
