@@ -1,23 +1,27 @@
-"""Training-step throughput of sk_densenet in four settings, side by side in one run.
+"""Training-step throughput of sk_densenet in several variants, side by side in one run.
 
-Variants (the model's train step through :func:`fastcifar.engine.train_one_epoch`: forward, CE
-loss, backward, Adam, OneCycleLR):
+Variants are :data:`fastcifar.variant.VARIANTS`; each model is built with
+:func:`fastcifar.variant.build_model` and trained through :func:`fastcifar.engine.train_one_epoch`,
+i.e. the engine's one training step (forward, CE loss, backward, Adam, OneCycleLR):
 
 - ``eager_fp32``: eager, fp32, NCHW, PyTorch SK layers (the study's setting);
 - ``eager_bf16_cl``: eager, bf16 autocast, channels_last;
 - ``compiled_bf16_cl``: ``torch.compile`` + bf16 autocast + channels_last;
-- ``compiled_bf16_cl_triton``: the same with the fused Triton SK kernels (``impl="triton"``);
+- ``compiled_bf16_cl_triton``: the same with the fused Triton SK kernels (``--fast``);
+- ``compiled_bf16_cl_triton_cudagraphs``: the same compiled with ``mode="reduce-overhead"``
+  (CUDA graphs; CUDA only, since CPU has no graphs to replay);
 - ``eager_bf16`` / ``compiled_bf16``: bf16 in NCHW (added on CPU, see ``CPU_BF16_CL_NOTE``).
 
-Per variant: images/s and step time (median of ``repeats`` timed passes of ``steps`` steps after
-warm-up), peak device memory (CUDA only), compile time (the first step's time above a steady step,
-reported apart from the throughput), achieved TFLOP/s from the model's counted FLOPs (forward +
-backward, ``torch.utils.flop_counter``) and the fraction of ``peak_tflop_per_s`` when given.
-Input: seeded normal-distributed images and random labels, resident on the device (no loader).
+Per variant (:func:`bench_variant`): images/s and step time (median of ``repeats`` timed passes of
+``steps`` steps after warm-up), peak device memory (CUDA only), compile time (the first step's
+time above a steady step, reported apart from the throughput), achieved TFLOP/s from the model's
+counted FLOPs (forward + backward, ``torch.utils.flop_counter``) and the fraction of
+``peak_tflop_per_s`` when given. Input: seeded normal-distributed images and random labels,
+resident on the device (no loader).
 
 Usage::
 
-    python -m bench.train                    # CUDA: full size, batch 256; CPU: a tiny config (said so)
+    python -m bench.train                    # CUDA: full size, batch 256; CPU: the tiny config (said so)
     python -m bench.train --device cpu --steps 5 --batch_size 32
 """
 
@@ -30,24 +34,23 @@ import platform
 import shlex
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, write_text_atomic
-from fastcifar.errors import UserError
+from bench.common import RESULTS_DIR, package_versions, write_text_atomic
+from fastcifar import engine
+from fastcifar.models import tiny_overrides
+from fastcifar.variant import VARIANTS, build_model, get_variant, parse_variants, resolve_device
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "eager_fp32": {"compile": False, "amp": "off", "channels_last": False, "impl": "torch"},
-    "eager_bf16_cl": {"compile": False, "amp": "bf16", "channels_last": True, "impl": "torch"},
-    "compiled_bf16_cl": {"compile": True, "amp": "bf16", "channels_last": True, "impl": "torch"},
-    "compiled_bf16_cl_triton": {"compile": True, "amp": "bf16", "channels_last": True, "impl": "triton"},
-    # NCHW bf16 pair: on CPU, bf16 + channels_last fails (see CPU_BF16_CL_NOTE), so the CPU run adds these.
-    "eager_bf16": {"compile": False, "amp": "bf16", "channels_last": False, "impl": "torch"},
-    "compiled_bf16": {"compile": True, "amp": "bf16", "channels_last": False, "impl": "torch"},
-}
-STUDY_VARIANTS = ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton")
+CUDA_VARIANTS = (
+    "eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton", "compiled_bf16_cl_triton_cudagraphs",
+)
+CPU_VARIANTS = (
+    "eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton", "eager_bf16", "compiled_bf16",
+)
 CPU_BF16_CL_NOTE = (
     "On CPU (torch 2.14.1 here) the weight gradient of a grouped *and* dilated conv (the SK 5x5 branch: "
     "3x3, dilation 2, groups 2) is non-finite under bf16 autocast with channels_last at small channel "
@@ -56,7 +59,6 @@ CPU_BF16_CL_NOTE = (
     "channels_last variants fail on CPU; compiled bf16 fails the same way even in NCHW (Inductor's CPU "
     "convolutions use channels_last internally). The NCHW bf16 variants are added for comparison."
 )
-TINY_CPU_CONFIG = {"growth_rate": 4, "block_config": (2, 2, 2, 2)}
 
 
 def count_train_flops(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -71,42 +73,59 @@ def count_train_flops(model: torch.nn.Module, images: torch.Tensor, labels: torc
     return int(counter.get_total_flops())
 
 
-def _build(arch: str, model_kwargs: dict[str, Any], impl: str, device: torch.device, channels_last: bool):
-    from fastcifar.models import create_model, get_entry
+def _batch(batch_size: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded images ``(N, 3, 32, 32)`` and labels ``(N,)`` on ``device``."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 100, (batch_size,), generator=generator)
+    return images.to(device), labels.to(device)
 
-    kwargs = dict(model_kwargs)
-    if "impl" in get_entry(arch).override_names():
-        kwargs["impl"] = impl
+
+def model_size(arch: str, model_kwargs: dict[str, Any], batch_size: int, device: torch.device) -> dict[str, int]:
+    """Parameters and counted training FLOPs per step of ``arch`` (the study's eager fp32 model)."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=100, **kwargs)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return model.to(device=device, memory_format=memory_format)
+    probe = build_model(arch, model_kwargs, VARIANTS["eager_fp32"], device)
+    flops = count_train_flops(probe, *_batch(batch_size, device, seed=2))
+    return {"parameters": sum(p.numel() for p in probe.parameters()), "train_flops_per_step": flops}
 
 
 def bench_variant(
     name: str,
     *,
-    device: torch.device,
+    device: torch.device | str,
     arch: str,
     model_kwargs: dict[str, Any],
     batch_size: int,
     steps: int,
     repeats: int = 3,
     warmup_steps: int = 3,
+    peak_tflop_per_s: float | None = None,
+    train_flops_per_step: int | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Time one variant; see the module docstring for what is measured."""
-    from fastcifar import engine
+    """Time one variant's training step; see the module docstring for what is measured.
 
-    spec = VARIANTS[name]
-    settings = engine.StepSettings(device=device, amp=spec["amp"], channels_last=spec["channels_last"])
-    model = _build(arch, model_kwargs, spec["impl"], device, spec["channels_last"])
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(batch_size, 3, 32, 32, generator=generator).to(device)
-    labels = torch.randint(0, 100, (batch_size,), generator=generator).to(device)
-    images = settings.prepare_input(images)
-    step_model = torch.compile(model) if spec["compile"] else model
+    ``train_flops_per_step`` (counted when not given) turns step time into TFLOP/s, and
+    ``peak_tflop_per_s`` that into a fraction (``mfu``). ``time_left`` (seconds) stops the timed
+    passes early, after the first, when another pass would not fit. Raises
+    :class:`fastcifar.engine.NonFiniteLoss` when the loss becomes NaN/inf.
+    """
+    variant = get_variant(name)
+    device = resolve_device(device)
+    if device.type == "cpu":
+        # Training one fixed batch drives values into the denormal range, where x86 float math is
+        # 10-20x slower (seen here as timed passes slowing from 0.8 s to 16 s); flush them to zero.
+        torch.set_flush_denormal(True)
+    if train_flops_per_step is None:
+        train_flops_per_step = model_size(arch, model_kwargs, batch_size, device)["train_flops_per_step"]
+    torch._dynamo.reset()  # every compiled variant pays (and reports) its own compilation
+    torch.manual_seed(0)
+    model = build_model(arch, model_kwargs, variant, device)
+    forward = variant.wrap(model)
+    settings = engine.StepSettings.for_variant(variant, device)
+    images, labels = _batch(batch_size, device, seed=1)
     optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=0.01, epochs=repeats + 2, steps_per_epoch=max(steps, warmup_steps), device=device
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=warmup_steps + repeats * steps, device=device
     )
     scaler = engine.build_scaler(settings)
     if device.type == "cuda":
@@ -115,25 +134,28 @@ def bench_variant(
 
     def run(n: int) -> engine.EpochResult:
         return engine.train_one_epoch(
-            step_model, [(images, labels)] * n, optimizer, scheduler, scaler, settings,
-            log_every=n, progress=False,
+            forward, [(images, labels)] * n, optimizer, scheduler, scaler, settings, log_every=n, progress=False
         )
 
     warm = run(warmup_steps)
-    timed = [run(steps) for _ in range(repeats)]
+    timed = [run(steps)]
+    while len(timed) < repeats and (time_left is None or time_left() > 1.5 * timed[-1].seconds):
+        timed.append(run(steps))
     seconds = statistics.median(r.seconds for r in timed)
-    loss = timed[-1].loss
-    if not torch.isfinite(torch.tensor(loss)):
-        raise RuntimeError(f"{name}: non-finite loss {loss}")
+    step_ms = 1000 * seconds / steps
+    tflop_per_s = train_flops_per_step / (step_ms / 1000) / 1e12
     return {
         "images_per_s": batch_size * steps / seconds,
-        "step_ms": 1000 * seconds / steps,
-        "compile_seconds": warm.warmup_seconds if spec["compile"] else 0.0,
+        "step_ms": step_ms,
+        "compile_seconds": warm.warmup_seconds if variant.compile else 0.0,
         "first_step_excess_seconds": warm.warmup_seconds,
         "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "timed_seconds": [r.seconds for r in timed],
-        "loss": loss,
-        **spec,
+        "loss": timed[-1].loss,
+        "train_flops_per_step": train_flops_per_step,
+        "tflop_per_s": tflop_per_s,
+        "mfu": tflop_per_s / peak_tflop_per_s if peak_tflop_per_s else None,
+        **variant.describe(),
     }
 
 
@@ -143,55 +165,35 @@ def bench_train(
     model_kwargs: dict[str, Any] | None = None,
     batch_size: int = 256,
     steps: int = 20,
-    variants: Sequence[str] | str = STUDY_VARIANTS,
+    variants: Sequence[str] | str = CUDA_VARIANTS,
     repeats: int = 3,
     peak_tflop_per_s: float | None = None,
+    warmup_steps: int = 3,
 ) -> dict[str, Any]:
     """Benchmark ``variants`` of ``arch``'s training step; returns ``{"config", "variants", ...}``.
 
-    ``variants[name]`` holds images_per_s, step_ms, compile_seconds, peak_memory_mib (CUDA, else
-    None), tflop_per_s and mfu (None without ``peak_tflop_per_s``), or ``error`` if the variant
-    failed (the others still run). ``speedup_vs_eager_fp32`` compares images/s.
+    ``variants[name]`` is :func:`bench_variant`'s result, or ``error`` if the variant failed (the
+    others still run). ``speedup_vs_eager_fp32`` compares images/s.
     """
-    device = torch.device(device)
-    if device.type == "cpu":
-        # Training one fixed batch drives values into the denormal range, where x86 float math is
-        # 10-20x slower (seen here as timed passes slowing from 0.8 s to 16 s); flush them to zero.
-        torch.set_flush_denormal(True)
-    if isinstance(variants, str):
-        variants = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(VARIANTS)}.")
+    device = resolve_device(device)
+    names = parse_variants(variants)
     model_kwargs = dict(model_kwargs or {})
-    probe = _build(arch, model_kwargs, "torch", device, False)
-    generator = torch.Generator().manual_seed(2)
-    flops = count_train_flops(
-        probe,
-        torch.randn(batch_size, 3, 32, 32, generator=generator).to(device),
-        torch.randint(0, 100, (batch_size,), generator=generator).to(device),
-    )
-    parameters = sum(p.numel() for p in probe.parameters())
-    del probe
+    size = model_size(arch, model_kwargs, batch_size, device)
     results: dict[str, Any] = {}
-    for name in variants:
-        torch._dynamo.reset()  # every compiled variant pays (and reports) its own compilation
+    for name in names:
         try:
-            row = bench_variant(
-                name, device=device, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size,
-                steps=steps, repeats=repeats,
+            results[name] = bench_variant(
+                name, device=device, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size, steps=steps,
+                repeats=repeats, warmup_steps=warmup_steps, peak_tflop_per_s=peak_tflop_per_s,
+                train_flops_per_step=size["train_flops_per_step"],
             )
         except Exception as err:  # keep the other variants' figures; record why this one failed
             results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
-            continue
-        row["tflop_per_s"] = flops / (row["step_ms"] / 1000) / 1e12
-        row["mfu"] = row["tflop_per_s"] / peak_tflop_per_s if peak_tflop_per_s else None
-        results[name] = row
     base = results.get("eager_fp32", {}).get("images_per_s")
     return {
         "config": {
             "device": str(device), "arch": arch, "model_kwargs": model_kwargs, "batch_size": batch_size,
-            "steps": steps, "repeats": repeats, "parameters": parameters, "train_flops_per_step": flops,
+            "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps, **size,
             "peak_tflop_per_s": peak_tflop_per_s,
         },
         "variants": results,
@@ -202,20 +204,14 @@ def bench_train(
 
 
 def _versions(device: torch.device) -> dict[str, Any]:
-    found: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    return {
+        **package_versions(("torch", "triton")),
+        "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
     }
-    try:
-        import triton
-
-        found["triton"] = triton.__version__
-    except Exception:  # triton absent: the triton variant reports its own error
-        found["triton"] = None
-    return found
 
 
 def render_table(result: dict[str, Any]) -> str:
@@ -249,17 +245,18 @@ def main(
 ) -> None:
     """Run the benchmark, print a table, write ``<out>/train-<device>-<date>.json`` and ``.md``.
 
-    On CUDA the defaults are the full model at batch 256 for 50 steps; on CPU a tiny config
-    (growth_rate 4, blocks 2/2/2/2) at batch 32 for 5 steps, whose figures are ratios on that CPU only.
+    On CUDA the defaults are the full model at batch 256 for 50 steps over :data:`CUDA_VARIANTS`;
+    on CPU the registered tiny config (``fastcifar.models.tiny_overrides``) at batch 32 for 5 steps
+    over :data:`CPU_VARIANTS`, whose figures are ratios on that CPU only.
     """
-    device_obj = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_obj = resolve_device(device)
     cuda = device_obj.type == "cuda"
     if model_kwargs is None:
-        model_kwargs = {} if cuda else dict(TINY_CPU_CONFIG)
+        model_kwargs = {} if cuda else tiny_overrides(arch)
     batch_size = batch_size or (256 if cuda else 32)
     steps = steps or (50 if cuda else 5)
     if variants is None:
-        variants = ",".join(STUDY_VARIANTS if cuda else VARIANTS)
+        variants = ",".join(CUDA_VARIANTS if cuda else CPU_VARIANTS)
     result = bench_train(
         device_obj, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size, steps=steps,
         variants=variants, repeats=repeats, peak_tflop_per_s=peak_tflop_per_s,
@@ -287,7 +284,8 @@ def main(
     markdown = (
         f"# Training-step throughput: {arch} ({device_obj.type}, {date})\n\n"
         f"Command: `{record['command']}`\n\n{note}\n\n"
-        f"Batch {batch_size}, {steps} steps per timed pass, median of {repeats} passes after 3 warm-up steps; "
+        f"Batch {batch_size}, {steps} steps per timed pass, median of {repeats} passes after "
+        f"{result['config']['warmup_steps']} warm-up steps; "
         f"model kwargs {model_kwargs or '{} (full size)'}; {result['config']['parameters']:,} parameters; "
         f"{result['config']['train_flops_per_step'] / 1e9:.2f} GFLOP per step (fwd+bwd, counted).\n\n"
         f"{table}\n\nVersions: torch {record['versions']['torch']}, triton {record['versions']['triton']}, "

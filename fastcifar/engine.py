@@ -70,9 +70,10 @@ class StepSettings:
 
     @classmethod
     def for_variant(cls, variant: Variant, device: torch.device, *, label_smoothing: float = 0.0) -> StepSettings:
+        """The step settings of ``variant`` on ``device`` (CUDA graphs exist on CUDA devices only)."""
         return cls(
             device=device, amp=variant.amp, channels_last=variant.channels_last,
-            label_smoothing=label_smoothing, cudagraphs=variant.uses_cudagraphs,
+            label_smoothing=label_smoothing, cudagraphs=variant.uses_cudagraphs and device.type == "cuda",
         )
 
     @property

@@ -114,7 +114,9 @@ def test_step_settings_follow_the_variant() -> None:
     from fastcifar.engine import StepSettings
     from fastcifar.variant import BASELINE, VARIANTS
 
-    cpu = torch.device("cpu")
-    graphs = StepSettings.for_variant(VARIANTS["compiled_bf16_cl_triton_cudagraphs"], cpu, label_smoothing=0.1)
-    assert graphs == StepSettings(device=cpu, amp="bf16", channels_last=True, label_smoothing=0.1, cudagraphs=True)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    graphs = VARIANTS["compiled_bf16_cl_triton_cudagraphs"]
+    on_gpu = StepSettings.for_variant(graphs, gpu, label_smoothing=0.1)
+    assert on_gpu == StepSettings(device=gpu, amp="bf16", channels_last=True, label_smoothing=0.1, cudagraphs=True)
+    assert not StepSettings.for_variant(graphs, cpu).cudagraphs  # no CUDA graphs on CPU: no step marks
     assert StepSettings.for_variant(BASELINE, cpu) == StepSettings(device=cpu)
