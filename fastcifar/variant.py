@@ -93,7 +93,7 @@ VARIANTS: dict[str, Variant] = {
     "eager_bf16_cl": Variant(channels_last=True, amp="bf16", kernels="torch"),
     "compiled_bf16_cl": Variant(compile=True, channels_last=True, amp="bf16", kernels="torch"),
     "compiled_bf16_cl_triton": Variant(compile=True, channels_last=True, amp="bf16", kernels="triton"),
-    # The same captured in CUDA graphs: ~2,000 kernel launches per compiled step become one replay.
+    # The same captured in CUDA graphs: each compiled graph's many kernel launches become one replay.
     "compiled_bf16_cl_triton_cudagraphs": Variant(
         compile=True, compile_mode="reduce-overhead", channels_last=True, amp="bf16", kernels="triton"
     ),
