@@ -216,15 +216,16 @@ def train_step(
     """One optimisation step on a batch ``images (N, 3, H, W)``, ``labels (N,)``.
 
     Forward and loss under autocast, gradients reset, (scaled) backward, optimizer step, scaler
-    update, scheduler step. Returns the loss, detached, as a device scalar: nothing here reads a
-    value back to the host, so the step queues its work and returns (and a CUDA-graph replay is
-    never broken by a host read).
+    update, scheduler step. Returns the loss, detached, as a device scalar. In fp32 and bf16
+    nothing here reads a value back to the host, so the step queues its work and returns (and no
+    host read sits inside a compiled or CUDA-graph region); fp16's GradScaler reads its inf check
+    once per step, in ``scaler.step``, outside the compiled forward.
 
     CUDA graphs (``settings.cudagraphs``): torch's CUDA-graph trees copy each non-static input
     (the loader's batch) into the graph's own static buffer on replay, and they reuse the output
     memory of one replay for the next. ``cudagraph_mark_step_begin`` says a new step starts, so the
-    previous step's outputs (already consumed: the loss was folded into the caller's sums) may be
-    overwritten; without it torch cannot tell a new step from a second call within the same one.
+    previous step's outputs (the logits, already consumed by the loss) may be overwritten; without
+    it torch cannot tell a new step from a second call within the same one.
     """
     if settings.cudagraphs:
         torch.compiler.cudagraph_mark_step_begin()
