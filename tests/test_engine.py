@@ -120,3 +120,22 @@ def test_step_settings_follow_the_variant() -> None:
     assert on_gpu == StepSettings(device=gpu, amp="bf16", channels_last=True, label_smoothing=0.1, cudagraphs=True)
     assert not StepSettings.for_variant(graphs, cpu).cudagraphs  # no CUDA graphs on CPU: no step marks
     assert StepSettings.for_variant(BASELINE, cpu) == StepSettings(device=cpu)
+
+
+def test_cudagraph_steps_are_marked_once_per_step_and_eval_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, evaluate, train_one_epoch
+
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(3)]
+    for cudagraphs, expected in ((False, 0), (True, 3)):
+        marks.clear()
+        settings = StepSettings(device=torch.device("cpu"), cudagraphs=cudagraphs)
+        optimizer, scheduler = build_optimizer(
+            model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=3, device=settings.device
+        )
+        train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, progress=False)
+        assert len(marks) == expected
+        evaluate(model, batches, settings)
+        assert len(marks) == 2 * expected
