@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,3 +96,20 @@ def keep_opaque_when_interpreted(op: Any, fake_impl: Callable[..., Any]) -> None
 
     op.register_torch_dispatch(FunctionalTensorMode, no_decomposition)
     op.register_fake(fake_impl)
+
+
+@dataclass
+class Launch:
+    """One kernel launch, described before it runs: the ops launch it, and the static report
+    (kernels.static) compiles exactly this specialisation for a target without a device.
+
+    args: the kernel's positional arguments (tensors, ints, floats); options: constexprs and num_warps.
+    """
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        wrap_triton(self.kernel)[self.grid](*self.args, **self.options)

@@ -4,9 +4,12 @@
     dF_m = a_m * dV
     dlogits_m = a_m * (g_m - sum_k a_k g_k),      g_m[n,c] = sum_hw dV * F_m
 
-Branches arrive as up to four separate tensors (four pointer arguments, each with its own strides), so
-no stacked copy is ever made; any strides work (NCHW, channels_last, views of a stacked tensor).
+Branches arrive as up to four separate pointer arguments that share one stride set (the host makes
+them dense in one memory format only when their strides differ), so no stacked copy is made. Each
+program gathers its tile of every branch into one (BLOCK_C, BLOCK_HW, M_PAD) tile through a pointer
+tile (`_branch_pointers`), so every kernel issues all its loads before it computes and stores.
 Arithmetic is float32 whatever the storage dtype; results are stored in the input dtype.
+See docs/kernels.md for the tile and grid choices.
 """
 
 import torch
@@ -14,10 +17,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from ._runtime import keep_opaque_when_interpreted, memory_format_of, new_output, wrap_triton
+from ._runtime import Launch, keep_opaque_when_interpreted, memory_format_of, new_output
 
 MAX_BRANCHES = 4
-
+VECTOR = 8  # elements of a 16-byte access at 2-byte storage: the alignment the host checks and hints
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -25,88 +28,118 @@ MAX_BRANCHES = 4
 
 
 @triton.jit
-def _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW: tl.constexpr):
-    """Element offsets of a (BLOCK_C, BLOCK_HW) tile; offs_p indexes the flattened H*W plane."""
+def _tile_offsets(
+    n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr
+):
+    """Element offsets of a (BLOCK_C, BLOCK_HW) tile; offs_p indexes the flattened H*W plane.
+
+    ALIGNED: every stride but the unit one is a multiple of 8 (checked on the host), so each
+    contiguous run starts 16-byte aligned; the hint lets the compiler emit 128-bit accesses along
+    the contiguous axis (channels when VEC_C, else the plane).
+    """
     if FLAT_HW:  # s_h == W * s_w (NCHW and channels_last alike): no integer division needed
         spatial = offs_p * s_w
     else:
         spatial = (offs_p // W) * s_h + (offs_p % W) * s_w
-    return n * s_n + offs_c[:, None] * s_c + spatial[None, :]
+    off = n * s_n + offs_c[:, None] * s_c + spatial[None, :]
+    if ALIGNED:
+        if VEC_C:
+            off = tl.multiple_of(off, [8, 1])
+        else:
+            off = tl.multiple_of(off, [1, 8])
+    return off
 
 
 @triton.jit
-def _softmax_weights(logits_ptr, n, offs_c, mask_c, s_ln, s_lm, s_lc, M: tl.constexpr):
-    """Softmax over the M branch logits of channels offs_c; unused branches get weight 0."""
-    base = logits_ptr + n * s_ln + offs_c * s_lc
-    l0 = tl.load(base, mask=mask_c, other=0.0).to(tl.float32)
-    l1 = l0
-    l2 = l0
-    l3 = l0
-    peak = l0
+def _tile_mask(offs_c, offs_p, C, HW, EVEN_C: tl.constexpr, EVEN_HW: tl.constexpr):
+    """(BLOCK_C, BLOCK_HW) bounds mask; a dimension the block divides exactly gets no runtime test,
+    which keeps the mask constant along the contiguous axis (a condition for vector accesses)."""
+    if EVEN_C:
+        mask_c = tl.full(offs_c.shape, 1, tl.int1)
+    else:
+        mask_c = offs_c < C
+    if EVEN_HW:
+        mask_p = tl.full(offs_p.shape, 1, tl.int1)
+    else:
+        mask_p = offs_p < HW
+    return mask_c[:, None] & mask_p[None, :]
+
+
+@triton.jit
+def _branch_pointers(
+    f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M: tl.constexpr, M_PAD: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr
+):
+    """(BLOCK_C, BLOCK_HW, M_PAD) pointers: slot m of the last axis points into branch m at `off`.
+
+    The alignment hint is restated on the pointer tile (in bytes: 8 elements of >= 2 bytes), because
+    the compiler does not carry a hint on `off` through the broadcast to three dimensions.
+    """
+    m = tl.arange(0, M_PAD)[None, None, :]
+    off3 = off[:, :, None] + m * 0
+    ptrs = f0_ptr + off3
     if M > 1:
-        l1 = tl.load(base + s_lm, mask=mask_c, other=0.0).to(tl.float32)
-        peak = tl.maximum(peak, l1)
+        ptrs = tl.where(m == 1, f1_ptr + off3, ptrs)
     if M > 2:
-        l2 = tl.load(base + 2 * s_lm, mask=mask_c, other=0.0).to(tl.float32)
-        peak = tl.maximum(peak, l2)
+        ptrs = tl.where(m == 2, f2_ptr + off3, ptrs)
     if M > 3:
-        l3 = tl.load(base + 3 * s_lm, mask=mask_c, other=0.0).to(tl.float32)
-        peak = tl.maximum(peak, l3)
-    e0 = tl.exp(l0 - peak)
-    e1 = tl.zeros_like(e0)
-    e2 = tl.zeros_like(e0)
-    e3 = tl.zeros_like(e0)
-    if M > 1:
-        e1 = tl.exp(l1 - peak)
-    if M > 2:
-        e2 = tl.exp(l2 - peak)
-    if M > 3:
-        e3 = tl.exp(l3 - peak)
-    inv = 1.0 / (e0 + e1 + e2 + e3)
-    return e0 * inv, e1 * inv, e2 * inv, e3 * inv
+        ptrs = tl.where(m == 3, f3_ptr + off3, ptrs)
+    if ALIGNED:
+        if VEC_C:
+            ptrs = tl.multiple_of(ptrs, [16, 1, 1])
+        else:
+            ptrs = tl.multiple_of(ptrs, [1, 16, 1])
+    return ptrs
+
+
+@triton.jit
+def _branch_mask(mask, M: tl.constexpr, M_PAD: tl.constexpr):
+    """(BLOCK_C, BLOCK_HW) mask extended over the branch axis; padding slots (m >= M) are off."""
+    m = tl.arange(0, M_PAD)[None, None, :]
+    return mask[:, :, None] & (m < M)
+
+
+@triton.jit
+def _softmax_tile(logits_ptr, n, offs_c, C, sl_n, sl_m, sl_c, M: tl.constexpr, M_PAD: tl.constexpr):
+    """(BLOCK_C, M_PAD) softmax weights over the branch axis; padding slots get weight 0."""
+    m = tl.arange(0, M_PAD)[None, :]
+    ptrs = logits_ptr + n * sl_n + offs_c[:, None] * sl_c + m * sl_m
+    real = m < M
+    logit = tl.load(ptrs, mask=(offs_c[:, None] < C) & real, other=0.0).to(tl.float32)
+    logit = tl.where(real, logit, float("-inf"))
+    e = tl.exp(logit - tl.max(logit, axis=1)[:, None])
+    return e / tl.sum(e, axis=1)[:, None]
 
 
 @triton.jit
 def _sk_select_fwd_kernel(
     f0_ptr, f1_ptr, f2_ptr, f3_ptr, logits_ptr, out_ptr,
     C, HW, W,
-    s0_n, s0_c, s0_h, s0_w,
-    s1_n, s1_c, s1_h, s1_w,
-    s2_n, s2_c, s2_h, s2_w,
-    s3_n, s3_c, s3_h, s3_w,
+    s_n, s_c, s_h, s_w,
     so_n, so_c, so_h, so_w,
-    s_ln, s_lm, s_lc,
-    M: tl.constexpr, FLAT_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    sl_n, sl_m, sl_c,
+    M: tl.constexpr, M_PAD: tl.constexpr, FLAT_HW: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr,
+    EVEN_C: tl.constexpr, EVEN_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
-    # One program per (n, channel block, spatial block); flattened into axis 0 (no 65535 grid cap).
+    # One program per (n, spatial block, channel block), channel block fastest: neighbouring programs
+    # read neighbouring bytes of a channels_last row. Flattened into axis 0 (no 65535 grid cap).
     pid = tl.program_id(0)
-    num_p = tl.cdiv(HW, BLOCK_HW)
     num_c = tl.cdiv(C, BLOCK_C)
-    pid_p = pid % num_p
-    pid_c = (pid // num_p) % num_c
-    n = pid // (num_p * num_c)
-
+    num_p = tl.cdiv(HW, BLOCK_HW)
+    pid_c = pid % num_c
+    pid_p = (pid // num_c) % num_p
+    n = pid // (num_c * num_p)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_p = pid_p * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    mask_c = offs_c < C
-    mask = mask_c[:, None] & (offs_p < HW)[None, :]
+    mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
 
-    a0, a1, a2, a3 = _softmax_weights(logits_ptr, n, offs_c, mask_c, s_ln, s_lm, s_lc, M)
+    off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
+    f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
+                mask=_branch_mask(mask, M, M_PAD), other=0.0).to(tl.float32)  # fmt: skip
+    a = _softmax_tile(logits_ptr, n, offs_c, C, sl_n, sl_m, sl_c, M, M_PAD)
+    v = tl.sum(f * a[:, None, :], axis=2)
 
-    off = _tile_offsets(n, offs_c, offs_p, W, s0_n, s0_c, s0_h, s0_w, FLAT_HW)
-    acc = a0[:, None] * tl.load(f0_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if M > 1:
-        off = _tile_offsets(n, offs_c, offs_p, W, s1_n, s1_c, s1_h, s1_w, FLAT_HW)
-        acc += a1[:, None] * tl.load(f1_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if M > 2:
-        off = _tile_offsets(n, offs_c, offs_p, W, s2_n, s2_c, s2_h, s2_w, FLAT_HW)
-        acc += a2[:, None] * tl.load(f2_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if M > 3:
-        off = _tile_offsets(n, offs_c, offs_p, W, s3_n, s3_c, s3_h, s3_w, FLAT_HW)
-        acc += a3[:, None] * tl.load(f3_ptr + off, mask=mask, other=0.0).to(tl.float32)
-
-    off = _tile_offsets(n, offs_c, offs_p, W, so_n, so_c, so_h, so_w, FLAT_HW)
-    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    off = _tile_offsets(n, offs_c, offs_p, W, so_n, so_c, so_h, so_w, FLAT_HW, ALIGNED, VEC_C)
+    tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -115,112 +148,90 @@ def _sk_select_bwd_kernel(
     df0_ptr, df1_ptr, df2_ptr, df3_ptr, dlogits_ptr,
     C, HW, W,
     sg_n, sg_c, sg_h, sg_w,
-    s0_n, s0_c, s0_h, s0_w,
-    s1_n, s1_c, s1_h, s1_w,
-    s2_n, s2_c, s2_h, s2_w,
-    s3_n, s3_c, s3_h, s3_w,
-    sd0_n, sd0_c, sd0_h, sd0_w,
-    sd1_n, sd1_c, sd1_h, sd1_w,
-    sd2_n, sd2_c, sd2_h, sd2_w,
-    sd3_n, sd3_c, sd3_h, sd3_w,
-    s_ln, s_lm, s_lc,
+    s_n, s_c, s_h, s_w,
+    sd_n, sd_c, sd_h, sd_w,
+    sl_n, sl_m, sl_c,
     sdl_n, sdl_m, sdl_c,
-    M: tl.constexpr, FLAT_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    M: tl.constexpr, M_PAD: tl.constexpr, FLAT_HW: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr,
+    EVEN_C: tl.constexpr, EVEN_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
-    # One program per (n, channel block) walks the whole H*W plane: the g_m reduction stays in
-    # registers (no atomics, no second pass) while dF_m is written on the way.
+    # One program per (n, channel block) walks the whole H*W plane: g_m is reduced in registers (no
+    # atomics, no second pass). Each step loads dV and every branch tile, then computes, then stores.
     pid = tl.program_id(0)
     num_c = tl.cdiv(C, BLOCK_C)
     pid_c = pid % num_c
     n = pid // num_c
-
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    a0, a1, a2, a3 = _softmax_weights(logits_ptr, n, offs_c, mask_c, s_ln, s_lm, s_lc, M)
+    a = _softmax_tile(logits_ptr, n, offs_c, C, sl_n, sl_m, sl_c, M, M_PAD)
 
-    g0 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    g1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    g2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    g3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    g = tl.zeros([BLOCK_C, M_PAD], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_p < HW)[None, :]
-        off = _tile_offsets(n, offs_c, offs_p, W, sg_n, sg_c, sg_h, sg_w, FLAT_HW)
+        mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
+        mask3 = _branch_mask(mask, M, M_PAD)
+        off = _tile_offsets(n, offs_c, offs_p, W, sg_n, sg_c, sg_h, sg_w, FLAT_HW, ALIGNED, VEC_C)
         dv = tl.load(dv_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
+        f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C), mask=mask3, other=0.0)
 
-        off = _tile_offsets(n, offs_c, offs_p, W, s0_n, s0_c, s0_h, s0_w, FLAT_HW)
-        g0 += tl.sum(dv * tl.load(f0_ptr + off, mask=mask, other=0.0).to(tl.float32), axis=1)
-        off = _tile_offsets(n, offs_c, offs_p, W, sd0_n, sd0_c, sd0_h, sd0_w, FLAT_HW)
-        tl.store(df0_ptr + off, (a0[:, None] * dv).to(df0_ptr.dtype.element_ty), mask=mask)
-        if M > 1:
-            off = _tile_offsets(n, offs_c, offs_p, W, s1_n, s1_c, s1_h, s1_w, FLAT_HW)
-            g1 += tl.sum(dv * tl.load(f1_ptr + off, mask=mask, other=0.0).to(tl.float32), axis=1)
-            off = _tile_offsets(n, offs_c, offs_p, W, sd1_n, sd1_c, sd1_h, sd1_w, FLAT_HW)
-            tl.store(df1_ptr + off, (a1[:, None] * dv).to(df1_ptr.dtype.element_ty), mask=mask)
-        if M > 2:
-            off = _tile_offsets(n, offs_c, offs_p, W, s2_n, s2_c, s2_h, s2_w, FLAT_HW)
-            g2 += tl.sum(dv * tl.load(f2_ptr + off, mask=mask, other=0.0).to(tl.float32), axis=1)
-            off = _tile_offsets(n, offs_c, offs_p, W, sd2_n, sd2_c, sd2_h, sd2_w, FLAT_HW)
-            tl.store(df2_ptr + off, (a2[:, None] * dv).to(df2_ptr.dtype.element_ty), mask=mask)
-        if M > 3:
-            off = _tile_offsets(n, offs_c, offs_p, W, s3_n, s3_c, s3_h, s3_w, FLAT_HW)
-            g3 += tl.sum(dv * tl.load(f3_ptr + off, mask=mask, other=0.0).to(tl.float32), axis=1)
-            off = _tile_offsets(n, offs_c, offs_p, W, sd3_n, sd3_c, sd3_h, sd3_w, FLAT_HW)
-            tl.store(df3_ptr + off, (a3[:, None] * dv).to(df3_ptr.dtype.element_ty), mask=mask)
+        g += tl.sum(dv[:, :, None] * f.to(tl.float32), axis=1)
+        df = a[:, None, :] * dv[:, :, None]
 
-    g_bar = a0 * g0 + a1 * g1 + a2 * g2 + a3 * g3
-    base = dlogits_ptr + n * sdl_n + offs_c * sdl_c
-    out_ty = dlogits_ptr.dtype.element_ty
-    tl.store(base, (a0 * (g0 - g_bar)).to(out_ty), mask=mask_c)
-    if M > 1:
-        tl.store(base + sdl_m, (a1 * (g1 - g_bar)).to(out_ty), mask=mask_c)
-    if M > 2:
-        tl.store(base + 2 * sdl_m, (a2 * (g2 - g_bar)).to(out_ty), mask=mask_c)
-    if M > 3:
-        tl.store(base + 3 * sdl_m, (a3 * (g3 - g_bar)).to(out_ty), mask=mask_c)
+        off = _tile_offsets(n, offs_c, offs_p, W, sd_n, sd_c, sd_h, sd_w, FLAT_HW, ALIGNED, VEC_C)
+        tl.store(_branch_pointers(df0_ptr, df1_ptr, df2_ptr, df3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
+                 df.to(df0_ptr.dtype.element_ty), mask=mask3)  # fmt: skip
+
+    g_bar = tl.sum(a * g, axis=1)
+    m = tl.arange(0, M_PAD)[None, :]
+    ptrs = dlogits_ptr + n * sdl_n + offs_c[:, None] * sdl_c + m * sdl_m
+    dlogits = a * (g - g_bar[:, None])
+    tl.store(ptrs, dlogits.to(dlogits_ptr.dtype.element_ty), mask=(offs_c[:, None] < C) & (m < M))
 
 
 @triton.jit
 def _sk_fuse_mean_kernel(
     f0_ptr, f1_ptr, f2_ptr, f3_ptr, out_ptr,
     C, HW, W, inv_hw,
-    s0_n, s0_c, s0_h, s0_w,
-    s1_n, s1_c, s1_h, s1_w,
-    s2_n, s2_c, s2_h, s2_w,
-    s3_n, s3_c, s3_h, s3_w,
+    s_n, s_c, s_h, s_w,
     so_n, so_c,
-    M: tl.constexpr, FLAT_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    M: tl.constexpr, M_PAD: tl.constexpr, FLAT_HW: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr,
+    EVEN_C: tl.constexpr, EVEN_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
-    # s[n,c] = mean_hw sum_m F_m: the branch sum U is never written to memory.
+    # s[n,c] = mean_hw sum_m F_m: each branch is read once and the branch sum U is never written.
     pid = tl.program_id(0)
     num_c = tl.cdiv(C, BLOCK_C)
     pid_c = pid % num_c
     n = pid // num_c
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
 
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_p < HW)[None, :]
-        off = _tile_offsets(n, offs_c, offs_p, W, s0_n, s0_c, s0_h, s0_w, FLAT_HW)
-        acc += tl.load(f0_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if M > 1:
-            off = _tile_offsets(n, offs_c, offs_p, W, s1_n, s1_c, s1_h, s1_w, FLAT_HW)
-            acc += tl.load(f1_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if M > 2:
-            off = _tile_offsets(n, offs_c, offs_p, W, s2_n, s2_c, s2_h, s2_w, FLAT_HW)
-            acc += tl.load(f2_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if M > 3:
-            off = _tile_offsets(n, offs_c, offs_p, W, s3_n, s3_c, s3_h, s3_w, FLAT_HW)
-            acc += tl.load(f3_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
+        off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
+        f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
+                    mask=_branch_mask(mask, M, M_PAD), other=0.0)  # fmt: skip
+        acc += tl.sum(f.to(tl.float32), axis=2)
     mean = tl.sum(acc, axis=1) * inv_hw
-    tl.store(out_ptr + n * so_n + offs_c * so_c, mean.to(out_ptr.dtype.element_ty), mask=mask_c)
+    tl.store(out_ptr + n * so_n + offs_c * so_c, mean.to(out_ptr.dtype.element_ty), mask=offs_c < C)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launch helpers (host side)
+# Launch configuration (host side)
 # ----------------------------------------------------------------------------------------------------
+
+# Elements per branch in one tile: 16 per thread at 4 warps, i.e. two 16-byte vectors of bf16.
+TILE_ELEMENTS = 2048
+
+
+def shared_strides(branches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The branches with one common stride set: as given when their strides already agree (the usual
+    case, also for slices or views of one stacked tensor), else all made dense in the first one's format."""
+    first = branches[0].stride()
+    if all(b.stride() == first for b in branches[1:]):
+        return branches
+    fmt = memory_format_of(branches[0])
+    return [b.contiguous(memory_format=fmt) for b in branches]
 
 
 def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -228,33 +239,61 @@ def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return tensors + [tensors[0]] * (MAX_BRANCHES - len(tensors))
 
 
-def _strides4(tensors: list[torch.Tensor]) -> list[int]:
-    return [s for t in _padded(tensors) for s in t.stride()]
+def _channel_block(C: int, cap: int) -> int:
+    """The largest power of two dividing C (no masked lanes: 40 -> 8, 80 -> 16, 160 -> 32), capped;
+    for C with fewer than 8 such lanes (odd sizes) the masked next power of two instead."""
+    divisor = C & -C
+    if divisor >= VECTOR:
+        return min(divisor, cap)
+    return min(triton.next_power_of_2(C), cap)
 
 
-def _flat_hw(tensors: list[torch.Tensor]) -> bool:
-    """True when every tensor's H*W plane is addressable as p * stride_w (h stride == W * w stride)."""
-    H, W = tensors[0].shape[2], tensors[0].shape[3]
-    return H == 1 or all(t.stride(2) == W * t.stride(3) for t in tensors)
+def launch_config(shape: tuple[int, ...], tensors: list[torch.Tensor], *, whole_plane: bool) -> dict[str, int | bool]:
+    """Tile sizes and compile-time flags for a (N, C, H, W) problem over `tensors` (first = a branch).
 
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.stride(1) < t.stride(3) if t.shape[1] > 1 else False
-
-
-def _tile(C: int, HW: int, channels_last: bool, *, whole_plane: bool) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_HW) for a ~2K-element tile, longest along the contiguous axis.
-
-    Heuristic, not autotuned (autotuning every config is very slow under the CPU interpreter).
-    whole_plane: the program loops over H*W (reduction kernels), so keep BLOCK_C small for parallelism.
+    whole_plane: the program loops over H*W (the reductions), so channel blocks stay narrow (at most
+    16) to keep N * C / BLOCK_C programs; else a ~TILE_ELEMENTS tile, longest along the contiguous axis.
     """
-    if channels_last:
-        block_c = min(triton.next_power_of_2(C), 16 if whole_plane else 64)
-        block_hw = min(triton.next_power_of_2(HW), max(1, 2048 // block_c))
+    _, C, H, W = shape
+    HW = H * W
+    lead = tensors[0]
+    # The reductions keep a tile of every branch plus dV live at once: half the tile keeps them near
+    # 64 registers per thread (8 blocks per SM) instead of above 100.
+    tile = TILE_ELEMENTS // 2 if whole_plane else TILE_ELEMENTS
+    vec_c = lead.stride(1) == 1 and C > 1  # channels_last-like: channels are the contiguous axis
+    if vec_c:
+        block_c = _channel_block(C, 16 if whole_plane else 64)
+        block_hw = min(triton.next_power_of_2(HW), max(1, tile // block_c))
     else:
         block_hw = min(triton.next_power_of_2(HW), 256)
-        block_c = min(triton.next_power_of_2(C), max(1, (1024 if whole_plane else 2048) // block_hw), 16 if whole_plane else 64)
-    return block_c, block_hw
+        block_c = _channel_block(C, min(16 if whole_plane else 64, max(1, tile // block_hw)))
+    flat_hw = H == 1 or all(t.stride(2) == W * t.stride(3) for t in tensors)
+    return {
+        "FLAT_HW": flat_hw,
+        "ALIGNED": _aligned(tensors, vec_c, flat_hw),
+        "VEC_C": vec_c,
+        "EVEN_C": C % block_c == 0,
+        "EVEN_HW": HW % block_hw == 0,
+        "BLOCK_C": block_c,
+        "BLOCK_HW": block_hw,
+        "num_warps": max(1, min(4, block_c * block_hw // 256)),
+    }
+
+
+def _aligned(tensors: list[torch.Tensor], vec_c: bool, flat_hw: bool) -> bool:
+    """Whether every tensor has unit stride on the vector axis and strides in multiples of 8 elsewhere."""
+    for t in tensors:
+        s_n, s_c, s_h, s_w = t.stride()
+        unit, others = (s_c, [s_n, s_w]) if vec_c else (s_w, [s_n, s_c])
+        if not flat_hw:
+            others.append(s_h)
+        if unit != 1 or any(s % VECTOR for s in others):
+            return False
+    return True
+
+
+def _m_pad(M: int) -> int:
+    return triton.next_power_of_2(M)
 
 
 def _alloc_select(branches: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -265,7 +304,8 @@ def _alloc_select(branches: list[torch.Tensor], logits: torch.Tensor) -> torch.T
 def _alloc_select_grads(
     grad: torch.Tensor, branches: list[torch.Tensor], logits: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    grads = [new_output(f.shape, f.dtype, f.device, memory_format_of(f)) for f in branches]
+    fmt = memory_format_of(branches[0])
+    grads = [new_output(f.shape, f.dtype, f.device, fmt) for f in branches]  # one stride set for all
     return grads, new_output(logits.shape, logits.dtype, logits.device)
 
 
@@ -279,23 +319,44 @@ def _alloc_fuse_mean(branches: list[torch.Tensor]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
+def select_forward_launch(branches: list[torch.Tensor], logits: torch.Tensor, out: torch.Tensor) -> Launch:
+    """The forward kernel's launch for branches (one stride set) and logits, writing `out`."""
+    N, C, H, W = out.shape
+    cfg = launch_config(out.shape, [branches[0], out], whole_plane=False)
+    grid = (N * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(H * W, cfg["BLOCK_HW"]),)
+    args = [*_padded(branches), logits, out, C, H * W, W, *branches[0].stride(), *out.stride(), *logits.stride()]
+    return Launch(_sk_select_fwd_kernel, grid, args, dict(M=len(branches), M_PAD=_m_pad(len(branches)), **cfg))
+
+
+def select_backward_launch(
+    grad: torch.Tensor, branches: list[torch.Tensor], logits: torch.Tensor, grads: list[torch.Tensor], dlogits: torch.Tensor
+) -> Launch:
+    """The backward kernel's launch: reads grad, branches, logits; writes grads (one stride set) and dlogits."""
+    N, C, H, W = grad.shape
+    cfg = launch_config(grad.shape, [branches[0], grad, grads[0]], whole_plane=True)
+    grid = (N * triton.cdiv(C, cfg["BLOCK_C"]),)
+    args = [
+        grad, *_padded(branches), logits, *_padded(grads), dlogits,
+        C, H * W, W,
+        *grad.stride(), *branches[0].stride(), *grads[0].stride(), *logits.stride(), *dlogits.stride(),
+    ]  # fmt: skip
+    return Launch(_sk_select_bwd_kernel, grid, args, dict(M=len(branches), M_PAD=_m_pad(len(branches)), **cfg))
+
+
+def fuse_mean_launch(branches: list[torch.Tensor], out: torch.Tensor) -> Launch:
+    """The fuse-mean kernel's launch for branches (one stride set), writing `out` (N, C)."""
+    N, C, H, W = branches[0].shape
+    cfg = launch_config(branches[0].shape, [branches[0]], whole_plane=True)
+    grid = (N * triton.cdiv(C, cfg["BLOCK_C"]),)
+    args = [*_padded(branches), out, C, H * W, W, 1.0 / (H * W), *branches[0].stride(), *out.stride()]
+    return Launch(_sk_fuse_mean_kernel, grid, args, dict(M=len(branches), M_PAD=_m_pad(len(branches)), **cfg))
+
+
 @triton_op("fastcifar::sk_select", mutates_args=())
 def sk_select_op(branches: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
     """Triton SK select: branches M x (N, C, H, W), logits (N, M, C) -> (N, C, H, W)."""
     out = _alloc_select(branches, logits)
-    N, C, H, W = out.shape
-    M = len(branches)
-    block_c, block_hw = _tile(C, H * W, _is_channels_last(branches[0]), whole_plane=False)
-    grid = (N * triton.cdiv(C, block_c) * triton.cdiv(H * W, block_hw),)
-    wrap_triton(_sk_select_fwd_kernel)[grid](
-        *_padded(branches), logits, out,
-        C, H * W, W,
-        *_strides4(branches),
-        *out.stride(),
-        *logits.stride(),
-        M=M, FLAT_HW=_flat_hw([*branches, out]), BLOCK_C=block_c, BLOCK_HW=block_hw,
-        num_warps=4,
-    )  # fmt: skip
+    select_forward_launch(shared_strides(branches), logits, out)()
     return out
 
 
@@ -305,22 +366,7 @@ def sk_select_backward_op(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradients of sk_select: (dF_m for each branch, dlogits (N, M, C))."""
     grads, dlogits = _alloc_select_grads(grad, branches, logits)
-    N, C, H, W = grad.shape
-    M = len(branches)
-    block_c, block_hw = _tile(C, H * W, _is_channels_last(branches[0]), whole_plane=True)
-    grid = (N * triton.cdiv(C, block_c),)
-    wrap_triton(_sk_select_bwd_kernel)[grid](
-        grad, *_padded(branches), logits,
-        *_padded(grads), dlogits,
-        C, H * W, W,
-        *grad.stride(),
-        *_strides4(branches),
-        *_strides4(grads),
-        *logits.stride(),
-        *dlogits.stride(),
-        M=M, FLAT_HW=_flat_hw([grad, *branches, *grads]), BLOCK_C=block_c, BLOCK_HW=block_hw,
-        num_warps=4,
-    )  # fmt: skip
+    select_backward_launch(grad, shared_strides(branches), logits, grads, dlogits)()
     return grads, dlogits
 
 
@@ -328,17 +374,7 @@ def sk_select_backward_op(
 def sk_fuse_mean_op(branches: list[torch.Tensor]) -> torch.Tensor:
     """Triton SK fuse: branches M x (N, C, H, W) -> s (N, C) = mean_hw sum_m F_m."""
     out = _alloc_fuse_mean(branches)
-    N, C, H, W = branches[0].shape
-    block_c, block_hw = _tile(C, H * W, _is_channels_last(branches[0]), whole_plane=True)
-    grid = (N * triton.cdiv(C, block_c),)
-    wrap_triton(_sk_fuse_mean_kernel)[grid](
-        *_padded(branches), out,
-        C, H * W, W, 1.0 / (H * W),
-        *_strides4(branches),
-        *out.stride(),
-        M=len(branches), FLAT_HW=_flat_hw(branches), BLOCK_C=block_c, BLOCK_HW=block_hw,
-        num_warps=4,
-    )  # fmt: skip
+    fuse_mean_launch(shared_strides(branches), out)()
     return out
 
 

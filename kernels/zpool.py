@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from ._runtime import keep_opaque_when_interpreted, memory_format_of, new_output, wrap_triton
+from ._runtime import Launch, keep_opaque_when_interpreted, memory_format_of, new_output
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -30,12 +30,44 @@ def _kept_offsets(q, K1, K2, s0, s1, s2):
 
 
 @triton.jit
+def _tile(q, r, base, s_r, ALIGNED: tl.constexpr, VEC_R: tl.constexpr):
+    """(BLOCK_R, BLOCK_Q) offsets base[q] + r * s_r, with the alignment hint along the contiguous axis.
+
+    ALIGNED (checked on the host): runs along the contiguous axis start at multiples of 8 elements
+    and, when that axis is the kept one, are at least 8 long; this lets the compiler emit 128-bit accesses.
+    """
+    off = base[None, :] + r[:, None] * s_r
+    if ALIGNED:
+        if VEC_R:
+            off = tl.multiple_of(off, [8, 1])
+        else:
+            off = tl.max_contiguous(tl.multiple_of(off, [1, 8]), [1, 8])
+    return off
+
+
+@triton.jit
+def _bounds(q, r, Q, R, EVEN_Q: tl.constexpr, EVEN_R: tl.constexpr):
+    """(BLOCK_R, BLOCK_Q) mask; an axis the block divides exactly gets no runtime test (vector accesses
+    need a mask that is constant along the contiguous axis)."""
+    if EVEN_Q:
+        mask_q = tl.full(q.shape, 1, tl.int1)
+    else:
+        mask_q = q < Q
+    if EVEN_R:
+        mask_r = tl.full(r.shape, 1, tl.int1)
+    else:
+        mask_r = r < R
+    return mask_r[:, None] & mask_q[None, :]
+
+
+@triton.jit
 def _zpool_fwd_kernel(
     x_ptr, out_ptr, idx_ptr,
     Q, R, K1, K2, inv_r,
     sx0, sx1, sx2, sx_r,
     so0, so1, so2, so_r,
     BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ALIGNED: tl.constexpr, VEC_R: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_R: tl.constexpr,
 ):  # fmt: skip
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     mask_q = q < Q
@@ -46,8 +78,8 @@ def _zpool_fwd_kernel(
     total = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        mask = (r < R)[:, None] & mask_q[None, :]
-        v = tl.load(x_ptr + x_base[None, :] + r[:, None] * sx_r, mask=mask, other=float("-inf"))
+        mask = _bounds(q, r, Q, R, EVEN_Q, EVEN_R)
+        v = tl.load(x_ptr + _tile(q, r, x_base, sx_r, ALIGNED, VEC_R), mask=mask, other=float("-inf"))
         v = v.to(tl.float32)
         total += tl.sum(tl.where(mask, v, 0.0), axis=0)
         chunk_max, chunk_at = tl.max(v, axis=0, return_indices=True, return_indices_tie_break_left=True)
@@ -70,6 +102,7 @@ def _zpool_bwd_kernel(
     sg0, sg1, sg2, sg_r,
     sd0, sd1, sd2, sd_r,
     BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ALIGNED: tl.constexpr, VEC_R: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_R: tl.constexpr,
 ):  # fmt: skip
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     mask_q = q < Q
@@ -81,9 +114,10 @@ def _zpool_bwd_kernel(
     dx_base = _kept_offsets(q, K1, K2, sd0, sd1, sd2)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        mask = (r < R)[:, None] & mask_q[None, :]
+        mask = _bounds(q, r, Q, R, EVEN_Q, EVEN_R)
         dx = tl.where(r[:, None] == at[None, :], d_max[None, :], 0.0) + d_mean[None, :]
-        tl.store(dx_ptr + dx_base[None, :] + r[:, None] * sd_r, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        off = _tile(q, r, dx_base, sd_r, ALIGNED, VEC_R)
+        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,20 +140,55 @@ def _index_dtype(size: int) -> torch.dtype:
     return torch.int32
 
 
-def _blocks(x: torch.Tensor, dim: int, Q: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_Q): wide along the pooled dim when it is the contiguous one, else along kept positions.
+SMS = 132  # H200 streaming multiprocessors: the grid should cover them a few times over
+VECTOR = 8  # elements of a 16-byte access at 2-byte storage
 
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(x, 1).bit_length() - 1)
+
+
+def _pool_config(x: torch.Tensor, dim: int, Q: int) -> dict[str, int | bool]:
+    """(BLOCK_R, BLOCK_Q), compile-time flags and num_warps for pooling x along dim.
+
+    The tile holds X / (8 * SMS) elements (clamped to 512..4096), so the grid has at least ~8 programs
+    per SM on the models' shapes (a 1x1 plane with C = 512 at batch 256 gives 256 programs, not 16).
+    The tile is wide along whichever axis is contiguous in memory; along the pooled axis its width is
+    the largest power of two dividing R (80 -> 16: no masked lanes) when that is at least 8.
     Heuristic, not autotuned (autotuning under the CPU interpreter is prohibitively slow).
     """
     R = x.shape[dim]
-    contiguous_pool = x.stride(dim) == min(x.stride(d) for d in range(4) if x.shape[d] > 1 or d == dim)
-    if contiguous_pool and R > 1:
-        block_r = min(triton.next_power_of_2(R), 128)
-        block_q = min(triton.next_power_of_2(Q), max(1, 2048 // block_r))
+    kept = _kept_dims(x, dim)
+    live = [d for d in range(4) if x.shape[d] > 1 or d == dim]
+    unit = min(x.stride(d) for d in live)
+    vec_r = x.stride(dim) == unit and R > 1
+    tile = min(4096, max(512, _pow2_floor(x.numel() // (8 * SMS))))
+    if vec_r:
+        divisor = R & -R
+        block_r = min(divisor if divisor >= VECTOR else triton.next_power_of_2(R), tile)
+        block_q = min(triton.next_power_of_2(Q), max(1, tile // block_r))
     else:
         block_r = min(triton.next_power_of_2(R), 8)
-        block_q = min(triton.next_power_of_2(Q), 256)
-    return block_r, block_q
+        block_q = min(triton.next_power_of_2(Q), max(1, tile // block_r))
+    inner = kept[2]  # the kept dim with the smallest stride: q runs along it
+    if vec_r:
+        aligned = x.stride(dim) == 1 and all(x.stride(d) % VECTOR == 0 for d in kept)
+    else:
+        aligned = (
+            x.stride(inner) == 1
+            and x.shape[inner] % VECTOR == 0
+            and block_q >= VECTOR
+            and all(x.stride(d) % VECTOR == 0 for d in (*kept[:2], dim))
+        )
+    return {
+        "BLOCK_R": block_r,
+        "BLOCK_Q": block_q,
+        "ALIGNED": aligned,
+        "VEC_R": vec_r,
+        "EVEN_Q": Q % block_q == 0,
+        "EVEN_R": R % block_r == 0,
+        "num_warps": max(1, min(4, block_r * block_q // 256)),
+    }
 
 
 def _out_shape(x: torch.Tensor, dim: int) -> list[int]:
@@ -146,21 +215,41 @@ def _alloc_zpool_grad(
 # ----------------------------------------------------------------------------------------------------
 
 
-@triton_op("fastcifar::zpool", mutates_args=())
-def zpool_op(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton Z-pool of x (N, C, H, W) along dim in {1, 2, 3}: (out with size 2 at dim, argmax (flat))."""
-    out, idx = _alloc_zpool(x, dim)
+def forward_launch(x: torch.Tensor, dim: int, out: torch.Tensor, idx: torch.Tensor) -> Launch:
+    """The forward kernel's launch: reads x, writes out (size 2 at dim) and idx (the flat argmax)."""
     R = x.shape[dim]
     Q = idx.numel()
     k0, k1, k2 = _kept_dims(x, dim)
-    block_r, block_q = _blocks(x, dim, Q)
-    wrap_triton(_zpool_fwd_kernel)[(triton.cdiv(Q, block_q),)](
+    cfg = _pool_config(x, dim, Q)
+    args = [
         x, out, idx,
         Q, R, x.shape[k1], x.shape[k2], 1.0 / R,
         x.stride(k0), x.stride(k1), x.stride(k2), x.stride(dim),
         out.stride(k0), out.stride(k1), out.stride(k2), out.stride(dim),
-        BLOCK_R=block_r, BLOCK_Q=block_q, num_warps=4,
-    )  # fmt: skip
+    ]  # fmt: skip
+    return Launch(_zpool_fwd_kernel, (triton.cdiv(Q, cfg["BLOCK_Q"]),), args, cfg)
+
+
+def backward_launch(grad: torch.Tensor, idx: torch.Tensor, dx: torch.Tensor, dim: int) -> Launch:
+    """The backward kernel's launch: reads grad (size 2 at dim) and idx, writes dx."""
+    R = dx.shape[dim]
+    Q = idx.numel()
+    k0, k1, k2 = _kept_dims(dx, dim)
+    cfg = _pool_config(dx, dim, Q)
+    args = [
+        grad, idx, dx,
+        Q, R, dx.shape[k1], dx.shape[k2], 1.0 / R,
+        grad.stride(k0), grad.stride(k1), grad.stride(k2), grad.stride(dim),
+        dx.stride(k0), dx.stride(k1), dx.stride(k2), dx.stride(dim),
+    ]  # fmt: skip
+    return Launch(_zpool_bwd_kernel, (triton.cdiv(Q, cfg["BLOCK_Q"]),), args, cfg)
+
+
+@triton_op("fastcifar::zpool", mutates_args=())
+def zpool_op(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton Z-pool of x (N, C, H, W) along dim in {1, 2, 3}: (out with size 2 at dim, argmax (flat))."""
+    out, idx = _alloc_zpool(x, dim)
+    forward_launch(x, dim, out, idx)()
     return out, idx
 
 
@@ -170,17 +259,7 @@ def zpool_backward_op(
 ) -> torch.Tensor:
     """Gradient of zpool w.r.t. x (shape x_shape, in x's memory format) from grad and the forward's argmax."""
     dx = _alloc_zpool_grad(grad, idx, x_shape, dim, channels_last)
-    R = dx.shape[dim]
-    Q = idx.numel()
-    k0, k1, k2 = _kept_dims(dx, dim)
-    block_r, block_q = _blocks(dx, dim, Q)
-    wrap_triton(_zpool_bwd_kernel)[(triton.cdiv(Q, block_q),)](
-        grad, idx, dx,
-        Q, R, dx.shape[k1], dx.shape[k2], 1.0 / R,
-        grad.stride(k0), grad.stride(k1), grad.stride(k2), grad.stride(dim),
-        dx.stride(k0), dx.stride(k1), dx.stride(k2), dx.stride(dim),
-        BLOCK_R=block_r, BLOCK_Q=block_q, num_warps=4,
-    )  # fmt: skip
+    backward_launch(grad, idx, dx, dim)()
     return dx
 
 

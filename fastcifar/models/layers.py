@@ -1,14 +1,15 @@
 """Reusable attention layers of the study: SK, Coordinate Attention, Triplet, LKA, GC block.
 
-Every layer keeps the study's parameterisation (see ``shared/reference/architectures.md`` §1),
-so parameter counts match exactly. SKConv and TripletAttention have two implementations of their
-memory-bound inner step, chosen by ``impl``:
+Every layer keeps the study's parameterisation (see docs/models.md), so parameter counts match
+exactly. SKConv and TripletAttention have two implementations of their memory-bound inner steps,
+chosen by ``impl``:
 
-- ``"torch"``: plain PyTorch ops (softmax + weighted sum; max/mean pooling).
-- ``"triton"``: the fused ops ``kernels.sk_select`` and ``kernels.zpool``.
+- ``"torch"``: plain PyTorch ops (softmax + weighted sum; max/mean pooling; sum then mean).
+- ``"triton"``: the fused ops ``kernels.sk_select``, ``kernels.zpool`` and ``kernels.sk_fuse_mean``.
 
-``impl`` only selects code; it never changes parameters or state-dict keys, so checkpoints move
-freely between the two.
+The two memory-bound steps live in parameter-free modules, :class:`SKSelect` and :class:`ZPool`, so
+forward hooks and profiler ranges attach to them by type. ``impl`` only selects code; it never
+changes parameters or state-dict keys, so checkpoints move freely between the two.
 """
 
 from __future__ import annotations
@@ -121,13 +122,51 @@ def sk_select_torch(branches: list[torch.Tensor], logits: torch.Tensor) -> torch
     return out
 
 
+class SKSelect(nn.Module):
+    """SK "select": softmax over the M branches per channel, then the weighted sum of the branches.
+
+    Parameter-free; ``impl="triton"`` runs the fused ``kernels.sk_select`` (one read of each branch,
+    one write of the result), ``"torch"`` runs :func:`sk_select_torch`.
+
+    Shapes: branches M x ``(N, C, H, W)``, logits ``(N, M, C)`` -> ``(N, C, H, W)``.
+    """
+
+    def __init__(self, impl: str = "torch") -> None:
+        super().__init__()
+        if impl not in IMPLS:
+            raise UserError(f"unknown impl {impl!r}; choose one of: {', '.join(IMPLS)}.")
+        self.impl = impl
+
+    def forward(self, branches: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        if self.impl == "triton":
+            return _kernel_module().sk_select(branches, logits)
+        return sk_select_torch(branches, logits)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}"
+
+
+def branch_sum_mean(branches: list[torch.Tensor], impl: str) -> torch.Tensor:
+    """SK "fuse" pooling: mean over H, W of the branch sum, ``M x (N, C, H, W) -> (N, C, 1, 1)``.
+
+    ``impl="triton"`` reads each branch once and never writes the sum (``kernels.sk_fuse_mean``);
+    ``"torch"`` adds the branches, then averages.
+    """
+    if impl == "triton":
+        return _kernel_module().sk_fuse_mean(branches)[:, :, None, None]
+    summed = branches[0]
+    for f in branches[1:]:
+        summed = summed + f
+    return summed.mean(dim=(2, 3), keepdim=True)
+
+
 class SKConv(nn.Module):
-    """Selective Kernel convolution (split, fuse, select), §1.1 of the spec.
+    """Selective Kernel convolution (split, fuse, select), see docs/models.md.
 
     Branch i is a 3x3 grouped conv with dilation 1+i (so branch 1 sees a 5x5 field), BN, ReLU.
     The fused descriptor z = ReLU(BN(conv1x1(GAP(sum branches)))) has width d = max(C // r, L);
-    M bias-carrying 1x1 convs turn z into per-branch logits, stacked as ``(N, M, C)`` so the fused
-    ``kernels.sk_select`` can take them as they are.
+    M bias-carrying 1x1 convs turn z into per-branch logits, stacked as ``(N, M, C)`` for
+    :class:`SKSelect` (``self.combine``; ``self.select`` holds the logit convs, as in the study).
 
     Shapes: ``(N, C, H, W) -> (N, C, H / stride, W / stride)``.
     """
@@ -156,18 +195,14 @@ class SKConv(nn.Module):
         self.fuse = conv_bn_act(channels, dim, 1)
         # Separate convs (not one d -> M*C conv) keep the study's per-branch init fan-out.
         self.select = nn.ModuleList(nn.Conv2d(dim, channels, 1) for _ in range(branches))
+        self.combine = SKSelect(self.impl)  # parameter-free: adds no state-dict keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, H', W')``."""
         feats = [branch(x) for branch in self.branches]  # M x (N, C, H', W')
-        summed = feats[0]
-        for f in feats[1:]:
-            summed = summed + f
-        z = self.fuse(summed.mean(dim=(2, 3), keepdim=True))  # (N, d, 1, 1)
+        z = self.fuse(branch_sum_mean(feats, self.impl))  # (N, d, 1, 1)
         logits = torch.stack([sel(z).flatten(1) for sel in self.select], dim=1)  # (N, M, C)
-        if self.impl == "triton":
-            return _kernel_module().sk_select(feats, logits)
-        return sk_select_torch(feats, logits)
+        return self.combine(feats, logits)
 
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}"
@@ -179,7 +214,7 @@ class SKConv(nn.Module):
 
 
 class CoordinateAttention(nn.Module):
-    """Coordinate Attention (Hou et al. 2021) as the study's notebooks build it, §1.2.
+    """Coordinate Attention (Hou et al. 2021) as the study's notebooks build it.
 
     Direction-aware pooling gives ``(N, C, H+W, 1)``; a shared 1x1 conv (+bias) -> BN -> h-swish
     with width m = max(8, C // 32) feeds two 1x1 convs (+bias) whose sigmoids gate rows and columns.
@@ -219,10 +254,26 @@ def zpool_torch(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 class ZPool(nn.Module):
-    """Module wrapper of :func:`zpool_torch` along dim 1: ``(N, C, H, W) -> (N, 2, H, W)``."""
+    """Z-pool along ``dim``: ``[max, mean]`` concatenated there, e.g. dim 1: ``(N, C, H, W) -> (N, 2, H, W)``.
+
+    Parameter-free; ``impl="triton"`` runs ``kernels.zpool`` (reads x in place, any layout; the max's
+    gradient goes to the first maximum), ``"torch"`` runs :func:`zpool_torch`.
+    """
+
+    def __init__(self, dim: int = 1, impl: str = "torch") -> None:
+        super().__init__()
+        if impl not in IMPLS:
+            raise UserError(f"unknown impl {impl!r}; choose one of: {', '.join(IMPLS)}.")
+        self.dim = dim
+        self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return zpool_torch(x, 1)
+        if self.impl == "triton":
+            return _kernel_module().zpool(x, self.dim)
+        return zpool_torch(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, impl={self.impl!r}"
 
 
 class AttentionGate(nn.Module):
@@ -241,18 +292,22 @@ class AttentionGate(nn.Module):
 
 
 class TripletAttention(nn.Module):
-    """Triplet Attention (Misra et al. 2021), §1.3: three (or two) rotated Z-pool gates, averaged.
+    """Triplet Attention (Misra et al. 2021): three (or two) rotated Z-pool gates, averaged.
 
     Branch "cw" gates the (C, W) plane (pooling over H), "hc" the (H, C) plane (pooling over W),
     "hw" the spatial plane (pooling over C). Each gate sees its plane in the permuted layout of the
     original code: ``x.permute(0, 2, 1, 3)`` for cw and ``x.permute(0, 3, 2, 1)`` for hc.
 
-    The torch path pools dim 1 of the permuted view, as the original does. The triton path pools
-    the original tensor along the original dim with ``kernels.zpool`` (no permuted copy of x) and
-    permutes only the small pooled map; the results are identical.
+    The original permutes x, then pools dim 1. Here each :class:`ZPool` pools x along the original
+    dim that the permutation moves to position 1 (no permuted copy of x), and only the small pooled
+    map is permuted; the values are identical.
 
     Shapes: ``(N, C, H, W) -> (N, C, H, W)``.
     """
+
+    # Self-inverse permutations of the original code, and the dim of x each one brings to position 1.
+    PERM_CW = (0, 2, 1, 3)  # (N, H, C, W): pools H
+    PERM_HC = (0, 3, 2, 1)  # (N, W, H, C): pools W
 
     def __init__(self, *, no_spatial: bool = False, kernel_size: int = 7, impl: str | None = None):
         super().__init__()
@@ -261,30 +316,19 @@ class TripletAttention(nn.Module):
         self.cw = AttentionGate(kernel_size)
         self.hc = AttentionGate(kernel_size)
         self.hw = None if no_spatial else AttentionGate(kernel_size)
-
-    def _pool(self, x: torch.Tensor, perm: tuple[int, int, int, int] | None) -> torch.Tensor:
-        """Z-pool x in the layout ``x.permute(perm)`` along its dim 1 -> ``(N, 2, A, B)``.
-
-        ``perm`` is one of the self-inverse permutations used here (or None for no permutation).
-        """
-        if perm is None:
-            if self.impl == "triton":
-                return _kernel_module().zpool(x, 1)
-            return zpool_torch(x, 1)
-        if self.impl == "triton":
-            # Pool along the original dim that perm moves to position 1, then permute the result.
-            return _kernel_module().zpool(x, perm[1]).permute(perm)
-        return zpool_torch(x.permute(perm), 1)
+        # Parameter-free: no state-dict keys.
+        self.pool_cw = ZPool(self.PERM_CW[1], self.impl)
+        self.pool_hc = ZPool(self.PERM_HC[1], self.impl)
+        self.pool_hw = None if no_spatial else ZPool(1, self.impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, C, H, W)``."""
-        perm_cw = (0, 2, 1, 3)  # (N, H, C, W); self-inverse
-        perm_hc = (0, 3, 2, 1)  # (N, W, H, C); self-inverse
-        out = x * self.cw(self._pool(x, perm_cw)).permute(perm_cw)
-        out = out + x * self.hc(self._pool(x, perm_hc)).permute(perm_hc)
-        if self.hw is None:
+        perm_cw, perm_hc = self.PERM_CW, self.PERM_HC
+        out = x * self.cw(self.pool_cw(x).permute(perm_cw)).permute(perm_cw)
+        out = out + x * self.hc(self.pool_hc(x).permute(perm_hc)).permute(perm_hc)
+        if self.hw is None or self.pool_hw is None:
             return out * 0.5
-        out = out + x * self.hw(self._pool(x, None))
+        out = out + x * self.hw(self.pool_hw(x))
         return out * (1.0 / 3.0)
 
     def extra_repr(self) -> str:
@@ -318,7 +362,7 @@ class LKA(nn.Module):
 
 
 class GCBlock(nn.Module):
-    """Global Context block (Cao et al. 2019), attention pooling + "channel_add" fusion, §10.
+    """Global Context block (Cao et al. 2019), attention pooling + "channel_add" fusion.
 
     context = sum_j softmax(conv1x1(x))_j * x_j; y = x + conv(ReLU(LN(conv(context)))).
     The last conv starts at zero, so a fresh block is the identity.
@@ -370,8 +414,10 @@ __all__ = [
     "HSwish",
     "LKA",
     "SKConv",
+    "SKSelect",
     "TripletAttention",
     "ZPool",
+    "branch_sum_mean",
     "conv_bn_act",
     "init_kaiming_fan_out",
     "resolve_impl",
