@@ -47,7 +47,7 @@ def _assert_split_equal(path: Path, expected: tuple[np.ndarray, np.ndarray, np.n
 
 def test_every_record_reads_back_bit_for_bit_in_order(prepared):
     folder = prep.dataset_dir(prepared, "synthetic")
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "test.beton", "train.beton"]
+    assert sorted(p.name for p in folder.iterdir()) == [".verified.json", "meta.json", "test.beton", "train.beton"]
     _assert_split_equal(folder / "train.beton", synthetic.make_arrays(N_TRAIN, 100, SEED, stream=0))
     _assert_split_equal(folder / "test.beton", synthetic.make_arrays(N_TEST, 100, SEED, stream=1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pickle
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastcifar.data.checks import as_images, as_labels, check_label_range
 from fastcifar.errors import UserError
 
 
@@ -124,6 +126,7 @@ def download(spec: DatasetSpec, dest: str | os.PathLike, timeout: float = 60.0) 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # marks the partial file as in use (see fastcifar.data.scratch)
     tmp = Path(tmp_name)
     digest = hashlib.md5()
     received = 0
@@ -229,24 +232,30 @@ def _load_pickle(path: Path) -> dict:
     return obj
 
 
-def _read_split(folder: Path, files: tuple[str, ...], spec: DatasetSpec) -> Split:
+def _read_split(folder: Path, files: tuple[str, ...], spec: DatasetSpec, num_superclasses: int) -> Split:
+    """Read and check one split's pickles: images uint8 rows, integer labels in range (fine and coarse)."""
     images, fine, coarse = [], [], []
     for name in files:
-        record = _load_pickle(folder / name)
+        path = folder / name
+        record = _load_pickle(path)
         try:
-            data = np.asarray(record[b"data"], dtype=np.uint8)
-            labels = np.asarray(record[spec.fine_key], dtype=np.int64)
+            data = as_images(record[b"data"], f"{path} (key 'data')", (3072,))
+            labels = as_labels(record[spec.fine_key], f"{path} (key {spec.fine_key.decode()!r})")
             supers = (
-                np.asarray(record[spec.coarse_key], dtype=np.int64)
+                as_labels(record[spec.coarse_key], f"{path} (key {spec.coarse_key.decode()!r})")
                 if spec.coarse_key is not None
                 else np.zeros_like(labels)
             )
         except KeyError as err:
-            raise UserError(f"{folder / name} lacks the key {err.args[0]!r}; it is not a {spec.name} split") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or not (len(data) == len(labels) == len(supers)):
-            raise UserError(f"{folder / name} has data of shape {data.shape} for {len(labels)} labels; expected (N, 3072)")
-        if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
-            raise UserError(f"{folder / name} has labels outside 0..{spec.num_classes - 1}")
+            raise UserError(f"{path} lacks the key {err.args[0]!r}; it is not a {spec.name} split") from None
+        if not (len(data) == len(labels) == len(supers)):
+            raise UserError(
+                f"{path} holds {len(data)} images, {len(labels)} labels and {len(supers)} superclass labels; "
+                "they must be as many"
+            )
+        check_label_range(labels, spec.num_classes, f"{path} (key {spec.fine_key.decode()!r})")
+        if spec.coarse_key is not None:
+            check_label_range(supers, num_superclasses, f"{path} (key {spec.coarse_key.decode()!r})")
         # Rows hold the R, G and B planes one after the other (3 x 32 x 32); make it (N, 32, 32, 3).
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         fine.append(labels)
@@ -263,24 +272,27 @@ def find_folder(path: str | os.PathLike, spec: DatasetSpec) -> Path | None:
     return None
 
 
+def _names(values: object, where: Path) -> list[str]:
+    if not isinstance(values, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in values):
+        raise UserError(f"{where} holds class names as {type(values).__name__}; expected a list of names")
+    return [n.decode(errors="replace") if isinstance(n, bytes) else n for n in values]
+
+
 def read_folder(folder: str | os.PathLike, spec: DatasetSpec) -> CifarData:
     """Read both splits and the class names from an extracted folder (torchvision's layout)."""
     folder = Path(folder)
     meta = _load_pickle(folder / spec.meta_file)
+    where = folder / spec.meta_file
     try:
-        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec.class_names_key]]
-        superclasses = (
-            [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec.superclass_names_key]]
-            if spec.superclass_names_key is not None
-            else []
-        )
+        classes = _names(meta[spec.class_names_key], where)
+        superclasses = _names(meta[spec.superclass_names_key], where) if spec.superclass_names_key is not None else []
     except KeyError as err:
-        raise UserError(f"{folder / spec.meta_file} lacks the key {err.args[0]!r}; it is not {spec.name} metadata") from None
+        raise UserError(f"{where} lacks the key {err.args[0]!r}; it is not {spec.name} metadata") from None
     if len(classes) != spec.num_classes:
-        raise UserError(f"{folder / spec.meta_file} names {len(classes)} classes; {spec.name} has {spec.num_classes}")
+        raise UserError(f"{where} names {len(classes)} classes; {spec.name} has {spec.num_classes}")
     return CifarData(
-        train=_read_split(folder, spec.train_files, spec),
-        test=_read_split(folder, spec.test_files, spec),
+        train=_read_split(folder, spec.train_files, spec, len(superclasses)),
+        test=_read_split(folder, spec.test_files, spec, len(superclasses)),
         classes=classes,
         superclasses=superclasses,
     )

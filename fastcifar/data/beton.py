@@ -7,8 +7,13 @@ label), ``coarse_label`` (IntField; 0 where a dataset has no superclasses).
 from __future__ import annotations
 
 import _thread
+import contextlib
+import fcntl
+import io
 import multiprocessing
+import multiprocessing.util
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcifar.data.checks import as_images, as_labels, check_label_range
 from fastcifar.errors import UserError
 
 FIELDS = ("image", "label", "coarse_label")
@@ -111,6 +117,89 @@ class _WorkerWatchdog:
                 return
 
 
+class _WorkerStderr:
+    """Collects what FFCV's writer processes print on stderr (their tracebacks) in a pipe.
+
+    Why: a failing writer process prints a multi-line traceback; the user gets one line instead,
+    built from its last line (e.g. ``OSError: [Errno 28] No space left on device``). Installed in
+    each process multiprocessing forks while this object lives (``register_after_fork``); writes
+    never block or fail (a full pipe drops text).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        multiprocessing.util.register_after_fork(self, _WorkerStderr._install)
+
+    def _install(self) -> None:  # runs in the forked child
+        sys.stderr = _DroppingWriter(self._write)
+
+    def last_line(self) -> str | None:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._read, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        lines = [line.strip() for line in b"".join(chunks).decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else None
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+class _DroppingWriter(io.TextIOBase):
+    """A text stream onto a non-blocking fd that drops what it cannot write."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            os.write(self._fd, text.encode(errors="replace"))
+        except OSError:
+            pass
+        return len(text)
+
+
+def _release_writer(writer, error: BaseException) -> None:
+    """Free what FFCV's ``DatasetWriter`` leaks when a write stops half-way.
+
+    Its work queue still holds chunks nobody will read; at exit multiprocessing would wait for the
+    queue's feeder thread to push them into a pipe without a reader, i.e. for ever. The queues are
+    locals of ``DatasetWriter._write_common``, reached through the traceback of ``error``.
+    """
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_write_common":
+            for name in ("workqueue", "allocations_queue"):
+                queue = frame.f_locals.get(name)
+                if queue is not None:
+                    queue.cancel_join_thread()
+                    queue.close()
+        tb = tb.tb_next
+    shared = getattr(writer, "metadata_sm", None)
+    if shared is not None and not isinstance(shared, int):  # FFCV sets it to 3 before creating it
+        shared.close()
+        with contextlib.suppress(FileNotFoundError):
+            shared.unlink()
+
+
+def _failure_message(path: Path, detail: str) -> str:
+    full = "No space left" in detail or "Disk quota" in detail
+    advice = "free some space (or pass another --root)" if full else "fix the cause"
+    return f"writing {path} failed: {detail}; nothing was kept, {advice} and run prepare again"
+
+
 def write_beton(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -122,55 +211,70 @@ def write_beton(
 
     Args:
         images: (N, 32, 32, 3) uint8 RGB.
-        fine, coarse: (N,) integer labels.
+        fine, coarse: (N,) integer labels (range checks are the caller's: it knows the class counts).
         num_workers: writer processes; default min(2, CPUs).
 
-    The file is written under a temporary name in the same folder and renamed to ``path`` only
-    when complete; on any failure (or Ctrl-C) the temporary file is removed and ``path`` is left
-    as it was.
+    The file is written under a temporary name in the same folder (locked while written, see
+    :mod:`fastcifar.data.scratch`) and renamed to ``path`` only when complete. On any failure (a
+    full disk, a writer process dying, Ctrl-C) the temporary file is removed, ``path`` is left as
+    it was, and a failure is a UserError of one line.
     """
     _import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    images = np.ascontiguousarray(images)
-    fine, coarse = np.asarray(fine), np.asarray(coarse)
     # Checked here because a failure inside FFCV's worker processes is much harder to report.
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(f"images must be (N, 32, 32, 3) uint8, got {images.shape} {images.dtype}")
-    if not (len(images) == len(fine) == len(coarse)) or fine.ndim != 1 or coarse.ndim != 1:
+    images = np.ascontiguousarray(as_images(images, f"the images for {path}", (32, 32, 3)))
+    fine = as_labels(fine, f"the labels for {path}")
+    coarse = as_labels(coarse, f"the superclass labels for {path}")
+    if not (len(images) == len(fine) == len(coarse)):
         raise ValueError(f"need one fine and one coarse label per image: {images.shape}, {fine.shape}, {coarse.shape}")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until os.close(fd): marks the temporary file as in use
     if num_workers is None:
         num_workers = max(1, min(2, os.cpu_count() or 1))
     fields = {"image": RGBImageField(write_mode="raw"), "label": IntField(), "coarse_label": IntField()}
     writer = DatasetWriter(tmp_name, fields, page_size=PAGE_SIZE, num_workers=num_workers)
     watchdog = _WorkerWatchdog()
+    stderr = _WorkerStderr()
     try:
         try:
             with watchdog:
                 writer.from_indexed_dataset(_Records(images, fine, coarse), chunksize=256)
-        except KeyboardInterrupt:
+            os.fsync(fd)  # durable before it gets the final name
+        except KeyboardInterrupt as err:
+            _release_writer(writer, err)
             if watchdog.failure is None:
                 raise  # a real Ctrl-C
-            shared = getattr(writer, "metadata_sm", None)
-            if shared is not None and not isinstance(shared, int):  # FFCV leaks it on failure
-                shared.close()
-                shared.unlink()
-            raise UserError(
-                f"writing {path} failed: {watchdog.failure} (see its message above; is the disk full?)"
-            ) from None
-        with open(tmp_name, "rb") as f:  # durable before it gets the final name
-            os.fsync(f.fileno())
+            detail = stderr.last_line() or watchdog.failure
+            raise UserError(_failure_message(path, detail)) from None
+        except OSError as err:  # in this process: FFCV writing the header or the tables, fsync
+            _release_writer(writer, err)
+            raise UserError(_failure_message(path, f"{err.strerror or err} (errno {err.errno})")) from None
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
         os.replace(tmp_name, path)
     finally:
+        stderr.close()
         Path(tmp_name).unlink(missing_ok=True)
+        os.close(fd)
     return path
+
+
+def check_labels_in_beton(reader, path: Path, num_classes: int, num_superclasses: int, rebuild: str) -> None:
+    """UserError unless the beton's label fields lie in ``0..num_classes-1`` / ``0..num_superclasses-1``.
+
+    Reads only FFCV's per-sample metadata table (IntField values live there), not the images.
+    """
+    fine = np.asarray(reader.metadata["f1"])
+    coarse = np.asarray(reader.metadata["f2"])
+    try:
+        check_label_range(fine, num_classes, f"{path} (field label)")
+        check_label_range(coarse, max(1, num_superclasses), f"{path} (field coarse_label)")
+    except UserError as err:
+        raise UserError(f"{err}; rebuild it with `{rebuild}`") from None
 
 
 def open_checked(path: Path):

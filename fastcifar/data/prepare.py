@@ -8,14 +8,18 @@ Layout under ``root``::
 
 A run whose inputs match the fingerprint in ``meta.json`` (and whose betons are present with the
 recorded sizes) does nothing. ``meta.json`` is removed before a beton is replaced and written last,
-so a run cut short never leaves a folder that looks prepared.
+so a run cut short never leaves a folder that looks prepared. ``meta.json`` records a content hash
+of each beton (:mod:`fastcifar.data.integrity`), checked before a prepared folder is trusted.
+Temporary files a killed run left behind are removed by the next run (:mod:`fastcifar.data.scratch`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -24,15 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from fastcifar.atomic import write_json_atomic
+from fastcifar.data import DATASETS, expand_root, integrity, scratch
 from fastcifar.data import archive as archives
 from fastcifar.data.beton import PAGE_SIZE, ffcv_version, write_beton
 from fastcifar.errors import UserError
-from fastcifar.atomic import write_json_atomic
 
-DATASETS = ("cifar100", "cifar10", "synthetic")
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)  # train, test
 # Bumped when the betons or meta.json change shape, so older folders get prepared again.
-FORMAT_VERSION = 1
+# 2: meta.json gained ``hashes`` (content hash of each beton).
+FORMAT_VERSION = 2
+BETONS = ("train.beton", "test.beton")
 _IMAGE_BYTES = 32 * 32 * 3
 _DISK_MARGIN = 32 << 20
 
@@ -43,22 +49,106 @@ def _check_dataset(dataset: str) -> None:
 
 
 def dataset_dir(root: str | os.PathLike, dataset: str) -> Path:
-    """The folder ``<root>/<dataset>/`` that holds a prepared dataset's betons and meta.json."""
+    """The folder ``<root>/<dataset>/`` that holds a prepared dataset's betons and meta.json (``~`` expanded)."""
     _check_dataset(dataset)
-    return Path(root) / dataset
+    return expand_root(root) / dataset
+
+
+def prepare_command(root: str | os.PathLike, dataset: str, source: dict[str, Any] | None = None) -> str:
+    """The shell command that (re)builds ``<root>/<dataset>``; synthetic sizes and seed from ``source``."""
+    words = ["python", "-m", "fastcifar.data", "prepare", "--dataset", dataset, "--root", str(root)]
+    if dataset == "synthetic" and source:
+        for flag in ("n_train", "n_test", "seed"):
+            if flag in source:
+                words += [f"--{flag}", str(source[flag])]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# meta.json's keys that code relies on, with their types (bool is refused where int is expected).
+_META_TYPES: dict[str, type] = {
+    "dataset": str,
+    "synthetic": bool,
+    "num_classes": int,
+    "classes": list,
+    "superclasses": list,
+    "counts": dict,
+    "mean": list,
+    "std": list,
+    "source": dict,
+    "files": dict,
+    "hashes": dict,
+    "fingerprint": str,
+    "format_version": int,
+}
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed meta.json, or None."""
+    if not isinstance(meta, dict):
+        return f"it holds a {type(meta).__name__}, not an object"
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            return f"the key {key!r} is missing"
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} is {value!r}, not of type {kind.__name__}"
+    if meta["format_version"] != FORMAT_VERSION:
+        return f"it has format version {meta['format_version']}, this version of fastcifar writes {FORMAT_VERSION}"
+    if meta["num_classes"] < 1 or len(meta["classes"]) != meta["num_classes"]:
+        return f"num_classes {meta['num_classes']} does not match the {len(meta['classes'])} class names"
+    for split in ("train", "test"):
+        count = meta["counts"].get(split)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return f"counts[{split!r}] is {count!r}, not a count"
+    for key in ("mean", "std"):
+        if len(meta[key]) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta[key]):
+            return f"{key!r} is {meta[key]!r}, not three numbers"
+    for name in BETONS:
+        size, digest = meta["files"].get(name), meta["hashes"].get(name)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return f"files[{name!r}] is {size!r}, not a size in bytes"
+        if not isinstance(digest, str) or not digest.startswith(f"{integrity.HASH_NAME}:"):
+            return f"hashes[{name!r}] is {digest!r}, not a {integrity.HASH_NAME} digest"
+    return None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """Parse and check ``path``; a UserError of one line says what is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is damaged (not UTF-8 text)") from None
+    except OSError as err:
+        raise UserError(f"{path} is unreadable ({err.strerror or err})") from None
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"{path} is damaged ({'empty' if not text.strip() else f'not JSON: {err}'})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{path} is damaged or from another version ({problem})")
+    return meta
 
 
 def load_meta(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
-    """The parsed ``meta.json`` of a prepared dataset; UserError if it is not prepared."""
+    """The parsed and checked ``meta.json`` of a prepared dataset; UserError (one line) otherwise."""
     path = dataset_dir(root, dataset) / "meta.json"
     if not path.is_file():
-        raise UserError(
-            f"{path} does not exist; run `python -m fastcifar.data prepare --dataset {dataset} --root {root}` first"
-        )
+        raise UserError(f"{path} does not exist; run `{prepare_command(root, dataset)}` first")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is unreadable ({err}); run prepare again") from None
+        return _read_meta(path)
+    except UserError as err:
+        raise UserError(f"{err}; run `{prepare_command(root, dataset)}` (with the flags it was prepared with) again") from None
+
+
+def verify_beton(root: str | os.PathLike, dataset: str, name: str, meta: dict[str, Any]) -> Path:
+    """Check ``<root>/<dataset>/<name>`` against the content hash in ``meta``; returns its path.
+
+    Cached (see :mod:`fastcifar.data.integrity`): the second check of an unchanged file is free.
+    """
+    path = dataset_dir(root, dataset) / name
+    integrity.verify(path, meta["hashes"][name], prepare_command(root, dataset, meta["source"]))
+    return path
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -87,14 +177,40 @@ def _fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _is_prepared(out: Path, fingerprint: str) -> bool:
-    try:
-        meta = json.loads((out / "meta.json").read_text())
-        return meta.get("fingerprint") == fingerprint and all(
-            (out / name).is_file() and (out / name).stat().st_size == size for name, size in meta["files"].items()
-        )
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+def _is_prepared(root: Path, dataset: str, fingerprint: str) -> bool:
+    """Whether ``<root>/<dataset>`` was prepared from the same inputs and its betons are intact.
+
+    A damaged meta.json or beton is not an error here (this run rebuilds it): it is said and
+    answered False.
+    """
+    out = dataset_dir(root, dataset)
+    if not (out / "meta.json").is_file():
         return False
+    try:
+        meta = _read_meta(out / "meta.json")
+        if meta["fingerprint"] != fingerprint:
+            return False
+        if not all((out / name).is_file() and (out / name).stat().st_size == meta["files"][name] for name in BETONS):
+            print(f"{out} is incomplete; preparing it again", flush=True)
+            return False
+        for name in BETONS:
+            verify_beton(root, dataset, name, meta)
+    except UserError as err:
+        print(f"{err}; preparing it again", flush=True)
+        return False
+    return True
+
+
+def _remove_leftovers(root: Path, out: Path) -> None:
+    """Remove temporary files and folders that killed runs of prepare left (see :mod:`.scratch`)."""
+    removed = scratch.remove_stale(root, locked=(".synthetic-*", ".extract-*"))
+    removed += scratch.remove_stale(
+        out, locked=tuple(f".{name}.*.tmp" for name in BETONS), unlocked=(".meta.json.*.tmp", f".{integrity.CACHE_NAME}.*.tmp")
+    )
+    removed += scratch.remove_stale(root / "downloads", locked=(".*.part",))
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+              + ", ".join(p.name for p in removed), flush=True)
 
 
 def _ensure_writable(root: Path) -> None:
@@ -160,11 +276,13 @@ def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) ->
     """Write both betons and then meta.json (completed with counts, stats and file sizes)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # the folder no longer counts as prepared from here on
-    files = {}
+    files, hashes = {}, {}
     for split_name, split in (("train", data.train), ("test", data.test)):
         print(f"writing {out / f'{split_name}.beton'} ({len(split.images)} images)", flush=True)
         path = write_beton(out / f"{split_name}.beton", split.images, split.fine, split.coarse)
         files[path.name] = path.stat().st_size
+        hashes[path.name] = integrity.content_hash(path)  # read back from the page cache: fast
+        integrity.remember(path, hashes[path.name])
     mean, std = channel_stats(data.train.images)
     num_classes = meta["num_classes"]
     meta.update(
@@ -181,6 +299,7 @@ def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) ->
         std=std,
         ffcv_version=ffcv_version(),
         files=files,
+        hashes=hashes,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     write_json_atomic(out / "meta.json", meta)
@@ -188,9 +307,9 @@ def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) ->
 
 def _read_archive(path: Path, spec: archives.DatasetSpec, scratch_parent: Path) -> archives.CifarData:
     """Extract ``path`` safely into a scratch folder, read it, and remove the scratch folder."""
-    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".extract-") as scratch:
-        archives.extract(path, scratch)
-        folder = archives.find_folder(scratch, spec)
+    with scratch.locked_tempdir(scratch_parent, ".extract-") as folder_tmp:
+        archives.extract(path, folder_tmp)
+        folder = archives.find_folder(folder_tmp, spec)
         if folder is None:
             raise UserError(f"{path} holds no {spec.folder}/{spec.meta_file}; it is not the {spec.name} archive")
         return archives.read_folder(folder, spec)
@@ -206,18 +325,18 @@ def _prepare_synthetic(root: Path, out: Path, n_train: int | None, n_test: int |
             raise UserError(f"{flag} must be a {'non-negative' if flag == '--seed' else 'positive'} integer, got {value!r}")
     inputs = {"dataset": "synthetic", "n_train": n_train, "n_test": n_test, "seed": seed, "generator": 1}
     fingerprint = _fingerprint(inputs)
-    if _is_prepared(out, fingerprint):
+    if _is_prepared(root, "synthetic", fingerprint):
         print(f"{out} is already prepared from the same inputs; nothing to do")
         return out
     n = n_train + n_test
     # archive (noisy pixels barely compress) + extracted pickles + betons
     _ensure_free_space(root, 2 * n * (_IMAGE_BYTES + 64) + _beton_bytes(n), "the synthetic dataset")
     spec = archives.SPECS["cifar100"]
-    with tempfile.TemporaryDirectory(dir=root, prefix=".synthetic-") as scratch:
-        path = Path(scratch) / "synthetic-cifar-100-python.tar.gz"
+    with scratch.locked_tempdir(root, ".synthetic-") as folder_tmp:
+        path = Path(folder_tmp) / "synthetic-cifar-100-python.tar.gz"
         print(f"generating a synthetic archive ({n_train} train / {n_test} test images, seed {seed})", flush=True)
         md5 = synthetic.write_archive(path, n_train, n_test, seed=seed, dataset="cifar100")
-        data = _read_archive(path, spec, Path(scratch))
+        data = _read_archive(path, spec, Path(folder_tmp))
     meta = {
         "dataset": "synthetic",
         "synthetic": True,
@@ -257,20 +376,34 @@ def prepare(
         the dataset folder. Does nothing (and says so) when it is already prepared from the same inputs.
     """
     _check_dataset(dataset)
-    root = Path(root).expanduser()
+    root = expand_root(root)
     out = dataset_dir(root, dataset)
     _ensure_writable(root)
-    if dataset == "synthetic":
-        if archive is not None:
-            raise UserError("--archive does not apply to --dataset synthetic, which generates its own data")
-        return _prepare_synthetic(root, out, n_train, n_test, seed)
-    if n_train is not None or n_test is not None or seed != 0:
-        raise UserError("--n_train, --n_test and --seed apply only to --dataset synthetic")
+    _remove_leftovers(root, out)
+    try:
+        if dataset == "synthetic":
+            if archive is not None:
+                raise UserError("--archive does not apply to --dataset synthetic, which generates its own data")
+            return _prepare_synthetic(root, out, n_train, n_test, seed)
+        if n_train is not None or n_test is not None or seed != 0:
+            raise UserError("--n_train, --n_test and --seed apply only to --dataset synthetic")
+        return _prepare_official(root, out, dataset, archive, download)
+    except OSError as err:
+        # An environment failure (disk full, permissions) in our own writes: one line; temporary
+        # files went with their context managers and meta.json (removed first) is not rewritten.
+        if err.errno is None:
+            raise
+        where = err.filename or out
+        advice = "free some space or pass another --root" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it"
+        raise UserError(f"preparing {out} failed: {where}: {err.strerror}; nothing half-written was kept, "
+                        f"{advice} and run prepare again") from None
 
+
+def _prepare_official(root: Path, out: Path, dataset: str, archive: str | os.PathLike | None, download: bool) -> Path:
     spec = archives.get_spec(dataset)
     kind, path, md5 = _resolve_official_source(spec, root, archive)
     fingerprint = _fingerprint({"dataset": dataset, "source_md5": md5})
-    if _is_prepared(out, fingerprint):
+    if _is_prepared(root, dataset, fingerprint):
         print(f"{out} is already prepared from the same inputs; nothing to do")
         return out
     if kind == "download":

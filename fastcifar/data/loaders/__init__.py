@@ -11,23 +11,17 @@ Backends are imported on first use, so ``gpu`` over in-memory arrays needs neith
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from fastcifar.data.loaders import gpu_loader
-from fastcifar.data.loaders.base import Loader, LoaderBase, check_rank, check_split
-from fastcifar.data.loaders.gpu_loader import GpuLoader
+from fastcifar.data.loaders import gpu
+from fastcifar.data.loaders.base import Loader, LoaderBase, check_rank, check_split, default_num_workers
+from fastcifar.data.loaders.gpu import GpuLoader
 from fastcifar.errors import UserError
 
-# The documented home of GpuLoader is ``fastcifar.data.loaders.gpu``; the code lives in
-# gpu_loader.py (torch + numpy only, cheap to import), registered under both names.
-sys.modules.setdefault(f"{__name__}.gpu", gpu_loader)
-gpu = gpu_loader
-
-__all__ = ["GpuLoader", "Loader", "LoaderBase", "build_loader", "list_loaders"]
+__all__ = ["GpuLoader", "Loader", "LoaderBase", "build_loader", "default_num_workers", "gpu", "list_loaders"]
 
 
 def _gpu(path: Path, train: bool, opts: dict[str, Any]) -> Loader:
@@ -61,14 +55,17 @@ def list_loaders() -> list[str]:
 
 
 def beton_path(root: str | Path, dataset: str, split: str) -> Path:
-    """``<root>/<dataset>/<split>.beton``, checked to be a complete CIFAR beton.
+    """``<root>/<dataset>/<split>.beton``, checked before any loader reads it.
 
-    A missing or unreadable file is a UserError that names the prepare command to run.
+    Checks, in order, each failure a one-line UserError naming the prepare command to run: the
+    beton exists; FFCV is importable; meta.json is sound; the beton hashes to what meta.json
+    recorded (cached, see :mod:`fastcifar.data.integrity`); FFCV can open it; its labels lie
+    within the class counts.
     """
-    from fastcifar.data.prepare import dataset_dir
+    from fastcifar.data.prepare import dataset_dir, load_meta, prepare_command, verify_beton
 
-    path = Path(dataset_dir(root, dataset)) / f"{split}.beton"
-    command = f"`python -m fastcifar.data prepare --dataset {dataset} --root {root}`"
+    path = dataset_dir(root, dataset) / f"{split}.beton"
+    command = f"`{prepare_command(root, dataset)}`"
     if not path.is_file():
         raise UserError(f"{path} does not exist; run {command} first.")
     try:
@@ -78,13 +75,17 @@ def beton_path(root: str | Path, dataset: str, split: str) -> Path:
             f"reading {path} needs FFCV, which is not importable ({err}); install it, or build the gpu "
             "loader from arrays: GpuLoader.from_arrays(images, labels, ...)."
         ) from None
+    meta = load_meta(root, dataset)
+    command = f"`{prepare_command(root, dataset, meta['source'])}`"
+    verify_beton(root, dataset, path.name, meta)
     # The data package's beton check (header, fields, truncation); reworded to name the command.
-    from fastcifar.data.beton import open_checked
+    from fastcifar.data.beton import check_labels_in_beton, open_checked
 
     try:
-        open_checked(path)
+        reader = open_checked(path)
     except UserError as err:
         raise UserError(f"{path} is corrupt or incomplete ({err}); run {command} again.") from None
+    check_labels_in_beton(reader, path, meta["num_classes"], len(meta["superclasses"]), command.strip("`"))
     return path
 
 
@@ -97,6 +98,7 @@ def build_loader(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     augment: bool = True,
+    randaugment: bool = True,
     seed: int = 0,
     num_workers: int | None = None,
     rank: int = 0,
@@ -113,6 +115,7 @@ def build_loader(
         batch_size: images per batch (per rank).
         device: where batches are delivered (and, for ``gpu``, where the split is stored).
         augment: train only: the study's augmentation; ``False`` normalises only.
+        randaugment: with ``augment``: include RandAugment(2, 10); ``False``: flip + crop only.
         seed: shuffle and augmentation seed; epochs and ranks derive theirs from it.
         num_workers: CPU workers (``ffcv``: numba threads, ``torch``: DataLoader processes);
             ``None`` picks from the available cores; ignored by ``gpu``.
@@ -132,6 +135,7 @@ def build_loader(
         batch_size=int(batch_size),
         device=device,
         augment=augment,
+        randaugment=bool(randaugment),
         seed=int(seed),
         num_workers=num_workers,
         rank=int(rank),

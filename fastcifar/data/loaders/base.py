@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -122,10 +123,28 @@ def check_batches(kind: str, split: str, per_rank: int, batch_size: int, drop_la
         )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Most CPU workers a loader starts when not told. torch: one DataLoader process (a whole Python
+# interpreter with a copy of the transforms) per core stops paying off beyond ~8; ffcv: numba
+# threads decoding raw pixels, one per core.
+_MAX_DEFAULT_WORKERS = {"ffcv": None, "torch": 8}
+
+
+def default_num_workers(kind: str) -> int:
+    """CPU workers loader ``kind`` uses by default: one per usable core, capped per kind (at least 1)."""
+    cap = _MAX_DEFAULT_WORKERS.get(kind)
+    cores = usable_cores()
+    return max(1, cores if cap is None else min(cap, cores))
+
+
 def build_transform(
-    train: bool, augment: bool, dtype: torch.dtype, channels_last: bool
+    train: bool, augment: bool, dtype: torch.dtype, channels_last: bool, randaugment: bool = True
 ) -> torch.nn.Module:
-    """Our batched transform: the study's train augmentation, or normalise-only.
+    """Our batched transform: the study's train augmentation (RandAugment optional), or normalise-only.
 
     Normalisation uses ImageNet mean/std, as the study does.
     """
@@ -133,24 +152,45 @@ def build_transform(
 
     if train and augment:
         return TrainTransform(
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last, randaugment=randaugment
         )
     return TestTransform(mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last)
 
 
 class LoaderBase(ABC):
-    """Epoch bookkeeping and ``len()`` for the concrete loaders.
+    """What every loader's constructor does, epoch bookkeeping and ``len()``.
 
-    Subclasses set ``batch_size``, ``drop_last`` and ``num_items`` (samples of this rank per epoch
-    before batching) and implement :meth:`_iter_epoch`.
+    Subclasses call ``super().__init__(...)`` with the arguments they share, then
+    :meth:`_set_num_items` once they know how many samples this rank gets, and implement
+    :meth:`_iter_epoch`.
     """
 
-    batch_size: int
-    drop_last: bool
+    kind: str  # the registry name ("ffcv", "gpu", "torch"), used in messages
     num_items: int
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        train: bool,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool | None,
+    ) -> None:
+        check_rank(rank, world_size)
         self.epoch = 0
+        self.train = bool(train)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+
+    def _set_num_items(self, num_items: int) -> None:
+        """Samples this rank gets per epoch before batching; a UserError if that makes no batch."""
+        self.num_items = int(num_items)
+        check_batches(self.kind, "train" if self.train else "test", self.num_items, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:

@@ -27,7 +27,6 @@ epoch starts; we restore the caller's count after both (see ``_iter_epoch``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -36,18 +35,12 @@ import torch
 from fastcifar.data.loaders.base import (
     LoaderBase,
     build_transform,
-    check_batches,
-    check_rank,
+    default_num_workers,
     derive_seed,
     keep_torch_threads,
     make_generator,
 )
 from fastcifar.errors import UserError
-
-
-def default_num_workers() -> int:
-    """FFCV decodes with numba threads: one per core this process may use."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _check_process_group(rank: int, world_size: int) -> None:
@@ -69,6 +62,8 @@ def _check_process_group(rank: int, world_size: int) -> None:
 class FfcvLoader(LoaderBase):
     """FFCV ``Loader`` over a beton, followed by our batched transform on ``device``."""
 
+    kind = "ffcv"
+
     def __init__(
         self,
         path: str | Path,
@@ -77,6 +72,7 @@ class FfcvLoader(LoaderBase):
         batch_size: int = 256,
         device: torch.device | str = "cpu",
         augment: bool = True,
+        randaugment: bool = True,
         seed: int = 0,
         num_workers: int | None = None,
         rank: int = 0,
@@ -86,23 +82,18 @@ class FfcvLoader(LoaderBase):
         drop_last: bool | None = None,
         batches_ahead: int = 3,
     ) -> None:
-        super().__init__()
+        super().__init__(train=train, batch_size=batch_size, device=device, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last)
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader as FfcvBaseLoader
         from ffcv.loader import OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        check_rank(rank, world_size)
-        distributed = world_size > 1
+        distributed = self.world_size > 1
         if distributed:
-            _check_process_group(rank, world_size)
-        self.device = torch.device(device)
-        self.train = train
-        self.batch_size = int(batch_size)
-        self.drop_last = train if drop_last is None else bool(drop_last)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+            _check_process_group(self.rank, self.world_size)
         # See the module doc for why not QUASI_RANDOM.
-        order = OrderOption.RANDOM if train else OrderOption.SEQUENTIAL
+        order = OrderOption.RANDOM if self.train else OrderOption.SEQUENTIAL
 
         # On a CPU device ToDevice would only copy into a second CPU buffer: skip it there.
         to_device = [] if self.device.type == "cpu" else [ToDevice(self.device, non_blocking=True)]
@@ -115,7 +106,7 @@ class FfcvLoader(LoaderBase):
             self._ffcv = FfcvBaseLoader(
                 str(path),
                 batch_size=self.batch_size,
-                num_workers=num_workers or default_num_workers(),
+                num_workers=num_workers or default_num_workers(self.kind),
                 order=order,
                 distributed=distributed,
                 seed=derive_seed(self.seed) % 2**31,
@@ -124,9 +115,8 @@ class FfcvLoader(LoaderBase):
                 batches_ahead=batches_ahead,
             )
         # Samples this rank gets per epoch before batching (DistributedSampler pads to ceil(N/W)).
-        self.num_items = len(self._ffcv.first_traversal_order)
-        check_batches("ffcv", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
-        self.transform = build_transform(train, augment, dtype, channels_last).to(self.device)
+        self._set_num_items(len(self._ffcv.first_traversal_order))
+        self.transform = build_transform(train, augment, dtype, channels_last, randaugment).to(self.device)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # FFCV's __iter__ (and its producer thread, before the first batch) call

@@ -17,7 +17,6 @@ this process on torch's global generator, so augmentation then follows the globa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,24 +24,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fastcifar.data.checks import as_images, as_labels
 from fastcifar.data.loaders.base import (
     LoaderBase,
-    check_batches,
-    check_rank,
+    default_num_workers,
     keep_torch_threads,
     make_generator,
     shard_slice,
 )
 
 
-def default_num_workers() -> int:
-    """One worker process per usable core (the PIL transforms are CPU-bound), at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores))
+def study_transform(train: bool, augment: bool, randaugment: bool = True):
+    """The study's torchvision transform for one PIL image -> float ``(3, 32, 32)`` tensor.
 
-
-def study_transform(train: bool, augment: bool):
-    """The study's torchvision transform for one PIL image -> float ``(3, 32, 32)`` tensor."""
+    ``randaugment=False`` leaves out ``T.RandAugment`` (flip + crop only).
+    """
     from torchvision import transforms as T
 
     from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -50,14 +46,9 @@ def study_transform(train: bool, augment: bool):
     tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not (train and augment):
         return T.Compose(tail)
-    return T.Compose(
-        [
-            T.RandomHorizontalFlip(),
-            T.RandomCrop(32, padding=4, padding_mode="reflect"),
-            T.RandAugment(num_ops=2, magnitude=10),
-            *tail,
-        ]
-    )
+    geometric = [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4, padding_mode="reflect")]
+    colour = [T.RandAugment(num_ops=2, magnitude=10)] if randaugment else []
+    return T.Compose([*geometric, *colour, *tail])
 
 
 class ArrayImageDataset(Dataset):
@@ -65,7 +56,7 @@ class ArrayImageDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = labels
         self.transform = transform
 
     def __len__(self) -> int:
@@ -80,6 +71,8 @@ class ArrayImageDataset(Dataset):
 class TorchLoader(LoaderBase):
     """torch ``DataLoader`` with PIL transforms in workers; batches moved to ``device``."""
 
+    kind = "torch"
+
     def __init__(
         self,
         images: np.ndarray,
@@ -89,6 +82,7 @@ class TorchLoader(LoaderBase):
         batch_size: int = 256,
         device: torch.device | str = "cpu",
         augment: bool = True,
+        randaugment: bool = True,
         seed: int = 0,
         num_workers: int | None = None,
         rank: int = 0,
@@ -97,27 +91,23 @@ class TorchLoader(LoaderBase):
         channels_last: bool = False,
         drop_last: bool | None = None,
     ) -> None:
-        super().__init__()
-        check_rank(rank, world_size)
-        self.device = torch.device(device)
-        self.train = train
-        self.batch_size = int(batch_size)
-        self.drop_last = train if drop_last is None else bool(drop_last)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        super().__init__(train=train, batch_size=batch_size, device=device, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last)
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
-        self.dataset = ArrayImageDataset(images, labels, study_transform(train, augment))
+        self.num_workers = default_num_workers(self.kind) if num_workers is None else int(num_workers)
+        images = as_images(images, "TorchLoader images", (32, 32, 3))
+        self.dataset = ArrayImageDataset(images, as_labels(labels, "TorchLoader labels"),
+                                         study_transform(train, augment, randaugment))
         n = len(self.dataset)
         self.sampler: DistributedSampler | Sequence[int]
-        if train:
+        if self.train:
             self.sampler = DistributedSampler(
-                self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+                self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed, drop_last=True
             )
         else:
-            self.sampler = range(n)[shard_slice(n, rank, world_size, equal=False)]
-        self.num_items = len(self.sampler)
-        check_batches("torch", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
+            self.sampler = range(n)[shard_slice(n, self.rank, self.world_size, equal=False)]
+        self._set_num_items(len(self.sampler))
 
     @classmethod
     def from_beton(cls, path: str | Path, *, train: bool, **kwargs) -> "TorchLoader":

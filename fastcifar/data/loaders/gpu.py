@@ -15,16 +15,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from fastcifar.data.checks import as_images, as_labels
 from fastcifar.data.loaders.base import (
     LoaderBase,
     build_transform,
-    check_batches,
-    check_rank,
     keep_torch_threads,
     make_generator,
     shard_size,
     shard_slice,
 )
+from fastcifar.errors import UserError
 
 
 class GpuLoader(LoaderBase):
@@ -34,7 +34,10 @@ class GpuLoader(LoaderBase):
         images: uint8 ``(N, 3, 32, 32)`` on ``device``.
         labels: int64 ``(N,)`` on ``device``.
         train: shuffle, augment (when ``augment``) and drop the last partial batch by default.
+        randaugment: train with ``augment`` only: include RandAugment (``False``: flip + crop).
     """
+
+    kind = "gpu"
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class GpuLoader(LoaderBase):
         train: bool,
         batch_size: int = 256,
         augment: bool = True,
+        randaugment: bool = True,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -51,25 +55,17 @@ class GpuLoader(LoaderBase):
         channels_last: bool = False,
         drop_last: bool | None = None,
     ) -> None:
-        super().__init__()
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        as_images(images, "GpuLoader images", (3, None, None))
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be (N,) = ({images.shape[0]},), got {tuple(labels.shape)}")
-        check_rank(rank, world_size)
+            raise UserError(f"GpuLoader labels must be (N,) = ({images.shape[0]},), got {tuple(labels.shape)}")
+        super().__init__(train=train, batch_size=batch_size, device=images.device, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last)
         self.images = images
         self.labels = labels.to(device=images.device, dtype=torch.int64)
-        self.device = images.device
-        self.train = train
-        self.batch_size = int(batch_size)
-        self.drop_last = train if drop_last is None else bool(drop_last)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        n = images.shape[0]
         # Train shards are equal-sized (fixed shapes for DDP); test shards cover every image.
-        self._equal_shards = train
-        self.num_items = shard_size(n, self.rank, self.world_size, equal=self._equal_shards)
-        check_batches("gpu", "train" if train else "test", self.num_items, self.batch_size, self.drop_last)
-        self.transform = build_transform(train, augment, dtype, channels_last).to(self.device)
+        self._equal_shards = self.train
+        self._set_num_items(shard_size(images.shape[0], self.rank, self.world_size, equal=self._equal_shards))
+        self.transform = build_transform(train, augment, dtype, channels_last, randaugment).to(self.device)
 
     @classmethod
     def from_arrays(
@@ -83,18 +79,17 @@ class GpuLoader(LoaderBase):
         """Build from in-memory arrays (no FFCV needed).
 
         Args:
-            images_nhwc_uint8: ``(N, 32, 32, 3)`` uint8, numpy or torch.
-            labels: ``(N,)`` integer class ids.
+            images_nhwc_uint8: ``(N, H, W, 3)`` uint8, numpy or torch.
+            labels: ``(N,)`` integer class ids, numpy or torch.
             device: where the split is stored and batches are produced.
             **kwargs: the keyword arguments of :class:`GpuLoader` (``train`` is required).
         """
-        images = torch.as_tensor(images_nhwc_uint8)
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+        images = torch.as_tensor(as_images(images_nhwc_uint8, "from_arrays images", (None, None, 3)))
+        if not isinstance(labels, torch.Tensor):
+            labels = torch.from_numpy(as_labels(labels, "from_arrays labels"))
         # One host->device copy, then NCHW-contiguous so index_select gathers whole images.
         images = images.to(device).permute(0, 3, 1, 2).contiguous()
-        labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(device)
-        return cls(images, labels_t, **kwargs)
+        return cls(images, labels.to(device), **kwargs)
 
     @classmethod
     def from_beton(cls, path: str | Path, *, device: torch.device | str = "cpu", **kwargs) -> "GpuLoader":
