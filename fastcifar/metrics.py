@@ -7,13 +7,14 @@ Accuracies are percentages (0..100). All files are written by rank 0 only; calle
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
-import tempfile
+from collections.abc import Iterable, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-from fastcifar.atomic import write_text_atomic
+from typing import Any
+
+from fastcifar.atomic import atomic_path, write_text_atomic
 
 EPOCH_FIELDS = (
     "epoch",
@@ -49,9 +50,9 @@ def versions() -> dict[str, str | None]:
         "platform": platform.platform(),
     }
     for name in ("torchvision", "triton", "ffcv"):
-        try:
-            found[name] = __import__(name).__version__
-        except Exception:  # not installed, or broken import on this machine
+        try:  # package metadata: no import (FFCV's module has no reliable __version__)
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             found[name] = None
     return found
 
@@ -110,23 +111,33 @@ def summarize(history: Sequence[dict[str, Any]], config: dict[str, Any], extra: 
     }
 
 
+# Files a RunLogger writes (atomically, except the appended metrics.jsonl).
+RUN_FILES = ("metrics.jsonl", "curves.png", "summary.json")
+
+
 class RunLogger:
-    """Writes everything a run records per epoch into its folder (no-op when disabled)."""
+    """Writes everything a run records per epoch into its folder (no-op when disabled).
+
+    Nothing is created before the first :meth:`log_epoch` (or :meth:`restart_from`), so a run that
+    fails before finishing an epoch leaves no metrics.jsonl or tb/ behind.
+    """
 
     def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.out = Path(out)
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self.metrics_path = self.out / "metrics.jsonl"
         self.curves_path = self.out / "curves.png"
         self.summary_path = self.out / "summary.json"
         self._tb = None
-        if enabled:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.touch()
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.out / "tb"))
+    def _writer(self):
+        """The TensorBoard writer, created (with tb/) on first use."""
+        if self._tb is None and self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.out / "tb"))
+        return self._tb
 
     def restart_from(self, history: Sequence[dict[str, Any]]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume: drops rows past the checkpoint)."""
@@ -139,9 +150,10 @@ class RunLogger:
         """Append ``row`` to metrics.jsonl, write its TensorBoard scalars, redraw curves.png."""
         if not self.enabled:
             return
+        self.out.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        if self._tb is not None:
+        if self._writer() is not None:
             step = row["epoch"]
             self._tb.add_scalars("loss", {"train": row["train_loss"], "test": row["test_loss"]}, step)
             self._tb.add_scalars("accuracy", {"top1": row["top1"], "top5": row["top5"]}, step)
@@ -182,11 +194,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

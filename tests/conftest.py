@@ -29,3 +29,25 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     prepare(dataset="synthetic", root=root, n_train=1024, n_test=300, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """A small synthetic dataset (64 train / 40 test images, seed 0), shared by the training tests."""
+    pytest.importorskip("ffcv")
+    from fastcifar.data.prepare import prepare
+
+    root = tmp_path_factory.getbasetemp() / "train-synthetic"
+    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_flags(train_data):
+    """Flags of a one-epoch CPU run of the tiny ``sk_densenet`` on ``train_data`` (4 steps of 16)."""
+    from fastcifar.models import tiny_overrides
+
+    return dict(
+        arch="sk_densenet", model_kwargs=tiny_overrides("sk_densenet"), epochs=1, batch_size=16, eval_batch_size=16,
+        dataset="synthetic", data_root=str(train_data), device="cpu", workers=1,
+    )

@@ -9,29 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-TINY = {"growth_rate": 4, "block_config": (1, 1)}
 METRIC_FIELDS = ("epoch", "train_loss", "test_loss", "top1", "top5", "images_per_s", "epoch_seconds", "lr")
 
 
-@pytest.fixture(scope="session")
-def train_data(tmp_path_factory):
-    """A small synthetic dataset (64 train / 40 test images), shared by the training tests."""
-    from fastcifar.data.prepare import prepare
-
-    root = tmp_path_factory.getbasetemp() / "train-synthetic"
-    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
-    return root
-
-
-def tiny_run(root, out, **flags):
+def tiny_run(tiny_flags, out, **flags):
     from fastcifar.train import train
 
-    options = dict(
-        arch="sk_densenet", model_kwargs=TINY, epochs=1, batch_size=16, eval_batch_size=16,
-        dataset="synthetic", data_root=str(root), device="cpu", out=str(out), workers=1,
-    )
-    options.update(flags)
-    return train(**options)
+    return train(**{**tiny_flags, "out": str(out), **flags})
 
 
 # ------------------------------------------------------------------------------------------
@@ -133,19 +117,6 @@ def test_nan_loss_stops_with_a_clear_error():
         train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, log_every=2)
 
 
-def test_checkpoint_is_atomic_and_round_trips(tmp_path):
-    from fastcifar.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-
-    rng = capture_rng_state()
-    expected = torch.rand(3)
-    path = save_checkpoint(tmp_path / "checkpoint.pt", {"rng": rng, "epoch": 2, "weights": torch.arange(4)})
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
-    state = load_checkpoint(path)
-    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.arange(4))
-    restore_rng_state(state["rng"])
-    torch.testing.assert_close(torch.rand(3), expected)
-
-
 def test_time_to_thresholds():
     from fastcifar.metrics import time_to_thresholds
 
@@ -162,9 +133,9 @@ def test_time_to_thresholds():
 
 
 @pytest.mark.parametrize("loader", ["gpu", "ffcv", "torch"])
-def test_one_epoch_end_to_end(train_data, tmp_path, loader):
+def test_one_epoch_end_to_end(tiny_flags, tmp_path, loader):
     out = tmp_path / "run"
-    summary = tiny_run(train_data, out, loader=loader)
+    summary = tiny_run(tiny_flags, out, loader=loader)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and set(METRIC_FIELDS) <= set(rows[0])
     row = rows[0]
@@ -180,9 +151,9 @@ def test_one_epoch_end_to_end(train_data, tmp_path, loader):
     assert any((out / "tb").iterdir())
 
 
-def test_metrics_and_summary_are_consistent(train_data, tmp_path):
+def test_metrics_and_summary_are_consistent(tiny_flags, tmp_path):
     out = tmp_path / "run"
-    summary = tiny_run(train_data, out, epochs=3, label_smoothing=0.1, lr=0.02)
+    summary = tiny_run(tiny_flags, out, epochs=3, label_smoothing=0.1, lr=0.02)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs"] == 3
     assert summary["best_top1"] == max(r["top1"] for r in rows) >= summary["final_top1"] == rows[-1]["top1"]
@@ -200,11 +171,11 @@ def test_metrics_and_summary_are_consistent(train_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_matches_eager(train_data, tmp_path):
+def test_compiled_matches_eager(tiny_flags, tmp_path):
     # Compilation on CPU is slow: the smallest model (one dense block) for one epoch of 4 steps.
-    smallest = {"growth_rate": 4, "block_config": (1,)}
-    eager = tiny_run(train_data, tmp_path / "eager", model_kwargs=smallest)
-    compiled = tiny_run(train_data, tmp_path / "compiled", model_kwargs=smallest, compile=True)
+    smallest = {**tiny_flags["model_kwargs"], "block_config": (1,)}
+    eager = tiny_run(tiny_flags, tmp_path / "eager", model_kwargs=smallest)
+    compiled = tiny_run(tiny_flags, tmp_path / "compiled", model_kwargs=smallest, compile=True)
     rows = {
         name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("eager", "compiled")

@@ -1,0 +1,303 @@
+"""The training flags: :class:`TrainConfig` is their one list (name, default, help, check).
+
+``python -m fastcifar.train`` builds its command-line signature and ``--help`` from the dataclass
+fields, :func:`resolve_config` checks given flags against the same fields, and the resolved
+config is what every checkpoint and summary.json records. Three flags are not part of the
+config: ``--resume`` (which run to continue) and the presets ``--fast`` / ``--baseline``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fastcifar.errors import UserError
+
+# numpy's legacy seeding (np.random.seed) takes seeds below 2**32.
+MAX_SEED = 2**32 - 1
+# Flags that may differ when a run is resumed: where and how fast it runs, not what it computes.
+RESUME_MAY_CHANGE = ("device", "workers", "log_every")
+# Flags that are not TrainConfig fields, with their help.
+EXTRA_FLAGS = {
+    "resume": "run folder to continue (or --resume with --out DIR); only --device, --workers and --log_every may be "
+    "given with it",
+    "fast": "preset: compile + channels_last + bf16 + Triton kernels + gpu loader",
+    "baseline": "preset: the study's pipeline: eager fp32 NCHW, PyTorch layers, torch DataLoader",
+}
+
+
+def _loaders() -> tuple[str, ...]:
+    from fastcifar.data.loaders import list_loaders
+
+    return tuple(list_loaders())
+
+
+def _datasets() -> tuple[str, ...]:
+    from fastcifar.data.prepare import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _schedules() -> tuple[str, ...]:
+    from fastcifar import engine
+
+    return tuple(getattr(engine, "SCHEDULES", ("onecycle", "constant")))
+
+
+def _amp_modes() -> tuple[str, ...]:
+    from fastcifar.variant import AMP_MODES
+
+    return AMP_MODES
+
+
+def _kernel_impls() -> tuple[str, ...]:
+    from fastcifar.variant import KERNEL_IMPLS
+
+    return KERNEL_IMPLS
+
+
+def _compile_modes() -> tuple[str, ...]:
+    from fastcifar.variant import COMPILE_MODES
+
+    return COMPILE_MODES
+
+
+def flag(default: Any, help: str, kind: str, **checks: Any) -> Any:
+    """A TrainConfig field: ``kind`` names its parser in :data:`_PARSERS`; ``checks`` its limits.
+
+    Checks: ``minimum`` / ``maximum`` (numbers), ``choices`` (a function returning the names, so
+    that importing this module stays cheap), ``optional`` (``None`` accepted).
+    """
+    metadata = {"help": help, "kind": kind, **checks}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A fully resolved and validated run configuration (saved in every checkpoint)."""
+
+    arch: str = flag("sk_densenet", "model id (python -m fastcifar.models lists them)", "str")
+    model_kwargs: dict[str, Any] = flag({}, "model options, e.g. '{\"growth_rate\": 12, \"k\": 4}'", "model_kwargs")
+    epochs: int = flag(30, "number of epochs (the study: 30)", "int", minimum=1)
+    batch_size: int = flag(256, "training batch per process (the study: 256; BatchNorm needs 2)", "int", minimum=2)
+    eval_batch_size: int = flag(512, "test batch size (the study: 512)", "int", minimum=1)
+    lr: float = flag(0.01, "peak learning rate: OneCycle's max_lr (the study: 0.01)", "float", positive=True)
+    weight_decay: float = flag(0.0, "Adam's (coupled, L2) weight decay (the study: 0)", "float", minimum=0.0)
+    schedule: str = flag("onecycle", "learning-rate schedule: onecycle (the study) or constant (max_lr / 25)",
+                         "choice", choices=_schedules)
+    label_smoothing: float = flag(0.0, "cross-entropy label smoothing in [0, 1) (the study: 0)", "float",
+                                  minimum=0.0, below=1.0)
+    randaugment: bool = flag(True, "RandAugment(2, 10) in the train augmentation (--norandaugment: flip + crop only)",
+                             "bool")
+    loader: str = flag("gpu", "data loader: gpu (data on the device), ffcv, torch (the study's DataLoader)",
+                       "choice", choices=_loaders)
+    dataset: str = flag("cifar100", "cifar100, cifar10 or synthetic; missing betons are prepared first",
+                        "choice", choices=_datasets)
+    data_root: str = flag("data", "folder holding <dataset>/{train,test}.beton (stored as an absolute path)", "path")
+    device: str | None = flag(None, "cpu, cuda or cuda:N (default: cuda when available)", "device", optional=True)
+    compile: bool = flag(False, "torch.compile the model", "bool")
+    compile_mode: str | None = flag(None, "torch.compile mode (default, reduce-overhead, max-autotune, ...)",
+                                    "choice", choices=_compile_modes, optional=True)
+    amp: str = flag("off", "autocast: bf16, fp16 (with a GradScaler) or off", "amp", choices=_amp_modes)
+    channels_last: bool = flag(False, "NHWC memory format for model and batches", "bool")
+    kernels: str | None = flag(None, "triton or torch for the SK / Triplet layers (default: the model's choice)",
+                               "choice", choices=_kernel_impls, optional=True)
+    seed: int = flag(0, "seed of weights, shuffle and augmentation (0 .. 2**32-1)", "int", minimum=0, maximum=MAX_SEED)
+    out: str = flag("", "run folder (default runs/<arch>-<timestamp>; stored as an absolute path)", "path",
+                    optional=True)
+    workers: int | None = flag(None, "CPU workers of the ffcv / torch loaders (default: from the cores)", "int",
+                               minimum=0, optional=True)
+    log_every: int = flag(25, "steps between progress-bar loss updates (each one a host sync)", "int", minimum=1)
+
+    @property
+    def variant(self):
+        """How the model runs (:class:`fastcifar.variant.Variant`)."""
+        from fastcifar.variant import Variant
+
+        return Variant(compile=self.compile, compile_mode=self.compile_mode, channels_last=self.channels_last,
+                       amp=self.amp, kernels=self.kernels)
+
+
+def config_fields() -> tuple[Field, ...]:
+    return fields(TrainConfig)
+
+
+def flag_help() -> dict[str, str]:
+    """Every flag of ``python -m fastcifar.train`` with its one-line description, in order."""
+    return {**{f.name: f.metadata["help"] for f in config_fields()}, **EXTRA_FLAGS}
+
+
+def default_value(spec: Field) -> Any:
+    return spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------
+# One parser per kind of flag. Each takes (flag name, raw value, field metadata) and returns the
+# checked value or raises UserError naming the flag. Raw values come from fire (already Python
+# literals where they parse as one) or from Python callers.
+
+
+def _parse_bool(name: str, value: Any, spec: dict) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise UserError(f"--{name} takes true or false, got {value!r}.")
+
+
+def _parse_int(name: str, value: Any, spec: dict) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"--{name} must be an integer, got {value!r}.")
+    if "minimum" in spec and value < spec["minimum"]:
+        raise UserError(f"--{name} must be at least {spec['minimum']}, got {value}.")
+    if "maximum" in spec and value > spec["maximum"]:
+        raise UserError(f"--{name} must be at most {spec['maximum']}, got {value}.")
+    return value
+
+
+def _parse_float(name: str, value: Any, spec: dict) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UserError(f"--{name} must be a number, got {value!r}.")
+    value = float(value)
+    if spec.get("positive") and not value > 0:
+        raise UserError(f"--{name} must be positive, got {value!r}.")
+    if "minimum" in spec and value < spec["minimum"]:
+        raise UserError(f"--{name} must be at least {spec['minimum']}, got {value}.")
+    if "below" in spec and not value < spec["below"]:
+        raise UserError(f"--{name} must be in [{spec.get('minimum', 0)}, {spec['below']}), got {value}.")
+    return value
+
+
+def _parse_choice(name: str, value: Any, spec: dict) -> str:
+    choices = spec["choices"]()
+    if value not in choices:
+        raise UserError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}.")
+    return value
+
+
+def _parse_amp(name: str, value: Any, spec: dict) -> str:
+    return _parse_choice(name, "off" if value is False else value, spec)  # `--noamp` / `--amp=false`
+
+
+def _parse_str(name: str, value: Any, spec: dict) -> str:
+    if not isinstance(value, str) or not value:
+        raise UserError(f"--{name} must be a name, got {value!r}.")
+    return value
+
+
+def _parse_path(name: str, value: Any, spec: dict) -> str:
+    """A folder path: ``~`` expanded and made absolute, so a resumed run finds the same folder."""
+    if not isinstance(value, str) or not value:
+        raise UserError(f"--{name} must be a folder path, got {value!r}.")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _parse_device(name: str, value: Any, spec: dict) -> str:
+    # The full check (syntax, CUDA present, index in range) needs torch: fastcifar.variant does it.
+    from fastcifar.variant import resolve_device
+
+    resolve_device(value, int(os.environ.get("LOCAL_RANK", "0")))
+    return value
+
+
+def _parse_model_kwargs(name: str, value: Any, spec: dict) -> dict[str, Any]:
+    if isinstance(value, str):  # fire leaves strings it cannot parse as Python literals alone
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise UserError(f"--{name} must be a dict such as '{{\"growth_rate\": 12}}', got {value!r}.") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise UserError(f"--{name} must be a dict of option names to values, got {value!r}.")
+    if "num_classes" in value:
+        raise UserError(f"--{name} cannot set num_classes: it comes from the dataset.")
+    return dict(value)
+
+
+_PARSERS: dict[str, Callable[[str, Any, dict], Any]] = {
+    "bool": _parse_bool, "int": _parse_int, "float": _parse_float, "choice": _parse_choice, "amp": _parse_amp,
+    "str": _parse_str, "path": _parse_path, "device": _parse_device, "model_kwargs": _parse_model_kwargs,
+}
+
+
+def parse_flag(name: str, value: Any) -> Any:
+    """Check one TrainConfig flag's value; UserError (one sentence) when it is wrong."""
+    spec = next(f for f in config_fields() if f.name == name)
+    meta = dict(spec.metadata)
+    if value is None and meta.get("optional"):
+        return None
+    if name == "kernels" and value == "auto":
+        return None
+    if name == "device" and value == "auto":
+        return None
+    return _PARSERS[meta["kind"]](name, value, meta)
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """The preset flags: the model part from fastcifar.variant, the loader part from here."""
+    from fastcifar.variant import BASELINE, FAST
+
+    return {"fast": {**FAST.describe(), "loader": "gpu"}, "baseline": {**BASELINE.describe(), "loader": "torch"}}
+
+
+def check_flag_names(names: Any) -> None:
+    """UserError for any name that is not a flag of ``python -m fastcifar.train``."""
+    known = flag_help()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(f"unknown flag --{unknown[0]}; valid flags: " + ", ".join(f"--{n}" for n in known) + ".")
+
+
+def resolve_config(**flags: Any) -> TrainConfig:
+    """Check the given flags, apply a preset, fill in defaults; UserError with one clear sentence.
+
+    A flag given explicitly wins over its preset value; a flag not given takes the preset's value
+    (``fast=True`` / ``baseline=True``) or the TrainConfig default.
+    """
+    check_flag_names(flags)
+    if "resume" in flags:
+        raise UserError("resolve_config does not resume; call fastcifar.train.train(resume=...)")
+    fast = _parse_bool("fast", flags.pop("fast", False), {})
+    baseline = _parse_bool("baseline", flags.pop("baseline", False), {})
+    if fast and baseline:
+        raise UserError("--fast and --baseline are opposite presets; pass at most one of them.")
+    preset = presets()["fast" if fast else "baseline"] if fast or baseline else {}
+    values = {}
+    for spec in config_fields():
+        if spec.name in flags:
+            values[spec.name] = parse_flag(spec.name, flags[spec.name])
+        elif spec.name in preset:
+            values[spec.name] = preset[spec.name]
+        else:
+            values[spec.name] = default_value(spec)
+    if not flags.get("out"):
+        values["out"] = _parse_path("out", str(Path("runs") / f"{values['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"), {})
+    config = TrainConfig(**values)
+    config.variant  # noqa: B018 - the Variant checks the combination once more
+    return config
+
+
+def resumed_config(saved: dict[str, Any], folder: str, changes: dict[str, Any]) -> TrainConfig:
+    """The config of the run saved in ``folder`` with the allowed ``changes`` (RESUME_MAY_CHANGE).
+
+    Any other flag would make the resumed run differ from the one that was started: refused.
+    """
+    refused = sorted(set(changes) - set(RESUME_MAY_CHANGE))
+    if refused:
+        raise UserError(
+            f"--resume continues the run saved in {folder} with its own settings; "
+            f"{', '.join('--' + name for name in refused)} cannot change on resume "
+            f"(only {', '.join('--' + name for name in RESUME_MAY_CHANGE)} may); start a new run to change them."
+        )
+    names = {spec.name for spec in config_fields()}
+    if not isinstance(saved, dict) or not set(saved) <= names:
+        raise UserError(f"the checkpoint in {folder} records an unknown config; start a new run.")
+    config = TrainConfig(**saved)
+    return replace(config, out=_parse_path("out", folder, {}),
+                   **{name: parse_flag(name, value) for name, value in changes.items()})

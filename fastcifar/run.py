@@ -1,0 +1,438 @@
+"""One training run: set up (:func:`setup`), train epochs (:func:`train_epoch`), finish or stop.
+
+:func:`run` drives these for ``python -m fastcifar.train`` (see :mod:`fastcifar.train` for the
+flags). Everything a run holds lives in one :class:`TrainingRun`; the progress inside an epoch
+that Ctrl-C interrupted is a :class:`PartialEpoch`. There is one way out besides finishing:
+:func:`interrupt`, which saves a checkpoint (rank 0) and tells how to continue.
+
+Files (rank 0 only): the run folder is checked for writability before any work, ``checkpoint.pt``
+is written after every epoch, ``metrics.jsonl`` / ``tb/`` / ``curves.png`` from the first finished
+epoch on, ``summary.json`` at the end. A run that fails before its first checkpoint removes the
+folder again when it created it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastcifar import checkpoint as ckpt
+from fastcifar import distributed, engine
+from fastcifar.atomic import remove_stale_temporaries
+from fastcifar.config import TrainConfig
+from fastcifar.distributed import DistContext
+from fastcifar.errors import UserError
+from fastcifar.metrics import RUN_FILES, RunLogger, summarize
+
+PROG = "fastcifar.train"
+# Files whose presence makes a folder a run (refused as --out of a new run).
+RUN_MARKERS = (ckpt.CHECKPOINT_NAME, *RUN_FILES)
+# Atomic writes in a run folder leave ``.<name>.*.tmp`` when killed; the next run removes them.
+OWNED_NAMES = (ckpt.CHECKPOINT_NAME, ckpt.PREVIOUS_NAME, *RUN_FILES)
+
+
+class QuietExit(SystemExit):
+    """Ends a non-zero rank whose error rank 0 reports (exit code 2, nothing printed)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+
+@dataclass
+class PartialEpoch:
+    """Progress inside an epoch stopped by Ctrl-C (all zero at an epoch boundary).
+
+    ``loss_sum`` and ``samples`` are summed over ranks; ``seconds`` is the train time so far.
+    """
+
+    step: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainingRun:
+    """Everything one run holds between :func:`setup` and its end."""
+
+    config: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    out: Path
+    model: nn.Module  # the plain module: saved and loaded
+    train_model: nn.Module  # what a step calls: compiled and/or wrapped in DDP
+    eval_model: nn.Module  # compiled when the config says so, never DDP
+    train_loader: Any
+    test_loader: Any
+    settings: engine.StepSettings
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    logger: RunLogger
+    num_classes: int
+    batch_hook: engine.BatchHook | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    partial: PartialEpoch = field(default_factory=PartialEpoch)
+    epoch_rng: dict[str, Any] | None = None  # generator states at the start of the current epoch
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return ckpt.checkpoint_path(self.out)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def save(self, epoch: int, partial: PartialEpoch, rng: dict[str, Any]) -> None:
+        """Write the checkpoint at (``epoch`` done, ``partial`` of the next); rank 0 only."""
+        if not self.ctx.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "epoch": epoch,
+            "step": partial.step,
+            "partial": asdict(partial),
+            "history": self.history,
+            "num_classes": self.num_classes,
+            "config": asdict(self.config),
+        }
+        try:
+            ckpt.save_checkpoint(self.checkpoint_file, state)
+        except OSError as err:
+            raise UserError(
+                f"cannot write {self.checkpoint_file}: {err.strerror or err}; the previous checkpoint is kept "
+                f"({'free some space and ' if err.errno == 28 else ''}continue with --resume {self.out})"
+            ) from None
+
+
+# ------------------------------------------------------------------------------------------
+# Setup
+
+
+def ensure_dataset(config: TrainConfig, ctx: DistContext) -> None:
+    """Prepare the betons when missing (rank 0 only; the other ranks wait)."""
+    # Imported from the module itself: the package attribute `prepare` is that module once loaded.
+    from fastcifar.data.prepare import dataset_dir, prepare
+
+    folder = Path(dataset_dir(config.data_root, config.dataset))
+    missing = [name for name in ("train.beton", "test.beton", "meta.json") if not (folder / name).is_file()]
+    if missing and ctx.is_main:
+        print(f"{folder} lacks {', '.join(missing)}: preparing {config.dataset} first", flush=True)
+        prepare(dataset=config.dataset, root=config.data_root)
+    distributed.barrier(ctx)
+
+
+def refuse_existing_run(out: str | os.PathLike) -> None:
+    """A new run never writes into a folder that holds another run (files would mix)."""
+    found = [name for name in RUN_MARKERS if (Path(out) / name).exists()]
+    if found:
+        raise UserError(
+            f"{out} already holds a run ({', '.join(found)}); continue it with --resume {out}, or pass another --out."
+        )
+
+
+def claim_out_dir(out: Path, ctx: DistContext) -> bool:
+    """Make sure rank 0 can write ``out`` and clear stale temporaries there; True when it created it.
+
+    Under torchrun rank 0 decides and the other ranks follow: on failure rank 0 raises the
+    UserError (its one line) and the others leave quietly.
+    """
+    created, problem = False, None
+    if ctx.is_main:
+        try:
+            created = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            remove_stale_temporaries(out, OWNED_NAMES)
+        except OSError as err:
+            problem = f"cannot write the run folder {out}: {err.strerror or err}; pass a writable --out"
+    if ctx.is_distributed:
+        shared = [problem]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        if ctx.is_main:
+            raise UserError(problem)
+        raise QuietExit()
+    return created
+
+
+def _model(config: TrainConfig, device: torch.device, num_classes: int) -> nn.Module:
+    """The registry model for ``config`` on ``device``; bad ``--model_kwargs`` values are one line."""
+    from fastcifar.variant import build_model
+
+    try:
+        return build_model(config.arch, config.model_kwargs, config.variant, device, num_classes=num_classes)
+    except (TypeError, ValueError) as err:
+        raise UserError(
+            f"--model_kwargs {config.model_kwargs} do not fit model {config.arch!r}: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def _restore(training: TrainingRun, state: dict[str, Any]) -> None:
+    """Load a checkpoint's states into ``training`` (its RNG states are restored last, by the caller)."""
+    saved_classes = int(state.get("num_classes", training.num_classes))
+    if saved_classes != training.num_classes:
+        raise UserError(
+            f"the run in {training.out} trained a {saved_classes}-class model, but {training.config.dataset} in "
+            f"{training.config.data_root} has {training.num_classes} classes; resume with the data it was started on."
+        )
+    try:
+        training.model.load_state_dict(state["model"])
+        training.optimizer.load_state_dict(state["optimizer"])
+        training.scheduler.load_state_dict(state["scheduler"])
+        training.scaler.load_state_dict(state["scaler"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise UserError(
+            f"the checkpoint in {training.out} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+            "start a new run"
+        ) from None
+    training.history = list(state["history"])
+    training.start_epoch = int(state["epoch"])
+    training.partial = PartialEpoch(**state["partial"])
+
+
+def setup(
+    config: TrainConfig,
+    device: torch.device,
+    ctx: DistContext,
+    resume_state: dict[str, Any] | None = None,
+    batch_hook: engine.BatchHook | None = None,
+) -> TrainingRun:
+    """Data, model, optimizer, schedule, scaler and logger for ``config`` (restored from ``resume_state``)."""
+    from fastcifar.data.loaders import build_loader
+    from fastcifar.data.prepare import load_meta
+
+    ensure_dataset(config, ctx)
+    num_classes = int(load_meta(config.data_root, config.dataset)["num_classes"])
+    loader_options = dict(
+        root=config.data_root, dataset=config.dataset, device=device, seed=config.seed, num_workers=config.workers,
+        rank=ctx.rank, world_size=ctx.world_size, dtype=torch.float32, channels_last=config.channels_last,
+    )
+    # TODO(randaugment): pass randaugment=config.randaugment unconditionally once build_loader takes it.
+    augment_options = {} if config.randaugment else {"randaugment": False}
+    train_loader = build_loader(config.loader, "train", batch_size=config.batch_size, **augment_options, **loader_options)
+    test_loader = build_loader(config.loader, "test", batch_size=config.eval_batch_size, **loader_options)
+
+    # Same seed, same initial weights on every rank (DDP also broadcasts rank 0's).
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    variant = config.variant
+    model = _model(config, device, num_classes)
+    settings = engine.StepSettings.for_variant(variant, device, label_smoothing=config.label_smoothing)
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(), max_lr=config.lr, epochs=config.epochs, steps_per_epoch=len(train_loader),
+        device=device, weight_decay=config.weight_decay, schedule=config.schedule,
+    )
+    eval_model = variant.wrap(model)
+    train_model = eval_model
+    if ctx.is_distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == "cuda" else None)
+    training = TrainingRun(
+        config=config, ctx=ctx, device=device, out=Path(config.out), model=model, train_model=train_model,
+        eval_model=eval_model, train_loader=train_loader, test_loader=test_loader, settings=settings,
+        optimizer=optimizer, scheduler=scheduler, scaler=engine.build_scaler(settings),
+        logger=RunLogger(Path(config.out), enabled=ctx.is_main), num_classes=num_classes, batch_hook=batch_hook,
+    )
+    if resume_state is not None:
+        _restore(training, resume_state)
+        training.logger.restart_from(training.history)
+    # GradScaler skipping an fp16 step makes the scheduler step "before" the optimizer: expected.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+    return training
+
+
+def _announce(training: TrainingRun, resuming: bool) -> None:
+    config, ctx = training.config, training.ctx
+    if not ctx.is_main:
+        return
+    what = "training"
+    if resuming:
+        step = training.partial.step
+        what = f"resuming {training.out} at epoch {training.start_epoch + 1}" + (f" step {step}" if step else "")
+    print(
+        f"{what}: {config.arch} on {config.dataset} ({training.train_loader.num_samples * ctx.world_size} train "
+        f"images, {training.steps_per_epoch} steps/epoch), device {training.device}, loader {config.loader}, "
+        f"amp {config.amp}, compile {config.compile}, channels_last {config.channels_last}, "
+        f"world_size {ctx.world_size}; out {training.out}",
+        flush=True,
+    )
+    if training.device.type == "cpu" and config.amp == "bf16" and config.channels_last:
+        print(
+            "note: on CPU, bf16 + channels_last gives non-finite weight gradients for grouped dilated convs "
+            "(SK layers) in current torch releases; if the loss becomes NaN, add --channels_last false",
+            flush=True,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Epochs and the two ways out
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  test_loss {row['test_loss']:.4f}  "
+        f"top1 {row['top1']:6.2f}%  top5 {row['top5']:6.2f}%  {row['images_per_s']:9.1f} img/s  "
+        f"{row['epoch_seconds']:7.2f} s  lr {row['lr']:.2e}"
+    )
+
+
+def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> PartialEpoch | None:
+    """Train and evaluate epoch ``epoch`` (0-based), checkpoint and log it.
+
+    Returns None when the epoch finished, or the :class:`PartialEpoch` where Ctrl-C stopped it.
+    """
+    config, ctx, partial = training.config, training.ctx, training.partial
+    training.epoch_rng = ckpt.capture_rng_state()
+    training.train_loader.set_epoch(epoch)
+    description = f"epoch {epoch + 1}/{config.epochs}"
+    try:
+        result = engine.train_one_epoch(
+            training.train_model, training.train_loader, training.optimizer, training.scheduler, training.scaler,
+            training.settings, ctx=ctx, stop=stop, skip_steps=partial.step, carried_loss_sum=partial.loss_sum,
+            carried_samples=partial.samples, log_every=config.log_every, description=description,
+            batch_hook=training.batch_hook,
+        )
+    except engine.NonFiniteLoss as err:
+        kept = (
+            f"the last good checkpoint (epoch {training.history[-1]['epoch']}) is kept at {training.checkpoint_file}"
+            if training.history and training.checkpoint_file.is_file() else "no checkpoint was written"
+        )
+        raise engine.NonFiniteLoss(
+            f"training loss became NaN/inf in {description}; {kept}; lower --lr or use --amp bf16 instead of fp16."
+        ) from err
+    train_seconds = partial.seconds + result.seconds
+    if result.interrupted:
+        return PartialEpoch(step=result.steps, loss_sum=result.loss_sum, samples=result.samples, seconds=train_seconds)
+
+    distributed.broadcast_buffers(training.model, ctx)
+    evaluation = engine.evaluate(
+        training.eval_model, training.test_loader, training.settings, ctx=ctx, pad_last_batch=config.compile,
+        batch_hook=training.batch_hook,
+    )
+    warmup = result.warmup_seconds + evaluation.warmup_seconds
+    # Throughput leaves out the first step's excess over a steady step (compilation).
+    timed_train = max(train_seconds - result.warmup_seconds, 1e-9)
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": result.loss,
+        "test_loss": evaluation.loss,
+        "top1": evaluation.top1,
+        "top5": evaluation.top5,
+        "images_per_s": result.samples / timed_train,
+        "epoch_seconds": train_seconds + evaluation.seconds,
+        "lr": result.lr,
+        "train_seconds": train_seconds,
+        "eval_seconds": evaluation.seconds,
+        "train_images": result.samples,
+        "warmup_seconds": warmup,
+        "compile_seconds": warmup if config.compile else 0.0,
+    }
+    training.history.append(row)
+    training.partial = PartialEpoch()
+    training.save(epoch + 1, training.partial, ckpt.capture_rng_state())
+    if ctx.is_main:
+        training.logger.log_epoch(row, training.history)
+        print(_epoch_line(row, config.epochs), flush=True)
+    return None
+
+
+def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[str, Any]:
+    """Stop after Ctrl-C: checkpoint at (``epoch`` done, ``partial`` of the next) and say how to go on."""
+    where = f"in epoch {epoch + 1} after step {partial.step}/{training.steps_per_epoch}" if partial.step else (
+        f"after epoch {epoch}")
+    if partial.step:  # an epoch boundary was checkpointed when its epoch ended
+        # The RNG states of the epoch's start: the resumed run replays that epoch's loader.
+        training.save(epoch, partial, training.epoch_rng or ckpt.capture_rng_state())
+    if training.ctx.is_main:
+        print(
+            f"interrupted {where}; checkpoint saved to {training.checkpoint_file}; "
+            f"continue with: python -m {PROG} --resume {training.out}",
+            flush=True,
+        )
+    return {"interrupted": True, "epoch": epoch, "step": partial.step, "checkpoint": str(training.checkpoint_file)}
+
+
+def finish(training: TrainingRun) -> dict[str, Any]:
+    """Write summary.json (rank 0) and return it."""
+    extra = {"world_size": training.ctx.world_size, "device": str(training.device)}
+    summary = summarize(training.history, asdict(training.config), extra)
+    training.logger.write_summary(summary)
+    if training.ctx.is_main:
+        print(
+            f"done: final top1 {summary['final_top1']:.2f}% top5 {summary['final_top5']:.2f}%, best top1 "
+            f"{summary['best_top1']:.2f}% (epoch {summary['best_top1_epoch']}), {summary['total_seconds']:.1f} s, "
+            f"{summary['images_per_s']:.0f} img/s, compile {summary['compile_seconds']:.1f} s; "
+            f"{training.out}/summary.json",
+            flush=True,
+        )
+    return summary
+
+
+def run(
+    config: TrainConfig, resume_state: dict[str, Any] | None = None, batch_hook: engine.BatchHook | None = None
+) -> dict[str, Any]:
+    """Train according to ``config`` (continuing ``resume_state`` when given); return the summary.
+
+    The summary dict is the content of summary.json, or ``{"interrupted": True, ...}`` after Ctrl-C.
+    ``batch_hook(split, images, labels)`` sees every train and test batch (tests and debugging).
+    """
+    from fastcifar.variant import resolve_device
+
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = distributed.setup(device.type)
+    created_out = False
+    training = None
+    try:
+        if ctx.is_distributed and resume_state is None:
+            # Ranks may have stamped different default folders: everyone uses rank 0's.
+            shared = [config.out]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            config = replace(config, out=shared[0])
+        created_out = claim_out_dir(Path(config.out), ctx)
+        training = setup(config, device, ctx, resume_state, batch_hook)
+        _announce(training, resuming=resume_state is not None)
+        if resume_state is not None:  # last, after everything above that may draw random numbers
+            ckpt.restore_rng_state(resume_state["rng"])
+        with engine.StopRequest(announce=ctx.is_main) as stop:
+            for epoch in range(training.start_epoch, config.epochs):
+                stopped_at = train_epoch(training, epoch, stop)
+                if stopped_at is not None:
+                    return interrupt(training, epoch, stopped_at)
+                if stop.requested and epoch + 1 < config.epochs:
+                    return interrupt(training, epoch + 1, PartialEpoch())
+        return finish(training)
+    except BaseException:
+        if created_out and ctx.is_main and not ckpt.checkpoint_path(config.out).exists():
+            _remove_empty_run_dir(Path(config.out))
+        raise
+    finally:
+        if training is not None:
+            training.logger.close()
+        distributed.cleanup(ctx)
+
+
+def _remove_empty_run_dir(out: Path) -> None:
+    """Remove a run folder this run created when it holds nothing (a failure before any checkpoint)."""
+    try:
+        out.rmdir()
+    except OSError:  # not empty (someone else's files) or already gone: leave it
+        pass
