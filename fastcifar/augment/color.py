@@ -5,6 +5,10 @@ in float32, clamp to ``[0, 255]``, then a truncating cast back to uint8 (torchvi
 its blends and rounds only where noted). Parameters are a Python number (same for every sample)
 or an ``(N,)`` tensor on the images' device (one value per sample). No function reads tensor
 values on the host, so they run on CUDA without synchronising.
+
+torchvision's ``a.mul(r).add_(b, alpha=s)`` runs as a fused multiply-add in eager PyTorch (AVX2
+``fmadd`` on the CPU, ``fma`` on CUDA), which Inductor's CPU code does not contract; a truncating
+cast makes that one rounding visible. :func:`fma_f32` gives the fused result on both routes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "fma_f32",
     "grayscale_floor",
     "blend",
     "adjust_brightness",
@@ -41,16 +46,52 @@ def _per_sample(value: Param, x: torch.Tensor, dtype: torch.dtype = torch.float6
     return torch.full((x.shape[0], 1, 1, 1), value, dtype=dtype, device=x.device)
 
 
+def _f32(value: float) -> float:
+    """``value`` rounded to float32, as a Python float (how a kernel sees a scalar argument)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def fma_f32(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor) -> torch.Tensor:
+    """float32 ``a * b + c`` rounded once, as a fused multiply-add, on both augmentation routes.
+
+    Eagerly this is ``torch.addcmul`` / ``torch.add(alpha=)``, which PyTorch's kernels run fused
+    (AVX2/AVX-512 ``fmadd`` on x86 CPUs, ``fma`` on CUDA), exactly as torchvision's calls run. While
+    ``torch.compile`` traces it, Inductor's CPU code would round the product separately, so the
+    graph gets an explicit emulation instead: in float64 the product of two float32 values is exact
+    (24 + 24 bits) and so is the sum whenever it spans at most 53 bits, true for the operands used
+    here (integers up to 255, per-image means that are multiples of ``2**-10`` on 32x32 images,
+    float32 factors); one rounding to float32 is then the correctly rounded FMA, whether or not a
+    compiler contracts the float64 expression.
+
+    Args:
+        a, c: tensors holding float32 values (any dtype that represents them exactly).
+        b: tensor of float32 values, or a float already rounded to float32.
+    Returns:
+        float32 tensor of the broadcast shape.
+    """
+    if torch.compiler.is_compiling():
+        wide_b = b.to(torch.float64) if isinstance(b, torch.Tensor) else b
+        return (a.to(torch.float64) * wide_b + c.to(torch.float64)).to(torch.float32)
+    a, c = a.to(torch.float32), c.to(torch.float32)
+    if isinstance(b, torch.Tensor):
+        return torch.addcmul(c, a, b.to(torch.float32))
+    return torch.add(c, a, alpha=b)
+
+
+_LUMA = (_f32(0.2989), _f32(0.587), _f32(0.114))
+
+
 def grayscale_floor(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma of uint8 RGB images, floored, as float32 ``(N, 1, H, W)``.
 
-    Same weights and operation order as torchvision's ``rgb_to_grayscale`` (no rounding, floor,
-    as its saturation/contrast kernels do); a 1-channel input is returned as float.
+    torchvision's ``rgb_to_grayscale`` order, ``r.mul(0.2989).add_(g, alpha=0.587).add_(b,
+    alpha=0.114)`` with both adds fused as eager PyTorch runs them, then floor (no rounding, as
+    its saturation/contrast kernels do); a 1-channel input is returned as float.
     """
     if x.shape[1] == 1:
         return x.to(torch.float32)
     r, g, b = x.to(torch.float32).unbind(dim=1)
-    luma = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114)
+    luma = fma_f32(b, _LUMA[2], fma_f32(g, _LUMA[1], r * _LUMA[0]))
     return luma.floor_().unsqueeze(1)
 
 
@@ -58,7 +99,8 @@ def blend(x: torch.Tensor, degenerate: torch.Tensor, ratio: Param) -> torch.Tens
     """``clamp(x * ratio + degenerate * (1 - ratio), 0, 255)`` truncated to uint8, per sample.
 
     ``ratio`` and ``1 - ratio`` are formed in float64 and rounded to float32 once, as torchvision
-    does with its Python-float factor.
+    does with its Python-float factor; ``x * ratio`` is rounded, then the degenerate term is added
+    with a fused multiply-add (:func:`fma_f32`), torchvision's ``mul(r).add_(d, alpha=1 - r)``.
 
     Args:
         x: uint8 ``(N, C, H, W)``.
@@ -69,8 +111,7 @@ def blend(x: torch.Tensor, degenerate: torch.Tensor, ratio: Param) -> torch.Tens
     """
     r64 = _per_sample(ratio, x)
     r, one_minus_r = r64.to(torch.float32), (1.0 - r64).to(torch.float32)
-    out = torch.addcmul(x.to(torch.float32) * r, degenerate, one_minus_r)
-    return out.clamp_(0, 255).to(torch.uint8)
+    return fma_f32(degenerate, one_minus_r, x.to(torch.float32) * r).clamp_(0, 255).to(torch.uint8)
 
 
 def adjust_brightness(x: torch.Tensor, factor: Param) -> torch.Tensor:
@@ -97,7 +138,8 @@ def adjust_contrast(x: torch.Tensor, factor: Param) -> torch.Tensor:
 def adjust_sharpness(x: torch.Tensor, factor: Param) -> torch.Tensor:
     """Blend the interior with a 3x3 smoothed image (1s around a 5, over 13, rounded); border kept.
 
-    Follows torchvision's order of operations ``x + (1 - factor) * (blurred - x)``. The smoothed
+    Follows torchvision's order of operations ``x + (1 - factor) * (blurred - x)`` (one fused
+    multiply-add, as eager PyTorch runs its ``add_(..., alpha=1 - factor)``). The smoothed
     value is computed exactly in integers, ``round(S / 13)`` with ``S`` the weighted 3x3 sum:
     ``S / 13`` is never within 1/26 of a rounding tie, far beyond float32 convolution error, so
     this equals torchvision's rounded float convolution while avoiding a slow depthwise conv.
@@ -109,13 +151,15 @@ def adjust_sharpness(x: torch.Tensor, factor: Param) -> torch.Tensor:
     xi = x.to(torch.int16)  # 13 * 255 fits
     rows = xi[..., :-2, :] + xi[..., 1:-1, :] + xi[..., 2:, :]
     weighted = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * xi[..., 1:-1, 1:-1]
-    # floor((S + 6) / 13) == round(S / 13); float32 division is exact enough (S + 6 < 2**12) and
-    # vectorises, unlike int16 floor division.
-    blurred = weighted.to(torch.float32).add_(6.0).div_(13.0).floor_()
+    # round(S / 13) == floor((S + 6.5) / 13) for integer S; the half-unit margin (1/26 after the
+    # division) dwarfs any float32 error, so multiplying by a rounded 1/13 (what Inductor turns a
+    # division by a constant into on GPUs) gives the same integers (checked for every S <= 13 * 255).
+    # Float arithmetic vectorises, unlike int16 floor division.
+    blurred = weighted.to(torch.float32).add_(6.5).mul_(1.0 / 13.0).floor_()
     out = x.to(torch.float32)
     interior = out[..., 1:-1, 1:-1]
     one_minus_f = (1.0 - _per_sample(factor, x)).to(torch.float32)
-    interior.addcmul_(blurred.sub_(interior), one_minus_f)
+    interior.copy_(fma_f32(blurred.sub_(interior), one_minus_f, interior))
     return out.clamp_(0, 255).to(torch.uint8)
 
 

@@ -2,6 +2,8 @@
 
 Everything here keeps fixed shapes and never reads tensor values on the host, so it runs on a
 CUDA stream without synchronising (``torch.cuda.set_sync_debug_mode("error")`` stays quiet).
+Each random transform is split into a draw (``draw_*``: the generator calls) and a deterministic
+apply (``crop_reflect``, ``hflip_where``), so a compiled graph can apply draws made outside it.
 Semantics follow torchvision: ``RandomCrop(padding, padding_mode="reflect")``,
 ``RandomHorizontalFlip`` and ``affine``/``rotate`` with nearest interpolation and fill 0.
 """
@@ -13,8 +15,15 @@ import torch.nn.functional as F
 
 __all__ = [
     "random_crop_reflect",
+    "crop_applies",
+    "crop_reflect",
+    "draw_crop_offsets",
+    "draw_flips",
     "random_hflip",
+    "hflip_where",
     "inverse_affine_theta",
+    "affine_source_index",
+    "gather_pixels",
     "affine_nearest",
 ]
 
@@ -31,12 +40,50 @@ def _reflect_index(k: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(k >= size, 2 * (size - 1) - k, k)
 
 
+def draw_crop_offsets(
+    n: int, padding: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``(n, 2)`` int64 crop offsets (row, column), uniform in ``[0, 2 * padding]``."""
+    return torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=device)
+
+
+def crop_reflect(x: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop ``(H, W)`` at ``offsets`` out of every image reflect-padded by ``padding``.
+
+    Two gathers of reflected indices instead of materialising the padded batch.
+
+    Args:
+        x: uint8 ``(N, C, H, W)``.
+        offsets: ``(N, 2)`` integer (row, column) offsets in ``[0, 2 * padding]``.
+        padding: pixels of reflection on each side, ``0 < padding < min(H, W)``.
+    Returns:
+        uint8 ``(N, C, H, W)``, contiguous.
+    """
+    n, c, h, w = x.shape
+    rows = _reflect_index(torch.arange(h, device=x.device) + (offsets[:, :1] - padding), h)  # (N, H)
+    cols = _reflect_index(torch.arange(w, device=x.device) + (offsets[:, 1:] - padding), w)  # (N, W)
+    out = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def crop_applies(shape: torch.Size | tuple[int, ...], padding: int) -> bool:
+    """Whether a crop of an ``(N, C, H, W)`` batch draws and moves anything (``padding > 0``, ``N > 0``).
+
+    Raises ``ValueError`` for a padding outside ``[0, min(H, W))``.
+    """
+    n, _, h, w = shape
+    if padding == 0 or n == 0:
+        return False
+    if not 0 < padding < min(h, w):
+        raise ValueError(f"padding must be in [0, {min(h, w)}), got {padding}")
+    return True
+
+
 def random_crop_reflect(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Reflect-pad every image by ``padding`` and crop it back to ``(H, W)`` at a random offset.
 
     Equivalent to torchvision ``RandomCrop((H, W), padding, padding_mode="reflect")`` applied per
     image: offsets are uniform in ``[0, 2 * padding]`` on each axis, drawn independently per sample.
-    Implemented as two gathers of reflected indices instead of materialising the padded batch.
 
     Args:
         x: uint8 ``(N, C, H, W)``.
@@ -46,16 +93,19 @@ def random_crop_reflect(x: torch.Tensor, padding: int = 4, generator: torch.Gene
         uint8 ``(N, C, H, W)``, contiguous.
     """
     _check_image(x)
-    n, c, h, w = x.shape
-    if padding == 0 or n == 0:
+    if not crop_applies(x.shape, padding):
         return x.clone()
-    if not 0 < padding < min(h, w):
-        raise ValueError(f"padding must be in [0, {min(h, w)}), got {padding}")
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=x.device)
-    rows = _reflect_index(torch.arange(h, device=x.device) + (offsets[:, :1] - padding), h)  # (N, H)
-    cols = _reflect_index(torch.arange(w, device=x.device) + (offsets[:, 1:] - padding), w)  # (N, W)
-    out = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
-    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+    return crop_reflect(x, draw_crop_offsets(x.shape[0], padding, x.device, generator), padding)
+
+
+def draw_flips(n: int, p: float, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(n,)`` bool: which samples are mirrored (probability ``p`` each)."""
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images whose ``flip`` ``(N,)`` entry is true; ``(N, C, H, W)`` in and out."""
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,8 +118,7 @@ def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | N
     Returns:
         ``(N, C, H, W)`` tensor of ``x.dtype``.
     """
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < p
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return hflip_where(x, draw_flips(x.shape[0], p, x.device, generator))
 
 
 def inverse_affine_theta(
@@ -124,27 +173,67 @@ def _base_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
     return grid.view(h * w, 3)
 
 
+def affine_source_index(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Which input pixel nearest-neighbour sampling picks for every output pixel, per matrix.
+
+    The sampling grid is built as torchvision's tensor ``affine``/``rotate`` build it (float32,
+    normalised to ``grid_sample``'s ``[-1, 1]`` after applying theta) and sampled with
+    ``grid_sample(mode="nearest", padding_mode="zeros", align_corners=False)`` on an image whose
+    pixels hold their own flat index + 1 (exact in float32 below 2**24 pixels): the sample is the
+    picked pixel's index, 0 outside the image.
+
+    Args:
+        theta: ``(N, 2, 3)`` inverse matrices from :func:`inverse_affine_theta` (any float dtype;
+            cast to float32 like torchvision).
+        height, width: image size.
+    Returns:
+        ``(N, H * W)`` int64 flat source indices; ``H * W`` marks pixels filled with 0.
+    """
+    n = theta.shape[0]
+    pixels = height * width
+    if pixels >= 2**24:
+        raise ValueError(f"images of {pixels} pixels are too large for float32 pixel indices")
+    theta = theta.to(torch.float32)
+    # Normalise to grid_sample's [-1, 1] coordinates after applying theta, as torchvision does.
+    rescaled = theta.transpose(1, 2)  # (N, 3, 2)
+    rescaled = torch.stack([rescaled[..., 0] / (0.5 * width), rescaled[..., 1] / (0.5 * height)], dim=-1)
+    grid = _base_grid(height, width, theta.device).expand(n, pixels, 3).bmm(rescaled).view(n, height, width, 2)
+    index_image = torch.arange(1, pixels + 1, dtype=torch.float32, device=theta.device).view(1, 1, height, width)
+    picked = F.grid_sample(index_image.expand(n, 1, height, width), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)
+    source = picked.view(n, pixels).round_().to(torch.int64) - 1
+    return torch.where(source < 0, pixels, source)
+
+
+def gather_pixels(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``out[n, c, p] = x[n, c, source[n, p]]`` over flattened pixels; 0 where ``source == H * W``.
+
+    Pure integer indexing: the same bytes on every device and backend.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        source: ``(N, H * W)`` int64 from :func:`affine_source_index`.
+    Returns:
+        ``(N, C, H, W)`` of ``x.dtype``.
+    """
+    n, c, h, w = x.shape
+    filled = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)  # index H*W reads the fill
+    return filled.gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+
+
 def affine_nearest(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Warp every image with its own inverse affine matrix, nearest interpolation, fill 0.
 
-    Matches torchvision's tensor ``affine``/``rotate`` (nearest, ``fill=None``): the sampling grid is
-    built the same way in float32 and sampled with ``grid_sample(mode="nearest",
-    align_corners=False)``, so results agree pixel for pixel up to float rounding on exact
-    half-pixel ties.
+    Matches torchvision's tensor ``affine``/``rotate`` (nearest, ``fill=None``): the same float32
+    sampling grid picks the same pixels, up to float rounding on exact half-pixel ties (see
+    :func:`affine_source_index`); the pixels are then copied with :func:`gather_pixels`.
 
     Args:
         x: uint8 ``(N, C, H, W)``.
-        theta: ``(N, 2, 3)`` inverse matrices from :func:`inverse_affine_theta` (any float dtype;
-            cast to float32 like torchvision).
+        theta: ``(N, 2, 3)`` inverse matrices from :func:`inverse_affine_theta`.
     Returns:
         uint8 ``(N, C, H, W)``.
     """
     _check_image(x)
-    n, _, h, w = x.shape
-    theta = theta.to(torch.float32)
-    # Normalise to grid_sample's [-1, 1] coordinates after applying theta, as torchvision does.
-    rescaled = theta.transpose(1, 2)  # (N, 3, 2)
-    rescaled = torch.stack([rescaled[..., 0] / (0.5 * w), rescaled[..., 1] / (0.5 * h)], dim=-1)
-    grid = _base_grid(h, w, x.device).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
-    out = F.grid_sample(x.to(torch.float32), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.round_().to(torch.uint8)
+    h, w = x.shape[-2:]
+    return gather_pixels(x, affine_source_index(theta.to(x.device), h, w))

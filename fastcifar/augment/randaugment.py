@@ -5,24 +5,43 @@ with p=0.5 for signed ops, nearest interpolation and fill 0 for geometric ops, o
 with replacement) but every sample draws its own op and sign at every step, where torchvision
 applies one draw to the whole tensor it is given.
 
-How the batch is processed: on CUDA, for each of the ``num_ops`` steps every candidate result is
-computed for the whole batch with per-sample parameters and the sample's own op is picked with
-``torch.where``: shapes never depend on the draws, so the work is a fixed set of batched kernels
-with no host synchronisation. On the CPU, where a host "sync" is free, each op group runs only on
-the samples that drew it; both routes give the same bytes (tested).
-The six geometric ops (Identity included) share one ``grid_sample`` with per-sample matrices;
-Brightness, Color and Contrast share one blend with a per-sample degenerate image; Posterize and
-Solarize share one pass (neutral parameters for samples that drew neither).
+Every per-sample parameter depends only on the sample's (op, sign) draw, a "key" ``2 * op +
+negate`` in ``[0, 28)``, once the magnitude and image size are fixed. :func:`step_tables` turns
+that into two small tables built once per (magnitude, bins, H, W, device) and cached: the source
+pixel of every output pixel for each key (the geometric ops as a pure integer gather, computed
+once with torchvision's sampling grid) and the colour parameters for each key. A step then reads
+its parameters with one indexing op per table: no host reads, no per-batch trigonometry.
+
+How the batch is processed: with fixed shapes (CUDA, and the compiled route everywhere) every op
+group is computed for the whole batch and each sample's own result is picked with ``torch.where``,
+so the work never depends on the draws and never synchronises. Eagerly on the CPU, where a host
+"sync" is free, each op group runs only on the samples that drew it; both give the same bytes.
+The six geometric ops (Identity included) share one gather; Brightness, Color and Contrast share
+one blend with a per-sample degenerate image; Posterize and Solarize share one pass (neutral
+parameters for samples that drew neither).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from fastcifar.augment import color
-from fastcifar.augment.geometric import affine_nearest, inverse_affine_theta
+from fastcifar.augment.geometric import affine_source_index, gather_pixels, inverse_affine_theta
 
-__all__ = ["RAND_AUGMENT_OPS", "rand_augment", "magnitude_table"]
+__all__ = [
+    "NUM_MAGNITUDE_BINS",
+    "RAND_AUGMENT_OPS",
+    "StepDraw",
+    "StepTables",
+    "apply_rand_augment",
+    "draw_rand_augment",
+    "magnitude_table",
+    "rand_augment",
+    "step_tables",
+]
 
 RAND_AUGMENT_OPS: tuple[str, ...] = (
     "Identity",
@@ -65,12 +84,21 @@ def magnitude_table(num_bins: int, height: int, width: int) -> dict[str, torch.T
     return table
 
 
+@functools.lru_cache(maxsize=64)
+def _magnitude_bins(num_bins: int, height: int, width: int) -> dict[str, tuple[float, ...]]:
+    """:func:`magnitude_table` as Python floats (0.0 for unused ops), read from the tensors once per key."""
+    table = magnitude_table(num_bins, height, width)
+    return {
+        name: (0.0,) * num_bins if bins is None else tuple(float(v) for v in bins.tolist())
+        for name, bins in table.items()
+    }
+
+
 def _magnitudes(magnitude: int, num_bins: int, height: int, width: int) -> dict[str, float]:
     """The unsigned magnitude of every op at bin ``magnitude``, as Python floats (host constants)."""
     if not 0 <= magnitude < num_bins:
         raise ValueError(f"magnitude must be in [0, {num_bins}), got {magnitude}")
-    table = magnitude_table(num_bins, height, width)
-    return {name: 0.0 if bins is None else float(bins[magnitude]) for name, bins in table.items()}
+    return {name: bins[magnitude] for name, bins in _magnitude_bins(num_bins, height, width).items()}
 
 
 def _is_op(op: torch.Tensor, *names: str) -> torch.Tensor:
@@ -81,15 +109,19 @@ def _is_op(op: torch.Tensor, *names: str) -> torch.Tensor:
     return hit
 
 
-def _pick(op: torch.Tensor, names: tuple[str, ...], values: tuple[float | torch.Tensor, ...], default: float) -> torch.Tensor:
+def _pick(
+    op: torch.Tensor, names: tuple[str, ...], values: tuple[float | torch.Tensor, ...], default: float
+) -> torch.Tensor:
     """Per-sample float64 parameter: ``values[i]`` where the sample drew ``names[i]``, else ``default``."""
     out = torch.full(op.shape, default, dtype=torch.float64, device=op.device)
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=True):
         out = torch.where(op == _OP[name], value, out)
     return out
 
 
-def _geometric_theta(op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float], height: int, width: int) -> torch.Tensor:
+def _geometric_theta(
+    op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float], height: int, width: int
+) -> torch.Tensor:
     """``(N, 2, 3)`` float64 inverse affine matrices; identity for non-geometric ops.
 
     Mirrors torchvision's calls: shears use ``atan`` of the magnitude in degrees around the
@@ -107,6 +139,45 @@ def _geometric_theta(op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float
     return inverse_affine_theta(angle, tx, ty, shx, shy, cx, cy)
 
 
+NUM_MAGNITUDE_BINS = 31  # torchvision's default
+
+
+class StepTables(NamedTuple):
+    """Per-key lookup tables of one (magnitude, bins, H, W) on one device.
+
+    ``source``: ``(28, H * W)`` int64, the input pixel each output pixel copies (``H * W``: fill 0);
+    the identity for non-geometric ops. ``params``: ``(28, 4)`` float64 columns ``(blend ratio,
+    sharpness factor, posterize bits, solarize threshold)``, neutral (1, -, 8, 256) where unused.
+    """
+
+    source: torch.Tensor
+    params: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def step_tables(magnitude: int, num_bins: int, height: int, width: int, device: torch.device) -> StepTables:
+    """The cached :class:`StepTables`; built on the CPU (as torchvision would compute each op) and
+    copied to ``device`` once, so a step's parameters cost one lookup and no host round trip."""
+    mags = _magnitudes(magnitude, num_bins, height, width)
+    op = torch.arange(len(RAND_AUGMENT_OPS)).repeat_interleave(2)  # (28,)
+    sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(len(RAND_AUGMENT_OPS))  # odd keys negate
+    source = affine_source_index(_geometric_theta(op, sign, mags, height, width), height, width)
+    # Brightness/Color/Contrast: blend(x, degenerate, 1 + m); for Brightness the degenerate is 0 and
+    # x * r + 0 * (1 - r) is bit-identical to torchvision's plain x * r.
+    blend_names = ("Brightness", "Color", "Contrast")
+    ratio = _pick(op, blend_names, tuple(1.0 + sign * mags[name] for name in blend_names), 1.0)
+    sharpness = 1.0 + sign * mags["Sharpness"]
+    # Posterize with 8 bits and Solarize above 255 are identities, so one pass serves both.
+    bits = _pick(op, ("Posterize",), (float(int(mags["Posterize"])),), 8.0)
+    # torchvision's threshold is 255 * m rounded to float32 (solarize compares in float32).
+    threshold = _pick(op, ("Solarize",), (float(torch.tensor(255.0 * mags["Solarize"], dtype=torch.float32)),), 256.0)
+    params = torch.stack([ratio, sharpness, bits, threshold], dim=1)
+    if torch.device(device).type == "cuda":
+        # pin so the one-time copy is truly asynchronous (no host synchronisation even on first use)
+        source, params = source.pin_memory(), params.pin_memory()
+    return StepTables(source.to(device, non_blocking=True), params.to(device, non_blocking=True))
+
+
 def _use_subsets(device: torch.device) -> bool:
     """Whether op groups run on their samples only (see :class:`_Selector`)."""
     return device.type == "cpu"
@@ -115,15 +186,16 @@ def _use_subsets(device: torch.device) -> bool:
 class _Selector:
     """Writes one op group's result into the samples that drew it.
 
-    On CUDA (and any accelerator) every group is computed for the whole batch and picked with
-    ``torch.where``: fixed shapes, no host synchronisation. On the CPU a host "sync" costs nothing,
-    so each group runs only on the samples that drew it (``nonzero`` + ``index_select``), about 1/14
-    of the work per op; every op is per-sample, so both routes give bit-identical results.
+    With ``subsets=False`` (CUDA, compiled graphs) every group is computed for the whole batch and
+    picked with ``torch.where``: fixed shapes, no host synchronisation. With ``subsets=True`` (eager
+    CPU, where a host "sync" costs nothing) each group runs only on the samples that drew it
+    (``nonzero`` + indexing), about 1/14 of the work per op; every op is per-sample, so both give
+    bit-identical results.
     """
 
-    def __init__(self, x: torch.Tensor, op: torch.Tensor):
+    def __init__(self, op: torch.Tensor, subsets: bool):
         self.op = op
-        self.subset = _use_subsets(x.device)
+        self.subset = subsets
 
     def apply(self, out: torch.Tensor, names: tuple[str, ...], compute) -> torch.Tensor:
         """``compute(sel)`` returns the group's result for ``x[sel]``; ``sel`` indexes per-sample params."""
@@ -136,26 +208,42 @@ class _Selector:
         return out
 
 
-def _apply_step(x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor, mags: dict[str, float]) -> torch.Tensor:
-    """Apply each sample's op ``op[i]`` with signed magnitude to uint8 ``x (N, C, H, W)``."""
-    c, h, w = x.shape[1:]
-    select = _Selector(x, op)
-    theta = _geometric_theta(op, sign, mags, h, w)
-    if select.subset:  # Identity samples keep x; the affine pass runs on the geometric ones only
-        out = select.apply(x.clone(), _GEOMETRIC_MOVES, lambda sel: affine_nearest(x[sel], theta[sel]))
-    else:
-        out = affine_nearest(x, theta)  # ops 0..5: Identity has the identity matrix
+class StepDraw(NamedTuple):
+    """One RandAugment step's draws: ``op`` ``(N,)`` int64 in ``[0, 14)``, ``negate`` ``(N,)`` bool."""
 
-    # Brightness/Color/Contrast: blend(x, degenerate, 1 + m); for Brightness the degenerate is 0 and
-    # x * r + 0 * (1 - r) is bit-identical to torchvision's plain x * r.
-    ratio = _pick(
-        op,
-        ("Brightness", "Color", "Contrast"),
-        tuple(1.0 + sign * mags[name] for name in ("Brightness", "Color", "Contrast")),
-        1.0,
-    )
+    op: torch.Tensor
+    negate: torch.Tensor
+
+
+def draw_rand_augment(
+    n: int, num_ops: int, device: torch.device, generator: torch.Generator | None = None
+) -> list[StepDraw]:
+    """The random numbers of :func:`rand_augment`, in its order (op, then sign, per step)."""
+    draws = []
+    for _ in range(num_ops):
+        op = torch.randint(0, len(RAND_AUGMENT_OPS), (n,), generator=generator, device=device)
+        # torchvision negates when rand() <= 0.5; unsigned ops ignore the sign.
+        negate = torch.rand(n, generator=generator, device=device) <= 0.5
+        draws.append(StepDraw(op, negate))
+    return draws
+
+
+def _apply_step(x: torch.Tensor, step: StepDraw, tables: StepTables, subsets: bool) -> torch.Tensor:
+    """Apply each sample's op ``step.op[i]`` with its sign to uint8 ``x (N, C, H, W)``.
+
+    Per-batch path: no ``.item()``, ``.tolist()`` or ``bool(tensor)`` unless ``subsets`` (eager CPU).
+    """
+    c = x.shape[1]
+    op = step.op
+    key = 2 * op + step.negate.to(op.dtype)
+    ratio, sharpness, bits, threshold = tables.params[key].unbind(1)  # (N,) each
     if c == 1:  # torchvision leaves 1-channel images unchanged under Color
         ratio = torch.where(op == _OP["Color"], 1.0, ratio)
+    select = _Selector(op, subsets)
+    if subsets:  # Identity samples keep x; the gather runs on the geometric ones only
+        out = select.apply(x.clone(), _GEOMETRIC_MOVES, lambda sel: gather_pixels(x[sel], tables.source[key[sel]]))
+    else:
+        out = gather_pixels(x, tables.source[key])  # ops 0..5; the identity map for the others
 
     def blend(sel) -> torch.Tensor:
         xs, ops = x[sel], op[sel]
@@ -167,13 +255,7 @@ def _apply_step(x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor, mags: dic
         return color.blend(xs, degenerate, ratio[sel])
 
     out = select.apply(out, ("Brightness", "Color", "Contrast"), blend)
-
-    sharp_factor = 1.0 + sign * mags["Sharpness"]
-    out = select.apply(out, ("Sharpness",), lambda sel: color.adjust_sharpness(x[sel], sharp_factor[sel]))
-
-    # Posterize with 8 bits and Solarize above 255 are identities, so one pass serves both.
-    bits = torch.where(op == _OP["Posterize"], int(mags["Posterize"]), 8)
-    threshold = torch.where(op == _OP["Solarize"], 255.0 * mags["Solarize"], 256.0)
+    out = select.apply(out, ("Sharpness",), lambda sel: color.adjust_sharpness(x[sel], sharpness[sel]))
     out = select.apply(
         out, ("Posterize", "Solarize"), lambda sel: color.solarize(color.posterize(x[sel], bits[sel]), threshold[sel])
     )
@@ -182,11 +264,32 @@ def _apply_step(x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor, mags: dic
     return out
 
 
+def _check_batch(x: torch.Tensor, num_ops: int) -> None:
+    if x.dim() != 4 or x.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 (N, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
+    if not isinstance(num_ops, int) or num_ops < 0:
+        raise ValueError(f"num_ops must be a non-negative integer, got {num_ops}")
+
+
+def apply_rand_augment(
+    x: torch.Tensor, draws: list[StepDraw], tables: StepTables, subsets: bool | None = None
+) -> torch.Tensor:
+    """Apply drawn RandAugment steps (from :func:`draw_rand_augment`) with :func:`step_tables`' tables.
+
+    Deterministic given its inputs; ``subsets=None`` picks the eager default for ``x.device``
+    (pass ``False`` inside compiled graphs: fixed shapes). uint8 ``(N, C, H, W)`` in and out.
+    """
+    subsets = _use_subsets(x.device) if subsets is None else subsets
+    for step in draws:
+        x = _apply_step(x, step, tables, subsets)
+    return x
+
+
 def rand_augment(
     x: torch.Tensor,
     num_ops: int = 2,
     magnitude: int = 10,
-    num_magnitude_bins: int = 31,
+    num_magnitude_bins: int = NUM_MAGNITUDE_BINS,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """RandAugment on a uint8 batch with an independent op, sign and result per sample.
@@ -200,18 +303,9 @@ def rand_augment(
     Returns:
         uint8 ``(N, C, H, W)``.
     """
-    if x.dim() != 4 or x.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 (N, C, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}")
-    if not isinstance(num_ops, int) or num_ops < 0:
-        raise ValueError(f"num_ops must be a non-negative integer, got {num_ops}")
+    _check_batch(x, num_ops)
     n, _, h, w = x.shape
-    mags = _magnitudes(magnitude, num_magnitude_bins, h, w)
+    tables = step_tables(magnitude, num_magnitude_bins, h, w, x.device)
     if n == 0:
         return x.clone()
-    for _ in range(num_ops):
-        op = torch.randint(0, len(RAND_AUGMENT_OPS), (n,), generator=generator, device=x.device)
-        # torchvision negates when rand() <= 0.5; unsigned ops ignore the sign.
-        negate = torch.rand(n, generator=generator, device=x.device) <= 0.5
-        sign = torch.where(negate, -1.0, 1.0).to(torch.float64)
-        x = _apply_step(x, op, sign, mags)
-    return x
+    return apply_rand_augment(x, draw_rand_augment(n, num_ops, x.device, generator), tables)

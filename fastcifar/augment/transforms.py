@@ -2,19 +2,35 @@
 
 Train: RandomHorizontalFlip -> RandomCrop(32, padding=4, reflect) -> RandAugment(2, 10) ->
 ToTensor + Normalize(ImageNet mean/std), each sample with its own random draws. Test: normalise only.
+
+The train transform has two routes over the same draws: eager (the reference) and one
+compiled graph (``torch.compile``, the default on CUDA, where ~500 small eager kernels per batch would be
+launch-bound). The generator is only used outside the graph, so both routes draw the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fastcifar.augment.geometric import random_crop_reflect, random_hflip
-from fastcifar.augment.randaugment import rand_augment
+from fastcifar.augment.color import fma_f32
+from fastcifar.augment.geometric import crop_applies, crop_reflect, draw_crop_offsets, draw_flips, hflip_where
+from fastcifar.augment.randaugment import (
+    NUM_MAGNITUDE_BINS,
+    StepDraw,
+    StepTables,
+    _check_batch,
+    _use_subsets,
+    apply_rand_augment,
+    draw_rand_augment,
+    step_tables,
+)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "TrainTransform", "TestTransform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "TrainDraws", "TrainTransform", "TestTransform"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -39,8 +55,9 @@ def _apply_affine(
     if scale.numel() != x.shape[1]:
         raise ValueError(f"mean/std have {scale.numel()} channels, images have {x.shape[1]}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    # One fused multiply-add in float32 (exact enough for bf16/fp16 outputs), then one cast.
-    out = torch.addcmul(shift.view(1, -1, 1, 1), x.to(torch.float32), scale.view(1, -1, 1, 1))
+    # One fused multiply-add into float32 (exact enough for bf16/fp16 outputs), then one cast; fma_f32
+    # rounds once on both routes (x is an integer, so its float64 emulation is exact).
+    out = fma_f32(x, scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1))
     return out.to(dtype=dtype, memory_format=fmt)
 
 
@@ -85,11 +102,15 @@ class _NormalizingTransform(nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def _coefficients(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = self.scale, self.shift
-        if scale.device != x.device:  # module not moved: copy without synchronising
-            scale = scale.to(x.device, non_blocking=True)
-            shift = shift.to(x.device, non_blocking=True)
+        if scale.device != device:  # module not moved: copy without synchronising
+            scale = scale.to(device, non_blocking=True)
+            shift = shift.to(device, non_blocking=True)
+        return scale, shift
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._coefficients(x.device)
         return _apply_affine(x, scale, shift, self.dtype, self.channels_last)
 
 
@@ -115,6 +136,59 @@ class TestTransform(_NormalizingTransform):
         return self._normalize(x)
 
 
+class TrainDraws(NamedTuple):
+    """Every random number of one :class:`TrainTransform` call, drawn before any image work.
+
+    ``flip``: ``(N,)`` bool; ``offsets``: ``(N, 2)`` int64 crop offsets, or ``None`` when the crop
+    is off; ``steps``: one :class:`~fastcifar.augment.randaugment.StepDraw` per RandAugment op.
+    """
+
+    flip: torch.Tensor
+    offsets: torch.Tensor | None
+    steps: list[StepDraw]
+
+
+def _augment_uint8(
+    x: torch.Tensor,
+    draws: TrainDraws,
+    tables: StepTables | None,
+    padding: int,
+    subsets: bool,
+) -> torch.Tensor:
+    """Flip, crop and RandAugment ``x`` with ``draws``: uint8 ``(N, C, H, W)`` in and out.
+
+    Deterministic. Per-batch path: no ``.item()``, ``.tolist()`` or ``bool(tensor)`` unless
+    ``subsets`` (eager CPU only), so it neither synchronises on CUDA nor breaks a compiled graph.
+    """
+    x = hflip_where(x, draws.flip)
+    if draws.offsets is not None:
+        x = crop_reflect(x, draws.offsets, padding)
+    if draws.steps:
+        x = apply_rand_augment(x, draws.steps, tables, subsets)
+    return x
+
+
+def _train_pipeline(
+    x: torch.Tensor,
+    draws: TrainDraws,
+    tables: StepTables | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    padding: int,
+    dtype: torch.dtype,
+    channels_last: bool,
+    subsets: bool,
+) -> torch.Tensor:
+    """The body of :meth:`TrainTransform.forward`, the same code on both routes: augment, normalise."""
+    return _apply_affine(_augment_uint8(x, draws, tables, padding, subsets), scale, shift, dtype, channels_last)
+
+
+@functools.cache
+def _compiled_pipeline(backend: str) -> Callable[..., torch.Tensor]:
+    """:func:`_train_pipeline` under ``torch.compile``: static shapes, one graph (``fullgraph``)."""
+    return torch.compile(_train_pipeline, backend=backend, dynamic=False, fullgraph=True)
+
+
 class TrainTransform(_NormalizingTransform):
     """The study's training transform on uint8 batches, every sample drawn independently.
 
@@ -123,6 +197,12 @@ class TrainTransform(_NormalizingTransform):
 
     ``forward(x, generator=None)``: uint8 ``(N, C, H, W)`` -> ``dtype`` ``(N, C, H, W)``; pass a
     generator on ``x.device`` for reproducible draws.
+
+    ``compiled``: ``None`` runs the compiled graph on CUDA inputs and eagerly elsewhere;
+    ``True``/``False`` force one route on any device. Both routes take the same draws from the
+    generator and give the same bytes on the CPU (see docs/augment.md for CUDA). The compiled graph
+    has static shapes: each new batch shape, dtype or layout compiles once more.
+    ``compile_backend``: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` in tests).
     """
 
     def __init__(
@@ -135,26 +215,58 @@ class TrainTransform(_NormalizingTransform):
         num_ops: int = 2,
         magnitude: int = 10,
         padding: int = 4,
+        compiled: bool | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__(mean, std, dtype, channels_last)
         self.randaugment = randaugment
         self.num_ops = num_ops
         self.magnitude = magnitude
         self.padding = padding
+        self.compiled = compiled
+        self.compile_backend = compile_backend
+
+    @property
+    def _num_steps(self) -> int:
+        return self.num_ops if self.randaugment else 0
+
+    def uses_compiled(self, device: torch.device) -> bool:
+        """Whether :meth:`forward` takes the compiled route for inputs on ``device``."""
+        return device.type == "cuda" if self.compiled is None else self.compiled
+
+    def draw(self, x: torch.Tensor, generator: torch.Generator | None = None) -> TrainDraws:
+        """All random draws for batch ``x``, in the order the eager functions make them
+        (flip, crop offsets, then op and sign per RandAugment step)."""
+        _check_batch(x, self._num_steps)
+        n = x.shape[0]
+        flip = draw_flips(n, 0.5, x.device, generator)
+        crop = crop_applies(x.shape, self.padding)
+        offsets = draw_crop_offsets(n, self.padding, x.device, generator) if crop else None
+        steps = draw_rand_augment(n, self._num_steps, x.device, generator) if n else []
+        return TrainDraws(flip, offsets, steps)
+
+    def _tables(self, x: torch.Tensor) -> StepTables | None:
+        """RandAugment's lookup tables for ``x``'s size and device (cached: no host reads per batch)."""
+        if not self._num_steps:
+            return None
+        return step_tables(self.magnitude, NUM_MAGNITUDE_BINS, x.shape[-2], x.shape[-1], x.device)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The uint8 part of the pipeline: ``(N, C, H, W)`` uint8 in and out."""
-        x = random_hflip(x, generator=generator)
-        x = random_crop_reflect(x, padding=self.padding, generator=generator)
-        if self.randaugment and self.num_ops > 0:
-            x = rand_augment(x, num_ops=self.num_ops, magnitude=self.magnitude, generator=generator)
-        return x
+        """The uint8 part of the pipeline, eagerly: ``(N, C, H, W)`` uint8 in and out."""
+        draws = self.draw(x, generator)
+        return _augment_uint8(x, draws, self._tables(x), self.padding, _use_subsets(x.device))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._normalize(self.augment(x, generator))
+        draws = self.draw(x, generator)  # eager on both routes: the generator never enters a graph
+        scale, shift = self._coefficients(x.device)
+        args = (x, draws, self._tables(x), scale, shift, self.padding, self.dtype, self.channels_last)
+        if self.uses_compiled(x.device) and x.shape[0] > 0:
+            return _compiled_pipeline(self.compile_backend)(*args, False)
+        return _train_pipeline(*args, _use_subsets(x.device))
 
     def extra_repr(self) -> str:
         return (
             f"randaugment={self.randaugment}, num_ops={self.num_ops}, magnitude={self.magnitude}, "
-            f"padding={self.padding}, dtype={self.dtype}, channels_last={self.channels_last}"
+            f"padding={self.padding}, dtype={self.dtype}, channels_last={self.channels_last}, "
+            f"compiled={self.compiled}"
         )
