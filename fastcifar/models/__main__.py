@@ -138,12 +138,7 @@ def _reject_unknown_flags(argv: list[str]) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """Command-line entry: check flag names, then run :func:`main` through fire."""
     args = sys.argv[1:] if argv is None else argv
-    try:
-        _reject_unknown_flags(args)
-    except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    run_cli(main, PROG)
+    run_cli(main, PROG, check=lambda: _reject_unknown_flags(args))
 
 
 PROG = "python -m fastcifar.models"

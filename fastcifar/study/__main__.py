@@ -1,0 +1,115 @@
+"""``python -m fastcifar.study list | run | report``: reproduce the study's tables with seeds.
+
+    python -m fastcifar.study list
+    python -m fastcifar.study run --experiment table2 --seeds 3 --out runs/study-table2 [--fast ...]
+    python -m fastcifar.study report runs/study-table2
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+from fastcifar.errors import UserError
+
+PROG = "python -m fastcifar.study"
+
+
+def list_experiments() -> None:
+    """Print the experiments, their rows and each row's model, overrides and recipe deviations."""
+    from fastcifar.study.rows import EXPERIMENTS, ROWS, study_result
+
+    for name, members in EXPERIMENTS.items():
+        print(f"{name}: {', '.join(members)}")
+    print()
+    width = max(len(r) for r in ROWS)
+    for row in ROWS.values():
+        study = study_result(row)
+        figures = "/".join("–" if v is None else f"{v:g}" for v in (study.top1, study.top5))
+        overrides = "".join(f" {k}={v}" for k, v in row.overrides.items())
+        deviations = f"; notebook recipe: {row.why}" if row.deviations else ""
+        print(f"{row.id:<{width}}  {row.model}{overrides}: {study.method or '-'} (study {study.params or '–'}, "
+              f"top-1/top-5 {figures}){deviations}")
+
+
+def run(
+    experiment: str = "all",
+    seeds: int = 3,
+    out: str | None = None,
+    rows: Any = None,
+    recipe: str = "study",
+    executor: str = "local",
+    ray_address: str | None = None,
+    devices: Any = None,
+    tiny: bool = False,
+    **train_flags: Any,
+) -> None:
+    """Train every (row, seed) of an experiment that is not finished yet, then write the report.
+
+    Args:
+        experiment: table1, table2, base or all (``list`` shows their rows).
+        seeds: runs per row, with seeds 0..seeds-1.
+        out: the study folder (default ``runs/study-<experiment>``); runs go to ``<out>/<row>/seed<k>/``.
+        rows: comma-separated row ids instead of the experiment's rows.
+        recipe: ``study`` (each row as its notebook trained it) or ``uniform`` (the common recipe).
+        executor: ``local`` (one run at a time per device) or ``ray`` (one task per run on a cluster).
+        ray_address: the Ray cluster to join (default: start a local one).
+        devices: GPU indices for the local executor, e.g. 0,1 (default: every visible GPU).
+        tiny: use each model's tiny configuration (smoke runs and tests).
+        train_flags: any ``fastcifar.train`` flag, applied to every row (--epochs, --fast, --dataset, ...).
+    """
+    from fastcifar.study.runner import run as run_study
+
+    report = run_study(experiment=experiment, seeds=seeds, out=out, rows=rows, recipe=recipe, executor=executor,
+                       ray_address=ray_address, devices=devices, tiny=tiny, **train_flags)
+    if any(r["status"] != "finished" for r in report["runs"]):
+        raise SystemExit(1)
+
+
+def report(folder: str) -> None:
+    """Rebuild ``<folder>/study.md``, ``study.json`` and the figures from the run folders."""
+    from pathlib import Path
+
+    from fastcifar.study.report import write_report
+
+    if not Path(folder).is_dir():
+        raise UserError(f"no study folder at {folder}.")
+    write_report(folder)
+    print(f"report: {Path(folder) / 'study.md'}")
+
+
+COMMANDS = {"list": list_experiments, "run": run, "report": report}
+
+
+def check_flags(argv: list[str]) -> None:
+    """Reject an unknown command or a mistyped flag of ``list`` / ``report`` before anything runs.
+
+    ``run``'s own flags and the training flags are checked by the runner (it knows the training's).
+    """
+    if not argv or argv[0] in ("-h", "--help"):
+        return
+    if argv[0] not in COMMANDS:
+        raise UserError(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}.")
+    if argv[0] == "run":
+        return
+    known = set(inspect.signature(COMMANDS[argv[0]]).parameters) | {"help"}
+    for token in argv[1:]:
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if name and name not in known:
+            valid = ", ".join(f"--{n}" for n in sorted(known - {"help"})) or "none"
+            raise UserError(f"unknown flag {token.split('=', 1)[0]} for {argv[0]}; valid flags: {valid}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry."""
+    from fastcifar.cli import run_cli
+
+    args = sys.argv[1:] if argv is None else argv
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    run_cli(COMMANDS, PROG, check=lambda: check_flags(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""``run``: plan the (row, seed) runs of a study, execute what is left, and write the report.
+
+The plan (experiments, rows, seeds, recipe, the training flags given for every row) is kept in
+``<out>/study-plan.json``. Re-running the same command continues: finished runs are skipped,
+interrupted ones resumed, failed ones tried again; a failed attempt is retried once within a
+call, and a failure never stops the other runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastcifar.atomic import write_json_atomic
+from fastcifar.errors import UserError
+from fastcifar.study import runs
+from fastcifar.study.rows import EXPERIMENTS, RECIPES, Row, select_rows, train_args
+from fastcifar.study.runs import RunSpec
+
+PLAN_NAME = "study-plan.json"
+EXECUTORS = ("local", "ray")
+# Training flags the study sets per run itself (or that would break a folder per run).
+RESERVED_TRAIN_FLAGS = ("arch", "seed", "out", "resume")
+ATTEMPTS_PER_CALL = 2  # a failed attempt is retried once
+
+
+class Interrupted(UserError):
+    """Ctrl-C during a study: one line, exit code 130 like any interrupted command."""
+
+    exit_code = 130
+
+
+def train_flag_names() -> list[str]:
+    """The ``fastcifar.train`` flags a study may apply to every row."""
+    from fastcifar.config import flag_help
+
+    return [name for name in flag_help() if name not in RESERVED_TRAIN_FLAGS]
+
+
+def normalise_train_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Check the training flags given to ``run`` (``--nofoo`` = ``--foo false``); UserError on a typo."""
+    known = set(train_flag_names())
+    result: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name in RESERVED_TRAIN_FLAGS:
+            raise UserError(f"--{name} is set by the study for each run; it cannot be given here.")
+        if name not in known and name.startswith("no") and name[2:] in known and value is True:
+            name, value = name[2:], False
+        if name not in known:
+            raise UserError(f"unknown flag --{name}; study flags: --experiment, --seeds, --out, --rows, --recipe, "
+                            f"--executor, --ray_address, --devices, --tiny; training flags: "
+                            + ", ".join(f"--{n}" for n in sorted(known)) + ".")
+        result[name] = value
+    if "model_kwargs" in result and isinstance(result["model_kwargs"], str):
+        try:
+            result["model_kwargs"] = json.loads(result["model_kwargs"])
+        except json.JSONDecodeError:
+            raise UserError(f"--model_kwargs must be a dict such as '{{\"growth_rate\": 12}}', "
+                            f"got {result['model_kwargs']!r}.") from None
+    if "model_kwargs" in result and not isinstance(result["model_kwargs"], dict):
+        raise UserError(f"--model_kwargs must be a dict of option names to values, got {result['model_kwargs']!r}.")
+    return result
+
+
+def load_plan(out: str | os.PathLike) -> dict[str, Any]:
+    """The folder's ``study-plan.json``; UserError when ``out`` is not a study folder."""
+    path = Path(out) / PLAN_NAME
+    if not path.is_file():
+        raise UserError(f"no {PLAN_NAME} in {out}: not a folder written by python -m fastcifar.study run.")
+    return json.loads(path.read_text())
+
+
+def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine ``new`` with the folder's existing plan: rows and experiments accumulate, seeds grow.
+
+    The recipe, ``--tiny`` and the training flags must match: runs trained differently must not
+    end up in one table.
+    """
+    path = out / PLAN_NAME
+    if not path.is_file():
+        return new
+    old = json.loads(path.read_text())
+    for key in ("recipe", "tiny", "flags"):
+        if old.get(key) != new[key]:
+            raise UserError(
+                f"{out} holds a study run with {key} {old.get(key)!r}, not {new[key]!r}; "
+                "use another --out for a different configuration."
+            )
+    return {
+        **new,
+        "experiments": list(dict.fromkeys([*old["experiments"], *new["experiments"]])),
+        "rows": list(dict.fromkeys([*old["rows"], *new["rows"]])),
+        "seeds": max(old["seeds"], new["seeds"]),
+    }
+
+
+def plan_specs(out: Path, rows: list[Row], seeds: int, recipe: str, flags: dict[str, Any], tiny: bool
+               ) -> list[RunSpec]:
+    """Every (row, seed) run with the arguments of its fresh start; seeds are 0..seeds-1."""
+    specs = []
+    for row in rows:
+        for seed in range(seeds):
+            folder = runs.run_folder(out, row.id, seed).resolve()
+            args = train_args(row, seed=seed, out=str(folder), recipe=recipe, flags=flags, tiny=tiny)
+            specs.append(RunSpec(row.id, seed, str(folder), tuple(args)))
+    return specs
+
+
+class Progress:
+    """One line per run start and finish, above an overall progress bar (thread-safe)."""
+
+    def __init__(self, total: int, print_fn: Callable[[str], None] | None = None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
+        self._lock = threading.Lock()
+        self._print = print_fn or self._bar.write
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self._print(text)
+
+    def started(self, spec: RunSpec, device: str) -> None:
+        self.line(f"start  {spec.name} on {device}")
+
+    def finished(self, spec: RunSpec, result: dict[str, Any], retry: bool) -> None:
+        where, seconds = result.get("device"), result.get("seconds", 0.0)
+        if result["status"] == "finished":
+            top1 = result.get("top1")
+            score = f"top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "top-1 ?"
+            self.line(f"done   {spec.name} on {where}: {score}, {seconds:.1f} s")
+        elif result["status"] == "interrupted":
+            self.line(f"stopped {spec.name} on {where} after {seconds:.1f} s (checkpoint saved)")
+        else:
+            then = "retrying once" if retry else "recorded as failed"
+            self.line(f"failed {spec.name} on {where} (exit {result.get('returncode')}, {seconds:.1f} s; {then}): "
+                      f"{result.get('error', '')}")
+        if not retry:
+            with self._lock:
+                self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Scheduler:
+    """Runs every spec through an executor; a failed attempt is submitted once more.
+
+    Retrying is skipped where it cannot help (a user error). Interruption (Ctrl-C) asks every
+    training to save and stop, then re-raises KeyboardInterrupt.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.attempts: dict[str, int] = {}
+        self.outcome: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def on_finish(self, spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
+        """Record the attempt, decide on a retry, print the line (where the attempt ended)."""
+        runs.add_attempt(spec, result)
+        with self._lock:
+            retry = (result["status"] == "failed" and result.get("retriable", True)
+                     and self.attempts[spec.name] < ATTEMPTS_PER_CALL)
+            if not retry:
+                self.outcome[spec.name] = result["status"]
+        self.progress.finished(spec, result, retry)
+        return {**result, "retry": retry}
+
+    def execute(self, specs: list[RunSpec], executor: Any) -> dict[str, str]:
+        """Run ``specs``; return each run's final state by name."""
+        in_flight: dict[Any, RunSpec] = {}
+
+        def submit(spec: RunSpec) -> None:
+            with self._lock:
+                self.attempts[spec.name] = self.attempts.get(spec.name, 0) + 1
+            in_flight[executor.submit(spec)] = spec
+
+        try:
+            for spec in specs:
+                submit(spec)
+            while in_flight:
+                handle, result = executor.wait_any(in_flight)
+                spec = in_flight.pop(handle)
+                if result["retry"]:
+                    submit(spec)
+        except KeyboardInterrupt:
+            executor.interrupt(list(in_flight))
+            raise
+        return dict(self.outcome)
+
+
+def build_executor(kind: str, out: Path, device: str | None, devices: Any, ray_address: str | None,
+                   scheduler: Scheduler) -> Any:
+    """The executor named by ``--executor`` (``local`` or ``ray``)."""
+    from fastcifar.study import executors
+
+    callbacks = (scheduler.progress.started, scheduler.on_finish)
+    if kind == "local":
+        if ray_address is not None:
+            raise UserError("--ray_address needs --executor ray.")
+        return executors.LocalExecutor(executors.device_slots(device, devices), *callbacks)
+    if devices is not None:
+        raise UserError("--devices is for the local executor; Ray assigns one GPU per run itself.")
+    return executors.RayExecutor(str(out), ray_address, device, *callbacks)
+
+
+def run(
+    experiment: str = "all",
+    seeds: int = 3,
+    out: str | None = None,
+    rows: str | tuple | list | None = None,
+    recipe: str = "study",
+    executor: str = "local",
+    ray_address: str | None = None,
+    devices: Any = None,
+    tiny: bool = False,
+    print_fn: Callable[[str], None] | None = None,
+    **train_flags: Any,
+) -> dict[str, Any]:
+    """Train every (row, seed) of ``experiment`` that is not finished yet, then write the report.
+
+    Returns the report (the content of ``<out>/study.json``). See ``python -m fastcifar.study run
+    --help`` for the arguments; ``train_flags`` are ``fastcifar.train`` flags applied to every row.
+    """
+    from fastcifar.study.report import write_report
+
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be a positive integer, got {seeds!r}.")
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}.")
+    if recipe not in RECIPES:
+        raise UserError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
+    if not isinstance(tiny, bool):
+        raise UserError(f"--tiny takes true or false, got {tiny!r}.")
+    selected = select_rows(experiment, rows)
+    flags = normalise_train_flags(train_flags)
+    out_dir = Path(out or f"runs/study-{experiment}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from fastcifar.study.executors import check_writable
+
+    problem = check_writable(str(out_dir))
+    if problem is not None:
+        raise UserError(problem)
+    plan = merge_plan(out_dir, {
+        "experiments": [experiment], "rows": [r.id for r in selected], "seeds": seeds, "recipe": recipe,
+        "tiny": tiny, "flags": flags,
+    })
+    specs = plan_specs(out_dir, selected, seeds, recipe, flags, tiny)
+    for spec in specs:
+        runs.claim(spec)
+    write_json_atomic(out_dir / PLAN_NAME, plan)
+
+    states = {spec.name: runs.state(spec.folder) for spec in specs}
+    todo = [spec for spec in specs if states[spec.name] != "finished"]
+    say = print_fn or print
+    counts = {s: sum(1 for v in states.values() if v == s) for s in ("finished", "interrupted", "failed", "pending")}
+    say(f"study {experiment}: {len(selected)} rows x {seeds} seeds = {len(specs)} runs in {out_dir} "
+        f"({counts['finished']} finished, {counts['interrupted']} to resume, {counts['failed']} failed before, "
+        f"{counts['pending']} to start); recipe {recipe}")
+    start = time.monotonic()
+    if todo:
+        progress = Progress(len(todo), print_fn)
+        scheduler = Scheduler(progress)
+        pool = build_executor(executor, out_dir, flags.get("device"), devices, ray_address, scheduler)
+        progress.line(pool.describe())
+        try:
+            scheduler.execute(todo, pool)
+        except KeyboardInterrupt:
+            progress.close()
+            pool.close()
+            raise Interrupted("interrupted; the trainings saved their checkpoints: re-run the same command to "
+                              "continue.") from None
+        progress.close()
+        pool.close()
+    report = write_report(out_dir)
+    failed = [r for r in report["runs"] if r["status"] != "finished"]
+    say(f"study {experiment}: {len(specs) - len(failed)}/{len(specs)} runs finished "
+        f"({time.monotonic() - start:.0f} s this call); report: {out_dir / 'study.md'}")
+    if failed:
+        say("not finished: " + ", ".join(f"{r['row']} seed{r['seed']} ({r['status']})" for r in failed))
+    return report
+
+
+__all__ = ["EXPERIMENTS", "load_plan", "run"]
