@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "setup: installing fastcifar and its dependencies (first time: a few minutes)"
 log="$venv/setup-pip.log"
-if ! "$venv/bin/python" -m pip install -e ".[dev,analysis]" >"$log" 2>&1; then
+if ! "$venv/bin/python" -m pip install -e ".[dev,analysis,cluster]" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1
