@@ -174,8 +174,9 @@ def _release_writer(writer, error: BaseException) -> None:
     """Free what FFCV's ``DatasetWriter`` leaks when a write stops half-way.
 
     Its work queue still holds chunks nobody will read; at exit multiprocessing would wait for the
-    queue's feeder thread to push them into a pipe without a reader, i.e. for ever. The queues are
-    locals of ``DatasetWriter._write_common``, reached through the traceback of ``error``.
+    queue's feeder thread to push them into a pipe without a reader, i.e. for ever. The queues (and
+    the progress bar) are locals of ``DatasetWriter._write_common``, reached through the traceback
+    of ``error``; its shared-memory block is an attribute.
     """
     tb = error.__traceback__
     while tb is not None:
@@ -186,6 +187,9 @@ def _release_writer(writer, error: BaseException) -> None:
                 if queue is not None:
                     queue.cancel_join_thread()
                     queue.close()
+            progress = frame.f_locals.get("progress")
+            if progress is not None:  # end FFCV's bar now, so the error line that follows is a line of its own
+                progress.close()
         tb = tb.tb_next
     shared = getattr(writer, "metadata_sm", None)
     if shared is not None and not isinstance(shared, int):  # FFCV sets it to 3 before creating it
