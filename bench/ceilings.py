@@ -1,18 +1,21 @@
 """The two ceilings every figure is read against: device-to-device copy bandwidth and bf16 matmul rate.
 
-Both are measured, not taken from a datasheet (see DESIGN.md, "How performance is measured").
+Both are measured, not taken from a datasheet.
 Copy bandwidth counts bytes read plus bytes written. On a CPU the same code runs on small sizes so
 the suite stays testable; those CPU figures are labelled as such and are not GPU claims.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from bench.common import cpu_name, package_version
 
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -55,34 +58,34 @@ def matmul_rate(device: torch.device, n: int | None = None, repeats: int = 10) -
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = _median_seconds(lambda: a @ b, device, warmup=3, repeats=repeats)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": seconds,
-            "tflop_per_s": 2 * n**3 / seconds / 1e12}
+    return {
+        "n": n,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seconds": seconds,
+        "tflop_per_s": 2 * n**3 / seconds / 1e12,
+    }
 
 
 def environment(device: torch.device) -> dict:
     """Versions and the device's name/driver, for every results file."""
-    import importlib.metadata as md
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": version("triton"),
-        "ffcv": version("ffcv"),
+        "triton": package_version("triton"),
+        "ffcv": package_version("ffcv"),
         "device_type": device.type,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, sm_count=props.multi_processor_count,
-                   memory_gib=round(props.total_memory / 2**30, 1),
-                   cuda=torch.version.cuda, driver=_nvidia_driver())
+        env.update(
+            gpu=props.name,
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            driver=_nvidia_driver(),
+        )
     return env
 
 
@@ -90,8 +93,12 @@ def _nvidia_driver() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,24 +1,27 @@
-"""What every benchmark shares: device sync, atomic result files, the machine and package record."""
+"""What every benchmark shares: device sync, atomic result files, the machine and package record, deadlines."""
 
 from __future__ import annotations
 
+import math
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from fastcifar.atomic import write_text_atomic
+from fastcifar.engine import synchronize as sync  # the one "wait for queued device work" helper
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-__all__ = ["RESULTS_DIR", "cpu_name", "package_versions", "sync", "write_text_atomic"]
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work so host clocks measure it (no-op elsewhere)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+__all__ = [
+    "RESULTS_DIR",
+    "Deadline",
+    "cpu_name",
+    "package_version",
+    "package_versions",
+    "sync",
+    "write_text_atomic",
+]
 
 
 def cpu_name() -> str:
@@ -32,12 +35,37 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def package_version(package: str) -> str | None:
+    """The installed distribution version of ``package`` (PyPI name), or None when not installed."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
     """Python and the installed version of each package ("absent" when not installed)."""
     versions = {"python": platform.python_version()}
     for package in packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
+        versions[package] = package_version(package) or "absent"
     return versions
+
+
+class Deadline:
+    """A point in ``time.monotonic()`` time that long work checks between its parts.
+
+    ``Deadline(None)`` never expires. Benchmarks take ``time_left`` (this object's bound method or
+    any zero-argument callable returning seconds) and stop starting new parts when it runs low.
+    """
+
+    def __init__(self, seconds: float | None, start: float | None = None) -> None:
+        self.start = time.monotonic() if start is None else start
+        self.at = math.inf if seconds is None else self.start + seconds
+
+    def time_left(self) -> float:
+        """Seconds until the deadline (negative once passed; ``inf`` without one)."""
+        return self.at - time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since the deadline was set."""
+        return time.monotonic() - self.start

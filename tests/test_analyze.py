@@ -1,8 +1,9 @@
-"""Trace analysis on small hand-made traces (no profiling run): figures checked by hand."""
+"""Trace analysis on small hand-made traces and one real CPU profile: figures checked by hand, bad input."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,20 @@ def x(name: str, ts: float, dur: float, cat: str = "cpu_op", tid: int = TID, **a
 
 def mem(ts: float, allocated: int, device_type: int) -> dict:
     return {
-        "ph": "i", "cat": "cpu_instant_event", "s": "t", "name": "[memory]", "pid": PID, "tid": TID, "ts": ts,
-        "args": {"Total Allocated": allocated, "Total Reserved": 0, "Bytes": 1, "Device Type": device_type, "Device Id": 0},
+        "ph": "i",
+        "cat": "cpu_instant_event",
+        "s": "t",
+        "name": "[memory]",
+        "pid": PID,
+        "tid": TID,
+        "ts": ts,
+        "args": {
+            "Total Allocated": allocated,
+            "Total Reserved": 0,
+            "Bytes": 1,
+            "Device Type": device_type,
+            "Device Id": 0,
+        },
     }
 
 
@@ -62,7 +75,11 @@ def write_trace(folder: Path, events: list[dict], name: str = "w.1.pt.trace.json
 
 
 def write_run(folder: Path, wall_ms: list[float]) -> None:
-    (folder / "run.json").write_text(json.dumps({"wall_step_ms": wall_ms, "wall_median_step_ms": sorted(wall_ms)[len(wall_ms) // 2], "impl": "torch"}))
+    (folder / "run.json").write_text(
+        json.dumps(
+            {"wall_step_ms": wall_ms, "wall_median_step_ms": sorted(wall_ms)[len(wall_ms) // 2], "impl": "torch"}
+        )
+    )
 
 
 def test_categorise_names() -> None:
@@ -143,8 +160,18 @@ def gpu_events() -> list[dict]:
     for corr, (name, launch_ts, ts, dur, cat) in enumerate(kernels, start=1):
         api = "cudaMemcpyAsync" if cat == "gpu_memcpy" else "cudaLaunchKernel"
         ev.append(x(api, launch_ts, 5, cat="cuda_runtime", correlation=corr))
-        ev.append({"ph": "X", "cat": cat, "name": name, "pid": 0, "tid": 7, "ts": ts, "dur": dur,
-                   "args": {"correlation": corr, "stream": 7, "device": 0, "External id": corr}})
+        ev.append(
+            {
+                "ph": "X",
+                "cat": cat,
+                "name": name,
+                "pid": 0,
+                "tid": 7,
+                "ts": ts,
+                "dur": dur,
+                "args": {"correlation": corr, "stream": 7, "device": 0, "External id": corr},
+            }
+        )
     ev += [mem(10, 1 << 20, 1), mem(20, 3 << 20, 1), mem(30, 5 << 30, 0)]
     return ev
 
@@ -212,8 +239,14 @@ def test_hta_on_gpu_trace(tmp_path: Path) -> None:
     [
         (lambda root: None, "does not exist"),
         (lambda root: root.mkdir(), "no profiler traces"),
-        (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "notes.txt").write_text("hi"), "no profiler traces"),
-        (lambda root: write_trace(root / "eager", []).write_text('{"traceEvents": [{"ph": "X",'), "truncated or not valid JSON"),
+        (
+            lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "notes.txt").write_text("hi"),
+            "no profiler traces",
+        ),
+        (
+            lambda root: write_trace(root / "eager", []).write_text('{"traceEvents": [{"ph": "X",'),
+            "truncated or not valid JSON",
+        ),
         (lambda root: write_trace(root / "eager", []).write_text('{"hello": 1}'), "not a PyTorch profiler trace"),
         (lambda root: write_trace(root / "eager", [x("aten::add", 0, 1)]), "no ProfilerStep"),
     ],
@@ -232,3 +265,146 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fastcifar.analyze: error:") and "Traceback" not in proc.stderr
+
+
+# --- bad input, unwritable output, impossible figures ---------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastcifar.analyze", *args], capture_output=True, text=True)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastcifar.analyze: error:"), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def profile_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "prof"
+    write_trace(root / "eager", cpu_step(0.0) + cpu_step(2000.0))
+    write_run(root / "eager", [4.0, 5.0])
+    return root
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--top_m", "3"], "unrecognized arguments: --top_m"),
+        (["--top_n", "0"], "--top_n"),
+        (["--chart"], "unrecognized arguments: --chart"),
+        (["extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_cli_rejects_mistyped_flags_before_any_work(tmp_path: Path, flags: list[str], fragment: str) -> None:
+    root = profile_folder(tmp_path)
+    assert_one_line_error(run_cli(str(root), *flags), fragment)
+    assert not (root / "report.json").exists()  # nothing was analysed
+
+
+def test_cli_writes_the_report_elsewhere_with_out(tmp_path: Path) -> None:
+    root = profile_folder(tmp_path)
+    proc = run_cli(str(root), "--out", str(tmp_path / "report"), "--nocharts", "--top_n", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["variant_order"] == ["eager"]
+    assert sorted(p.name for p in root.iterdir()) == ["eager"]  # the profile folder is only read
+
+
+def test_cli_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    root = profile_folder(tmp_path)
+    (root / "report.json").mkdir()  # something in the way of the final name
+    assert_one_line_error(run_cli(str(root), "--nocharts"), "cannot write the report", "--out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert_one_line_error(run_cli(str(root), "--out", str(blocker / "sub")), "cannot write the report")
+    assert not any(p.name.endswith(".tmp") for p in root.iterdir())
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_cli_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    root = profile_folder(tmp_path)
+    for folder in (root / "eager", root):
+        folder.chmod(0o555)
+    try:
+        assert_one_line_error(run_cli(str(root)), "cannot write the report", "--out")
+        assert run_cli(str(root), "--out", str(tmp_path / "elsewhere")).returncode == 0
+    finally:
+        for folder in (root, root / "eager"):
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"\xff\xfe{not utf-8", "not UTF-8 JSON"),
+        (b'{"wall_median_step_ms": ', "not UTF-8 JSON"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b'{"wall_median_step_ms": "fast"}', "'wall_median_step_ms'"),
+        (b'{"wall_step_ms": [1.0, "x"]}', "'wall_step_ms'"),
+        (b'{"wall_median_step_ms": -3.0}', "'wall_median_step_ms'"),
+    ],
+    ids=["non-utf8", "truncated", "list", "string-time", "string-in-list", "negative"],
+)
+def test_damaged_run_json_is_one_line(tmp_path: Path, content: bytes, fragment: str) -> None:
+    root = profile_folder(tmp_path)
+    (root / "eager" / "run.json").write_bytes(content)
+    assert_one_line_error(run_cli(str(root), "--nocharts"), "run.json", fragment)
+    assert not (root / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        x("aten::mul", 100, -50),
+        x("ProfilerStep#9", 5000, -1000, cat="user_annotation"),
+        {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": PID, "tid": TID, "ts": 10, "dur": "NaN"},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": PID, "tid": TID, "ts": 10, "dur": 1, "args": [1]},
+    ],
+    ids=["negative-op", "negative-step", "nan", "args-list"],
+)
+def test_damaged_trace_events_are_one_line(tmp_path: Path, event: dict) -> None:
+    root = tmp_path / "prof"
+    write_trace(root / "eager", cpu_step(0.0) + [event])
+    proc = run_cli(str(root), "--nocharts")
+    assert_one_line_error(proc, "profile again")
+    assert not (root / "report.json").exists()
+
+
+def test_cpu_busy_is_a_union_over_threads(tmp_path: Path) -> None:
+    """Operators on two threads that overlap in time count once: busy never exceeds the step."""
+    events = [
+        x("ProfilerStep#1", 0, 1000, cat="user_annotation"),
+        x("aten::convolution", 0, 800),  # main thread
+        x("autograd::engine::evaluate_function: MulBackward0", 100, 800, tid=BWD_TID),
+        x("aten::mul", 150, 700, tid=BWD_TID),
+    ]
+    m = variant_metrics(load_trace(write_trace(tmp_path / "v", events)))
+    assert m["temporal"]["busy_ms_by_step"] == [pytest.approx(0.9)]  # [0, 900) on either thread
+    assert m["temporal"]["idle_ms_per_step"] == pytest.approx(0.1)
+    assert m["host"]["overhead_ms_per_step"] == pytest.approx(0.1)
+    assert m["kernel_total_ms"] == pytest.approx(0.8 + 0.1 + 0.7)  # self times, summed over threads
+
+
+@pytest.mark.slow
+def test_busy_never_exceeds_the_step_on_a_real_cpu_profile(tmp_path: Path) -> None:
+    from fastcifar.models import tiny_overrides
+    from fastcifar.profile import profile_variants
+
+    profile_variants(
+        "sk_densenet",
+        "eager_fp32",
+        steps=2,
+        batch_size=8,
+        out=tmp_path,
+        model_kwargs=tiny_overrides("sk_densenet"),
+        device="cpu",
+    )
+    report = analyze(tmp_path, charts=False)
+    m = report["variants"]["eager_fp32"]
+    t = m["temporal"]
+    assert len(t["busy_ms_by_step"]) == m["steps"] == 2
+    for busy, window, step in zip(t["busy_ms_by_step"], t["window_ms_by_step"], m["step_ms"]):
+        assert 0 < busy <= window + 1e-9 and window == pytest.approx(step)
+    assert 0 < t["busy_pct"] <= 100

@@ -75,7 +75,13 @@ def categorise(name: str) -> str:
             return ELEMENTWISE
         # cpp_fused_* (Inductor CPU) names only the fused ops: reduce if any of them reduces.
         return REDUCTION if _FUSED_REDUCTION.search(name) else ELEMENTWISE
-    for category, pattern in ((COPY, _COPY), (NORM, _NORM), (CONV_GEMM, _CONV), (REDUCTION, _REDUCTION), (ELEMENTWISE, _ELEMENTWISE)):
+    for category, pattern in (
+        (COPY, _COPY),
+        (NORM, _NORM),
+        (CONV_GEMM, _CONV),
+        (REDUCTION, _REDUCTION),
+        (ELEMENTWISE, _ELEMENTWISE),
+    ):
         if pattern.search(name):
             return category
     return OTHER

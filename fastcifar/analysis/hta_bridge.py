@@ -58,7 +58,10 @@ def hta_figures(trace_path: Path, device_kind: str) -> dict:
                 trace_files={0: str(trace_path)}, trace_dir=str(trace_path.parent), include_last_profiler_step=True
             )
     except Exception as err:  # noqa: BLE001 - HTA failing on a trace must not stop the report
-        return {"used": False, "reason": f"HolisticTraceAnalysis could not load the trace: {err.__class__.__name__}: {err}"}
+        return {
+            "used": False,
+            "reason": f"HolisticTraceAnalysis could not load the trace: {err.__class__.__name__}: {err}",
+        }
 
     def attempt(key: str, fn: Any) -> None:
         try:

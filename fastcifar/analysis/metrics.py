@@ -6,9 +6,11 @@ Two modes, chosen by the trace:
   a kernel belongs to the step (and to a ``data`` / ``sk_select`` / ... range) in which the host
   *launched* it, found through the runtime event with the same correlation id.
 - CPU traces: the "device work" is the CPU operators, each counted by its *self* time (its
-  duration minus that of the events nested in it), so nothing is counted twice and the work of a
-  step sums to the time the CPU spent inside operators. Python and framework time outside any
-  operator is the step's idle (host overhead) time.
+  duration minus that of the events nested in it), so nothing is counted twice within a thread.
+  Operator time by category and top operators sum these self times over every thread (autograd's
+  and the main one may overlap); busy time is the union of operator intervals over all threads,
+  so it never exceeds the step. Python and framework time outside any operator on any thread is
+  the step's idle (host overhead) time.
 
 All times in the returned dicts are milliseconds unless a key says otherwise.
 """
@@ -181,7 +183,9 @@ def collect_work(trace: Trace) -> list[Work]:
     return work
 
 
-def _region_intervals(trace: Trace, pattern: re.Pattern, backward_pattern: re.Pattern) -> tuple[Intervals, Intervals, int]:
+def _region_intervals(
+    trace: Trace, pattern: re.Pattern, backward_pattern: re.Pattern
+) -> tuple[Intervals, Intervals, int]:
     """Forward and backward host intervals of a region, and the number of forward calls.
 
     Forward: host events whose name matches ``pattern``. Backward: the region's own backward op
@@ -193,11 +197,14 @@ def _region_intervals(trace: Trace, pattern: re.Pattern, backward_pattern: re.Pa
     seqs = {
         e.args["Sequence number"]
         for e in trace.host
-        if e.cat == "cpu_op" and "Sequence number" in e.args and fwd.contains(e.tid, e.ts)
+        if e.cat == "cpu_op"
+        and "Sequence number" in e.args
+        and fwd.contains(e.tid, e.ts)
         and not e.name.startswith("autograd::")
     }
     backward = [
-        e for e in trace.host
+        e
+        for e in trace.host
         if (e.name.startswith("autograd::engine::evaluate_function") and e.args.get("Sequence number") in seqs)
         or backward_pattern.match(e.name)
     ]
@@ -223,7 +230,9 @@ def region_time(trace: Trace, work: list[Work], region: str, n_steps: int) -> di
     sources = [s for s, ok in (("host ranges/ops", calls > 0 or bwd_us > 0), ("kernel names", by_name > 0)) if ok]
     return {
         "found": found,
-        "source": " + ".join(sources) if found else "not separable (no range, op or kernel of this name; fused by Inductor?)",
+        "source": " + ".join(sources)
+        if found
+        else "not separable (no range, op or kernel of this name; fused by Inductor?)",
         "calls_per_step": calls / n_steps if n_steps else 0.0,
         "forward_ms_per_step": fwd_us / 1e3 / n_steps if found else None,
         "backward_ms_per_step": bwd_us / 1e3 / n_steps if found else None,
@@ -276,20 +285,18 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
     work = collect_work(trace)
     step_ms = [s.dur / 1e3 for s in steps]
 
-    # Temporal breakdown: busy = union of device work in each step's window.
+    # Temporal breakdown: busy = the union of the work intervals of every stream (GPU) or thread
+    # (CPU) in each step's window, so it never exceeds the window. On a GPU the window runs on to
+    # the last kernel the step launched; on a CPU work cannot outlive the step's range.
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    for w in work:
+        spans[w.step].append((w.ts, w.end))
     busy_us = [0.0] * n
     window_us = [s.dur for s in steps]
-    if trace.device_kind == "cuda":
-        spans: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-        for w in work:
-            spans[w.step].append((w.ts, w.end))
-        for i, s in enumerate(steps):
-            end = max([s.end] + [e for _, e in spans[i]])
-            window_us[i] = end - s.ts
-            busy_us[i] = _union_length([(max(a, s.ts), min(b, end)) for a, b in spans[i]])
-    else:
-        for w in work:
-            busy_us[w.step] += w.dur
+    for i, s in enumerate(steps):
+        end = max([s.end] + [e for _, e in spans[i]]) if trace.device_kind == "cuda" else s.end
+        window_us[i] = end - s.ts
+        busy_us[i] = _union_length([(max(a, s.ts), min(b, end)) for a, b in spans[i] if min(b, end) > max(a, s.ts)])
     idle_us = [max(wi - b, 0.0) for wi, b in zip(window_us, busy_us)]
 
     by_category = {c: 0.0 for c in CATEGORIES}
@@ -314,9 +321,12 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
         r.dur for r in trace.runtime if LAUNCH_API.search(r.name) and _step_index(starts, steps, r.ts) >= 0
     )
     if trace.device_kind == "cuda":
-        host_ops = Intervals.of(e for e in trace.host if e.cat == "cpu_op" and _step_index(starts, steps, e.ts) >= 0)
-        host_ms_per_step = host_ops.total() / 1e3 / n
-        host_definition = "host time inside CPU operators per step (dispatch + launches); the device idles when this exceeds its busy time"
+        host_spans = [(e.ts, e.end) for e in trace.host if e.cat == "cpu_op" and _step_index(starts, steps, e.ts) >= 0]
+        host_ms_per_step = _union_length(host_spans) / 1e3 / n
+        host_definition = (
+            "host time inside CPU operators per step, on any thread (dispatch + launches); "
+            "the device idles when this exceeds its busy time"
+        )
     else:
         host_ms_per_step = sum(idle_us) / 1e3 / n
         host_definition = "step time outside any CPU operator (Python and framework overhead)"
@@ -332,9 +342,14 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
             "busy_ms": sum(busy_us) / 1e3,
             "idle_ms": sum(idle_us) / 1e3,
             "busy_ms_per_step": sum(busy_us) / 1e3 / n,
+            "busy_ms_by_step": [b / 1e3 for b in busy_us],
+            "window_ms_by_step": [w / 1e3 for w in window_us],
             "idle_ms_per_step": sum(idle_us) / 1e3 / n,
             "busy_pct": 100.0 * sum(busy_us) / sum(window_us) if sum(window_us) else None,
             "source": "fastcifar",
+            "definition": "busy = union over "
+            + ("streams of GPU kernels/memcpy/memset" if trace.device_kind == "cuda" else "threads of CPU operators")
+            + " in the step window; idle = the rest of the window",
         },
         "kernel_total_ms": total_us / 1e3,
         "category_ms": {c: v / 1e3 for c, v in by_category.items()},

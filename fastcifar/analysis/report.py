@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,38 @@ from fastcifar.analysis.hta_bridge import hta_available, hta_figures
 from fastcifar.analysis.metrics import REGIONS, variant_metrics
 from fastcifar.analysis.trace import find_variants, list_trace_files, load_run_info, load_trace
 from fastcifar.atomic import write_text_atomic
+from fastcifar.errors import UserError
 
-KNOWN_ORDER = ("eager", "compiled", "compiled_triton")
+# Baseline first (the study's setting, then its old name), then the usual order of the variants.
+KNOWN_ORDER = (
+    "eager_fp32",
+    "eager",
+    "eager_bf16_cl",
+    "eager_bf16",
+    "compiled_bf16_cl",
+    "compiled",
+    "compiled_bf16",
+    "compiled_bf16_cl_triton",
+    "compiled_triton",
+    "compiled_bf16_cl_triton_cudagraphs",
+)
+BASELINES = ("eager_fp32", "eager")
 RUN_KEYS = (
-    "arch", "model_kwargs", "impl", "triton_kernels", "spec", "batch_size", "device", "device_name",
-    "wall_step_ms", "wall_median_step_ms", "profiled_median_step_ms", "warmup_s", "memory", "versions", "date",
+    "arch",
+    "model_kwargs",
+    "impl",
+    "triton_kernels",
+    "spec",
+    "batch_size",
+    "device",
+    "device_name",
+    "wall_step_ms",
+    "wall_median_step_ms",
+    "profiled_median_step_ms",
+    "warmup_s",
+    "memory",
+    "versions",
+    "date",
 )
 
 
@@ -30,16 +58,24 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-def analyze(dir: str | os.PathLike, top_n: int = 10, charts: bool = True) -> dict:  # noqa: A002 - CLI name
-    """Analyse every variant under ``dir``; write ``report.json``, ``report.md`` and charts there.
+def analyze(
+    dir: str | os.PathLike,
+    top_n: int = 10,
+    charts: bool = True,  # noqa: A002 - CLI name
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Analyse every variant under ``dir``; write ``report.json``, ``report.md`` and charts to ``out``.
 
-    Returns the report dict (the content of ``report.json``).
+    ``out`` defaults to ``dir``. Returns the report dict (the content of ``report.json``).
 
     Raises:
-        UserError: missing/empty/foreign folder, or a truncated/invalid trace.
+        UserError: missing/empty/foreign folder, a truncated/invalid/damaged trace or run.json, or
+            an output folder that cannot be written (checked before the analysis starts).
     """
     root = Path(dir)
+    target = Path(out) if out is not None else root
     folders = find_variants(root)
+    check_writable(target)
     names = _ordered(list(folders))
     variants: dict[str, dict] = {}
     for name in names:
@@ -57,7 +93,7 @@ def analyze(dir: str | os.PathLike, top_n: int = 10, charts: bool = True) -> dic
             metrics["temporal"]["hta"] = hta["temporal_breakdown"]
         variants[name] = metrics
 
-    baseline = "eager" if "eager" in variants else names[0]
+    baseline = next((b for b in BASELINES if b in variants), names[0])
     base = variants[baseline]
     for m in variants.values():
         m["speedup_vs_baseline"] = _ratio(base["median_step_ms"], m["median_step_ms"])
@@ -80,10 +116,31 @@ def analyze(dir: str | os.PathLike, top_n: int = 10, charts: bool = True) -> dic
         },
         "variants": variants,
     }
-    report["charts"] = write_charts(report, root) if charts else []
-    write_text_atomic(root / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    write_text_atomic(root / "report.md", render_markdown(report))
+    try:
+        report["charts"] = write_charts(report, target) if charts else []
+        write_text_atomic(target / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+        write_text_atomic(target / "report.md", render_markdown(report))
+    except OSError as err:
+        raise _unwritable(target, err) from None
     return report
+
+
+def _unwritable(target: Path, err: OSError) -> UserError:
+    return UserError(
+        f"cannot write the report into {str(target)!r} ({err.strerror or err}); "
+        "pass --out with a writable folder (the traces are only read)."
+    )
+
+
+def check_writable(target: Path) -> None:
+    """Fail before any analysis when ``target`` cannot take the report (creating it if missing)."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".report-probe-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _unwritable(target, err) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,11 +176,16 @@ def render_markdown(report: dict) -> str:
         f"# Profile report: {report['folder']}",
         "",
         f"Generated {report['generated']}. Baseline for speedups: `{base}`. Device work = "
-        + ("GPU kernels/memcpy/memset." if kind == {"cuda"} else "CPU operator self time (no CUDA kernels in the traces)."),
+        + (
+            "GPU kernels/memcpy/memset."
+            if kind == {"cuda"}
+            else "CPU operator self time (no CUDA kernels in the traces)."
+        ),
         "",
         "## Summary (per step, medians over the profiled steps)",
         "",
-        "| variant | impl / kernels | step ms (trace) | speedup | step ms (wall) | wall speedup | busy ms | idle ms | busy % "
+        "| variant | impl / kernels | step ms (trace) | speedup | step ms (wall) | wall speedup "
+        "| busy ms | idle ms | busy % "
         f"| {unit}s / step | host overhead ms | data wait ms | peak alloc MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -133,30 +195,36 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {n} | {run.get('impl') or '–'} / {run.get('triton_kernels', '–')} | {_fmt(m['median_step_ms'])} "
             f"| {_fmt(m['speedup_vs_baseline'], 2, '×')} | {_fmt(run.get('wall_median_step_ms'))} "
-            f"| {_fmt(m['wall_speedup_vs_baseline'], 2, '×')} | {_fmt(t['busy_ms_per_step'])} | {_fmt(t['idle_ms_per_step'])} "
-            f"| {_fmt(t['busy_pct'], 1)} | {_fmt(m['launches_per_step'], 0)} | {_fmt(m['host']['overhead_ms_per_step'])} "
+            f"| {_fmt(m['wall_speedup_vs_baseline'], 2, '×')} | {_fmt(t['busy_ms_per_step'])} "
+            f"| {_fmt(t['idle_ms_per_step'])} "
+            f"| {_fmt(t['busy_pct'], 1)} | {_fmt(m['launches_per_step'], 0)} "
+            f"| {_fmt(m['host']['overhead_ms_per_step'])} "
             f"| {_fmt(m['data']['wait_ms_per_step'])} | {_mib(m['memory']['peak_allocated_bytes'])} |"
         )
     lines += [
         "",
         "Step ms (trace) is the `ProfilerStep#` range (each step ends with a device synchronisation); step ms (wall) "
-        "is timed without the profiler (run.json). Busy = union of device work in the step; idle = the rest. "
+        "is timed without the profiler (run.json). Busy = union of device work in the step over all "
+        + ("streams" if kind == {"cuda"} else "threads")
+        + " (never more than the step); idle = the rest. "
         "Host overhead: " + "; ".join(sorted({v[n]["host"]["definition"] for n in names})) + ". "
         "Data wait = host time in the `data` range.",
         "",
-        f"## {unit.capitalize()} time by category (ms per step, share of {unit} time)",
+        f"## {unit.capitalize()} time by category (ms per step, share of {unit} time"
+        + ("; summed over threads, so it can exceed the step)" if kind != {"cuda"} else ")"),
         "",
         "| variant | " + " | ".join(report["categories"]) + " | total |",
         "|---|" + "---|" * (len(report["categories"]) + 1),
     ]
     for n in names:
         m = v[n]
-        cells = [
-            f"{m['category_ms'][c] / m['steps']:.2f} ({m['category_pct'][c]:.0f}%)" for c in report["categories"]
-        ]
+        cells = [f"{m['category_ms'][c] / m['steps']:.2f} ({m['category_pct'][c]:.0f}%)" for c in report["categories"]]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {m['kernel_total_ms'] / m['steps']:.2f} |")
     lines += ["", "## SK select and Z-pool (the steps the Triton kernels replace), ms per step", ""]
-    lines += ["| variant | region | calls / step | forward | backward | by kernel name | total | source |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| variant | region | calls / step | forward | backward | by kernel name | total | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for n in names:
         for region in REGIONS:
             r = v[n]["regions"][region]
@@ -175,7 +243,8 @@ def render_markdown(report: dict) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {n} | {k} | {_fmt(s['calls_per_step'], 1)} | {_fmt(s['host_ms_per_step'])} | {_fmt(s['device_ms_per_step'])} |"
+            f"| {n} | {k} | {_fmt(s['calls_per_step'], 1)} | {_fmt(s['host_ms_per_step'])} "
+            f"| {_fmt(s['device_ms_per_step'])} |"
             for n, k, s in layer_rows
         ]
     for n in names:
@@ -188,13 +257,15 @@ def render_markdown(report: dict) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| `{_short(k['name'])}` | {k['category']} | {k['calls']} | {k['total_ms'] / m['steps']:.3f} | {k['share_pct']:.1f}% |"
+            f"| `{_short(k['name'])}` | {k['category']} | {k['calls']} | {k['total_ms'] / m['steps']:.3f} "
+            f"| {k['share_pct']:.1f}% |"
             for k in m["top_kernels"]
         ]
     lines += ["", "## HolisticTraceAnalysis", ""]
     hta = report["hta"]
     lines.append(
-        f"Installed: {'yes' if hta['installed'] else 'no'}. Computed here: {', '.join(hta['computed']) or 'nothing'}. {hta['note']}"
+        f"Installed: {'yes' if hta['installed'] else 'no'}. "
+        f"Computed here: {', '.join(hta['computed']) or 'nothing'}. {hta['note']}"
     )
     for n in names:
         h = v[n]["hta"]
@@ -218,18 +289,25 @@ def _hta_summary(h: dict) -> str:
     for row in h.get("temporal_breakdown", [])[:1]:
         parts.append(
             "temporal: idle {:.1f}%, compute {:.1f}%, non-compute {:.1f}%".format(
-                row.get("idle_time_pctg", float("nan")), row.get("compute_time_pctg", float("nan")),
+                row.get("idle_time_pctg", float("nan")),
+                row.get("compute_time_pctg", float("nan")),
                 row.get("non_compute_time_pctg", float("nan")),
             )
         )
     if h.get("kernel_type_breakdown"):
-        parts.append("kernel types: " + ", ".join(f"{r['kernel_type']} {r['percentage']}%" for r in h["kernel_type_breakdown"]))
+        parts.append(
+            "kernel types: " + ", ".join(f"{r['kernel_type']} {r['percentage']}%" for r in h["kernel_type_breakdown"])
+        )
     if h.get("idle_time_breakdown"):
-        parts.append("idle: " + ", ".join(f"{r['idle_category']} {r['idle_time'] / 1e3:.2f} ms" for r in h["idle_time_breakdown"]))
+        parts.append(
+            "idle: "
+            + ", ".join(f"{r['idle_category']} {r['idle_time'] / 1e3:.2f} ms" for r in h["idle_time_breakdown"])
+        )
     stats = h.get("launch_stats") or {}
     if stats.get("launches"):
         parts.append(
-            f"launches: {stats['launches']}, median launch delay {stats.get('median_launch_delay_us', float('nan')):.1f} µs, "
+            f"launches: {stats['launches']}, "
+            f"median launch delay {stats.get('median_launch_delay_us', float('nan')):.1f} µs, "
             f"median runtime call {stats.get('median_cpu_duration_us', float('nan')):.1f} µs"
         )
     return "; ".join(parts) or "no figures"
@@ -248,10 +326,13 @@ def write_charts(report: dict, root: Path) -> list[str]:
 
     def save(fig: Any, filename: str) -> None:
         tmp = root / f".{filename}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, root / filename)
+        try:
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, root / filename)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
         written.append(filename)
 
     x = range(len(names))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,12 @@ def find_variants(root: str | Path) -> dict[str, Path]:
     """
     root = Path(root)
     if not root.exists():
-        raise UserError(f"profile folder {str(root)!r} does not exist; create it with `python -m fastcifar.profile --out {root}`.")
+        raise UserError(
+            f"profile folder {str(root)!r} does not exist; create it with `python -m fastcifar.profile --out {root}`."
+        )
     if not root.is_dir():
         raise UserError(f"{str(root)!r} is not a folder; pass the --out folder of `python -m fastcifar.profile`.")
-    variants = {
-        sub.name: sub for sub in sorted(root.iterdir()) if sub.is_dir() and list_trace_files(sub)
-    }
+    variants = {sub.name: sub for sub in sorted(root.iterdir()) if sub.is_dir() and list_trace_files(sub)}
     if not variants:
         raise UserError(
             f"no profiler traces under {str(root)!r} (expected <variant>/*.pt.trace.json); "
@@ -98,9 +99,9 @@ def _read_json(path: Path) -> dict:
         else:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as err:
         raise UserError(
-            f"trace {str(path)!r} is truncated or not valid JSON ({err.__class__.__name__}: {err}); "
+            f"trace {str(path)!r} is unreadable, truncated or not valid JSON ({err.__class__.__name__}: {err}); "
             "profile that variant again."
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
@@ -129,14 +130,21 @@ def load_trace(path: str | Path) -> Trace:
             continue
         ph, cat, name = raw.get("ph"), raw.get("cat", ""), raw.get("name", "")
         if ph == "i" and name == "[memory]":
-            memory.append({**raw.get("args", {}), "ts": float(raw.get("ts", 0.0))})
+            try:
+                memory.append({**(raw.get("args") or {}), "ts": float(raw.get("ts", 0.0))})
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"trace {str(path)!r} has a malformed memory event {raw!r:.200}; profile again."
+                ) from None
             continue
         if ph != "X" or "ts" not in raw:
             continue
         try:
+            args = raw.get("args") or {}
+            if not isinstance(args, dict):
+                raise TypeError("args is not an object")
             event = Event(
-                str(name), str(cat), float(raw["ts"]), float(raw.get("dur", 0.0)),
-                raw.get("pid"), raw.get("tid"), raw.get("args") or {},
+                str(name), str(cat), float(raw["ts"]), float(raw.get("dur", 0.0)), raw.get("pid"), raw.get("tid"), args
             )
         except (TypeError, ValueError):
             raise UserError(f"trace {str(path)!r} has a malformed event {raw!r:.200}; profile again.") from None
@@ -148,6 +156,13 @@ def load_trace(path: str | Path) -> Trace:
             device.append(event)
         elif cat in RUNTIME_CATS:
             runtime.append(event)
+    damaged = [e for e in (*host, *device, *runtime) if not (math.isfinite(e.ts) and math.isfinite(e.dur)) or e.dur < 0]
+    if damaged:
+        first = damaged[0]
+        raise UserError(
+            f"trace {str(path)!r} has {len(damaged)} event(s) with a negative or non-finite time "
+            f"(first: {first.name[:60]!r}, ts {first.ts}, dur {first.dur}); the file is damaged: profile again."
+        )
     if not steps:
         raise UserError(
             f"trace {str(path)!r} has no ProfilerStep# ranges; profile with a torch.profiler "
@@ -160,12 +175,44 @@ def load_trace(path: str | Path) -> Trace:
     return Trace(path, steps, host, device, runtime, memory, meta)
 
 
+# run.json keys the report reads, with the types they must have (None is allowed for each).
+RUN_TYPES: dict[str, tuple[type, ...]] = {
+    "wall_step_ms": (list,),
+    "wall_median_step_ms": (int, float),
+    "profiled_median_step_ms": (int, float),
+    "warmup_s": (int, float),
+    "batch_size": (int,),
+    "memory": (dict,),
+    "model_kwargs": (dict,),
+}
+
+
 def load_run_info(folder: Path) -> dict:
-    """The variant's ``run.json`` (config, wall-clock step times, peak memory), or ``{}`` if absent."""
+    """The variant's ``run.json`` (config, wall-clock step times, peak memory), or ``{}`` if absent.
+
+    Raises:
+        UserError: the file is unreadable, not UTF-8 JSON, not an object, or a key the report
+            reads has the wrong type.
+    """
     path = folder / "run.json"
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{str(path)!r} is truncated or not valid JSON ({err}); profile that variant again.") from None
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"{str(path)!r} is unreadable, truncated or not UTF-8 JSON ({type(err).__name__}); "
+            "profile that variant again."
+        ) from None
+    if not isinstance(info, dict):
+        raise UserError(f"{str(path)!r} holds a {type(info).__name__}, not a JSON object; profile that variant again.")
+    for key, types in RUN_TYPES.items():
+        value = info.get(key)
+        bad = value is not None and (not isinstance(value, types) or isinstance(value, bool))
+        if not bad and key == "wall_step_ms" and value is not None:
+            bad = not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not bad and isinstance(value, float):
+            bad = not math.isfinite(value) or value < 0
+        if bad:
+            raise UserError(f"{str(path)!r}: {key!r} is {value!r:.80}, not a valid value; profile that variant again.")
+    return info
