@@ -185,6 +185,42 @@ def test_augmented_epochs_are_deterministic_and_differ(kind, synthetic_root, spl
     assert changed > len(x) // 2
 
 
+def _colours_come_from_a_stored_image(images: np.ndarray, labels: np.ndarray, ref_images, ref_labels) -> np.ndarray:
+    """Per yielded image: are all its RGB triples found in one stored image of its label?
+
+    Flip and reflect-padded crop only move pixels, so without RandAugment this holds for every
+    image; RandAugment's colour operations (and its affine fills) break it for most.
+    """
+    def triples(img: np.ndarray) -> set[bytes]:
+        return set(map(bytes, img.reshape(-1, 3)))
+
+    by_label: dict[int, list[set[bytes]]] = {}
+    for img, label in zip(ref_images, ref_labels):
+        by_label.setdefault(int(label), []).append(triples(img))
+    return np.array([any(triples(img) <= ref for ref in by_label[int(label)]) for img, label in zip(images, labels)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_randaugment_off_keeps_flip_and_crop_only(kind, synthetic_root, split_arrays):
+    ref_images, ref_labels = split_arrays["train"]
+    extra = {"num_workers": 0} if kind == "torch" else {}  # torch: transforms in this process
+    stored = {img.tobytes() for img in ref_images}
+    kept = {}
+    for randaugment in (False, True):
+        if kind == "torch" or randaugment:
+            loader = make(kind, "train", synthetic_root, split_arrays["train"], batch_size=64, seed=5,
+                          randaugment=randaugment, **extra)
+        else:  # build_loader's plumbing of the flag, for the kinds whose construction is cheap enough
+            loader = build_loader(kind, "train", root=synthetic_root, dataset="synthetic", batch_size=64, seed=5,
+                                  randaugment=False, num_workers=WORKERS[kind])
+        x, y = run_epoch(loader, max_batches=2)
+        images = to_uint8_nhwc(x)
+        assert sum(img.tobytes() not in stored for img in images) > len(images) // 4  # augmented
+        kept[randaugment] = _colours_come_from_a_stored_image(images, y.numpy(), ref_images, ref_labels)
+    assert kept[False].all()  # flipped and cropped copies of stored images
+    assert kept[True].mean() < 0.5
+
+
 def test_gpu_loader_same_seed_same_batches_other_seed_not(split_arrays):
     images, labels = split_arrays["train"]
 
