@@ -279,7 +279,9 @@ def resolve_config(**flags: Any) -> TrainConfig:
     if not flags.get("out"):
         values["out"] = _parse_path("out", str(Path("runs") / f"{values['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"), {})
     config = TrainConfig(**values)
-    config.variant  # noqa: B018 - the Variant checks the combination once more
+    from fastcifar.variant import resolve_overrides
+
+    resolve_overrides(config.arch, config.model_kwargs, config.variant)  # model id and option names
     return config
 
 

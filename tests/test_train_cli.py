@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = '{"growth_rate": 4, "block_config": (1, 1)}'
 
 
-@pytest.fixture(scope="session")
-def train_data(tmp_path_factory):
-    """A small synthetic dataset (64 train / 40 test images), shared by the training tests."""
-    from fastcifar.data.prepare import prepare
-
-    root = tmp_path_factory.getbasetemp() / "train-synthetic"
-    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
-    return root
+@pytest.fixture(scope="module")
+def tiny(tiny_flags) -> str:
+    """The tiny model's --model_kwargs on the command line."""
+    return repr(tiny_flags["model_kwargs"])
 
 
 def launch(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
@@ -49,41 +44,119 @@ BAD_INPUTS = {
     "negative lr": (["--lr", "-0.1"], "--lr must be positive"),
     "resume without run": (["--resume", "nowhere"], "no checkpoint"),
     "batch larger than the dataset": (["--batch_size", "1000"], "larger than the 64 train images"),
+    # Mistakes that used to be accepted, crash or run with a surprising meaning.
+    "stray positional argument": (["--lr", "0.01", "3"], "unexpected argument '3'"),
+    "anything after --": (["--", "--help"], "nothing may follow --"),
+    "model option of the wrong type": (["--model_kwargs", '{"growth_rate": "abc"}'], "growth_rate"),
+    "device cuda:abc": (["--device", "cuda:abc"], "'cuda:abc' is not a device"),
+    "device cuda:-1": (["--device", "cuda:-1"], "'cuda:-1' is not a device"),
+    "seed too large for numpy": (["--seed", "4294967296"], "--seed must be at most 4294967295"),
+    "batch of one": (["--batch_size", "1"], "--batch_size must be at least 2"),
+    "unknown schedule": (["--schedule", "cosine"], "onecycle, constant"),
+    "negative weight decay": (["--weight_decay", "-1"], "--weight_decay must be at least 0"),
+    "out holds a run": (["--out", "{existing}"], "--resume"),
+    "resume changing the run": (["--resume", "{existing}", "--epochs", "5"], "--epochs cannot change on resume"),
 }
 
 
-def test_every_bad_input_is_one_clear_line(train_data, tmp_path):
+def test_every_bad_input_is_one_clear_line(train_data, tiny, tmp_path, capsys, monkeypatch):
+    """In-process through main() (the command line's own code path: flag check, fire, run_cli)."""
     import torch
 
-    cases = dict(BAD_INPUTS)
+    from fastcifar.checkpoint import save_checkpoint
+    from fastcifar.train import main
+
+    existing = tmp_path / "existing"  # holds a run: a (minimal) checkpoint and metrics
+    save_checkpoint(existing / "checkpoint.pt", {"epoch": 1, "config": {}})
+    (existing / "metrics.jsonl").write_text("{}\n")
+    cases = {name: ([a.replace("{existing}", str(existing)) for a in args], expected)
+             for name, (args, expected) in BAD_INPUTS.items()}
     if torch.cuda.is_available():
         del cases["cuda without cuda"]
-    common = ["--data_root", str(train_data), "--model_kwargs", TINY, "--out", str(tmp_path / "run")]
-    processes = {}
-    for name, (args, _) in cases.items():
-        # Flags given twice: fire keeps the last one, so the case's own flags come last.
-        base = [a for a in common if not (args[0] == "--model_kwargs" and a in ("--model_kwargs", TINY))]
-        dataset = [] if "--dataset" in args else ["--dataset", "synthetic"]
-        device = [] if "--device" in args else ["--device", "cpu"]
-        processes[name] = launch(
-            [*base, *dataset, *device, *args], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=120)
-        expected = cases[name][1]
-        assert process.returncode not in (0, None), f"{name}: exit 0\n{stderr}"
-        assert "Traceback" not in stderr, f"{name}:\n{stderr}"
+    common = {
+        "--data_root": str(train_data), "--model_kwargs": tiny, "--out": str(tmp_path / "run"),
+        "--dataset": "synthetic", "--device": "cpu", "--batch_size": "16",
+    }
+    monkeypatch.setattr(sys, "argv", ["fastcifar.train"])
+    monkeypatch.chdir(tmp_path)
+    for name, (args, expected) in cases.items():
+        # A valid command line with the case's flags replacing their common values ("--" ends the line).
+        resuming = "--resume" in args
+        base = [part for flag, value in common.items() if flag not in args and not resuming for part in (flag, value)]
+        with pytest.raises(SystemExit) as exited:
+            main([*base, *args])
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2, f"{name}: exit {exited.value.code}\n{stderr}"
         lines = stderr.strip().splitlines()
         assert len(lines) == 1, f"{name}: {len(lines)} lines\n{stderr}"
         assert lines[0].startswith("fastcifar.train: error: "), f"{name}: {lines[0]}"
         assert expected in lines[0], f"{name}: {lines[0]!r} lacks {expected!r}"
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run").exists()  # no case left a folder behind
+    assert sorted(p.name for p in existing.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # untouched
+    assert (existing / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    """The real entry point (python -m fastcifar.train): one line, exit 2."""
+    for args, expected in ((["--out", "x", "3"], "unexpected argument '3'"), (["--arch", "nope"], "sk_densenet")):
+        process = launch([*args, "--device", "cpu"], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2 and "Traceback" not in stderr, stderr
+        assert stderr.strip().splitlines() == [stderr.strip()] and expected in stderr
+
+
+def test_help_lists_every_flag_with_its_description(tmp_path):
+    from fastcifar.config import flag_help
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fastcifar.train", "--help"], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PAGER": "cat"}, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join((done.stdout + done.stderr).split())  # fire wraps long lines
+    for name, description in flag_help().items():
+        assert f"--{name}" in text and " ".join(description.split()) in text, name
+
+
+def test_command_line_flags_are_the_config_fields():
+    """TrainConfig is the one list: the CLI accepts exactly its fields plus --resume / --fast / --baseline."""
+    import inspect
+    from dataclasses import fields
+
+    from fastcifar.config import EXTRA_FLAGS, TrainConfig
+    from fastcifar.train import _command_signature
+
+    parameters = _command_signature().parameters
+    assert list(parameters) == [f.name for f in fields(TrainConfig)] + list(EXTRA_FLAGS)
+    defaults = TrainConfig()
+    for spec in fields(TrainConfig):
+        assert parameters[spec.name].default == getattr(defaults, spec.name)
+        assert parameters[spec.name].kind is inspect.Parameter.KEYWORD_ONLY  # no positional arguments
+
+
+def test_flags_on_the_command_line():
+    from fastcifar.errors import UserError
+    from fastcifar.train import given_flag_names
+
+    assert given_flag_names(["--lr", "0.1", "--compile", "--noamp", "--out=x", "-o", "y"]) == [
+        "lr", "compile", "amp", "out", "out"
+    ]
+    assert given_flag_names(["--lr", "-0.5"]) == ["lr"]  # a negative number is a value, not a flag
+    for argv, message in (
+        (["--out", "x", "3"], "unexpected argument '3'"),
+        (["--out", "x", "--", "--lr", "3"], "nothing may follow --"),
+        (["--epoch", "3"], "unknown flag --epoch"),
+        (["-z"], "unknown flag -z"),
+    ):
+        with pytest.raises(UserError, match=message):
+            given_flag_names(argv)
 
 
 def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
     import fastcifar.data.prepare as prepare_module
     from fastcifar.distributed import DistContext
-    from fastcifar.train import ensure_dataset, resolve_config
+    from fastcifar.config import resolve_config
+    from fastcifar.run import ensure_dataset
 
     calls = []
     real_prepare = prepare_module.prepare
@@ -95,7 +168,7 @@ def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "prepare", small_prepare)
     config = resolve_config(dataset="synthetic", data_root=str(tmp_path / "data"), out=str(tmp_path / "run"))
     ensure_dataset(config, DistContext())
-    assert calls == [("synthetic", str(tmp_path / "data"))]
+    assert calls == [("synthetic", str(tmp_path / "data"))]  # (absolute already)
     assert prepare_module.load_meta(tmp_path / "data", "synthetic")["num_classes"] == 100
     ensure_dataset(config, DistContext())  # prepared now: no second call
     assert len(calls) == 1
@@ -103,24 +176,37 @@ def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
 
 def test_presets_and_explicit_flags():
     from fastcifar.train import resolve_config
+    from fastcifar.variant import BASELINE, FAST
 
     fast = resolve_config(fast=True, out="x")
-    assert (fast.compile, fast.channels_last, fast.amp, fast.loader, fast.kernels) == (True, True, "bf16", "gpu", "triton")
+    assert fast.variant == FAST and fast.loader == "gpu"
+    assert (fast.compile, fast.channels_last, fast.amp, fast.kernels) == (True, True, "bf16", "triton")
     base = resolve_config(baseline=True, out="x")
-    assert (base.compile, base.channels_last, base.amp, base.loader, base.kernels) == (False, False, "off", "torch", "torch")
+    assert base.variant == BASELINE and base.loader == "torch"
     mixed = resolve_config(fast=True, amp="fp16", loader="ffcv", out="x")  # an explicit flag beats the preset
     assert (mixed.amp, mixed.loader, mixed.compile) == ("fp16", "ffcv", True)
     study = resolve_config(out="x")
     assert (study.epochs, study.batch_size, study.lr, study.label_smoothing) == (30, 256, 0.01, 0.0)
-    assert resolve_config(arch="resnet18").out.startswith(str(Path("runs") / "resnet18-"))
+    assert (study.weight_decay, study.schedule, study.randaugment) == (0.0, "onecycle", True)
+    assert resolve_config(arch="resnet18").out.startswith(str(Path("runs").absolute() / "resnet18-"))
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(train_data, tmp_path):
+def test_paths_are_stored_absolute_with_home_expanded(tmp_path, monkeypatch):
+    from fastcifar.train import resolve_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config(data_root="~/cifar", out="runs/a")
+    assert config.data_root == str(tmp_path / "home" / "cifar")
+    assert config.out == str(tmp_path / "runs" / "a")
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(train_data, tiny, tmp_path):
     out = tmp_path / "run"
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = launch(
-            ["--arch", "sk_densenet", "--model_kwargs", TINY, "--dataset", "synthetic", "--data_root", str(train_data),
+            ["--arch", "sk_densenet", "--model_kwargs", tiny, "--dataset", "synthetic", "--data_root", str(train_data),
              "--device", "cpu", "--epochs", "200", "--batch_size", "16", "--eval_batch_size", "40", "--out", str(out)],
             tmp_path, stdout=stdout, stderr=stderr,
         )
@@ -135,8 +221,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(train_data, tmp_path):
     message = stdout_path.read_text()
     assert process.returncode == 0, stderr_path.read_text()
     assert f"--resume {out}" in message and "checkpoint saved" in message
-    import torch
+    from fastcifar.checkpoint import load_checkpoint
 
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(out / "checkpoint.pt")
     assert state["config"]["epochs"] == 200 and state["epoch"] * 4 + state["step"] >= 1
     assert state["epoch"] < 200
