@@ -325,7 +325,8 @@ def _no_sync_check(ctx: Context, compiled: bool) -> dict:
     x = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, device=ctx.device)
     gen = torch.Generator(device=ctx.device).manual_seed(0)
     start = time.monotonic()
-    transform(x, generator=gen)  # warm-up outside the check: compilation and lazy inits may sync
+    for _ in range(2 if compiled else 1):  # warm-up outside the check: compilation and lazy inits may sync
+        transform(x, generator=gen)
     torch.cuda.synchronize(ctx.device)
     warmup_s = time.monotonic() - start
     torch.cuda.set_sync_debug_mode("error")
@@ -405,7 +406,10 @@ def section_gpu_loader(ctx: Context, deadline: Deadline) -> dict:
 def section_kernels(ctx: Context, deadline: Deadline) -> dict:
     from bench.kernels import run_benchmarks
 
-    record, dropped = call_supported(run_benchmarks, ctx.out / "kernels", short=True, **deadline_kwargs(deadline))
+    copy = (ctx.earlier("environment").get("copy") or {}).get("gb_per_s")
+    record, dropped = call_supported(
+        run_benchmarks, ctx.out / "kernels", short=True, copy_gb_per_s=copy, **deadline_kwargs(deadline)
+    )
     record = dict(record)
     if dropped:
         record["arguments_not_supported"] = dropped
@@ -452,11 +456,13 @@ def section_profile(ctx: Context, deadline: Deadline, variants: list[str] | None
 _TEST_LINE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
 
-def section_cuda_tests(ctx: Context, deadline: Deadline) -> dict:
-    """The ``cuda``-marked tests in a child process, the interpreter off, stopped at the deadline."""
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+def section_cuda_tests(ctx: Context, deadline: Deadline, paths: tuple[str, ...] = ("tests",)) -> dict:
+    """The ``cuda``-marked tests under ``paths`` in a child process, the interpreter off, stopped at the deadline."""
+    # Unbuffered, so the lines of the tests that finished survive when the child is stopped.
+    pythonpath = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
     deselect = " and ".join(f"not {name}" for name in CUDA_TESTS_DESELECTED)
-    cmd = [sys.executable, "-m", "pytest", "-v", "-m", "cuda", "-k", deselect, "-p", "no:cacheprovider", "tests"]
+    cmd = [sys.executable, "-m", "pytest", "-v", "-m", "cuda", "-k", deselect, "-p", "no:cacheprovider", *paths]
     allowed = max(deadline.time_left() - RESERVE_S - 2.0, 1.0)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cut = None

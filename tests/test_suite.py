@@ -299,3 +299,42 @@ def test_derived_goal_figures_follow_from_the_sections() -> None:
     assert "| augment_share_of_fast_step | 8.0% | <= 5.0% of a fast step | no |" in text
     assert "| fast_vs_eager_fp32 | 4.00x |" in text and "| projected_30_epochs_seconds | 94 s |" in text
     assert "| train:compiled_bf16_cl | failed | 2.0 | 1.0 | boom |" in text
+
+
+def test_cuda_tests_section_keeps_what_finished_when_the_budget_ends(tmp_path: Path) -> None:
+    import torch
+
+    from bench.common import Deadline
+    from bench.suite import RESERVE_S, Context, section_cuda_tests
+
+    tests = tmp_path / "test_fake_cuda.py"
+    tests.write_text(
+        "import time\n\nimport pytest\n\n\n"
+        "@pytest.mark.cuda\ndef test_quick():\n    pass\n\n\n"
+        "@pytest.mark.cuda\ndef test_not_here():\n    pytest.skip('no device')\n\n\n"
+        "@pytest.mark.cuda\ndef test_profile_gpu_tiny():\n    raise AssertionError('deselected: never runs')\n\n\n"
+        "def test_unmarked():\n    raise AssertionError('not marked cuda: never runs')\n\n\n"
+        "@pytest.mark.cuda\ndef test_zz_hangs():\n    time.sleep(120)\n"
+    )
+    ctx = Context(device=torch.device("cpu"), tiny=True, out=tmp_path)
+    start = time.monotonic()
+    result = section_cuda_tests(ctx, Deadline(RESERVE_S + 2 + 10), paths=(str(tests),))
+    assert time.monotonic() - start < 20
+    assert result["cut"] == "budget"
+    outcomes = {name.split("::")[-1]: outcome for name, outcome in result["outcomes"].items()}
+    assert outcomes == {"test_quick": "PASSED", "test_not_here": "SKIPPED"}
+    assert result["counts"] == {"PASSED": 1, "SKIPPED": 1}
+
+
+def test_benchmarks_get_only_the_arguments_they_take() -> None:
+    from bench.suite import call_supported
+
+    def old(a: int, *, short: bool = False) -> dict:
+        return {"a": a, "short": short}
+
+    def new(a: int, **kwargs: object) -> dict:
+        return {"a": a, **kwargs}
+
+    assert call_supported(old, 1, short=True, time_left=lambda: 5.0) == ({"a": 1, "short": True}, ["time_left"])
+    result, dropped = call_supported(new, 1, time_left=3)
+    assert result == {"a": 1, "time_left": 3} and dropped == []
