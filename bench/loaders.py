@@ -137,7 +137,8 @@ def _bench_loader(kind, root, dataset, device, batch_size, epochs, num_workers, 
 def _table(results: list[dict]) -> str:
     baseline = next((r["images_per_s"] for r in results if r["kind"] == "torch" and r["augment"]), None)
     lines = [
-        "| loader | augmentation | device | workers | torch threads | batch | images timed/epoch | epoch s | images/s | vs torch |",
+        "| loader | augmentation | device | workers | torch threads | batch | images timed/epoch | epoch s "
+        "| images/s | vs torch |",
         "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
@@ -146,7 +147,8 @@ def _table(results: list[dict]) -> str:
         workers = r["num_workers"] if r["num_workers"] is not None else "-"
         lines.append(
             f"| {r['kind']} | {'full' if r['augment'] else 'none (normalise only)'} | {r['device']} | {workers} "
-            f"| {'1 per worker' if r['kind'] == 'torch' else r['torch_threads']} | {r['batch_size']} | {r['images_per_epoch']:,} | {epochs} | {r['images_per_s']:,.0f} | {ratio} |"
+            f"| {'1 per worker' if r['kind'] == 'torch' else r['torch_threads']} | {r['batch_size']} "
+            f"| {r['images_per_epoch']:,} | {epochs} | {r['images_per_s']:,.0f} | {ratio} |"
         )
     return "\n".join(lines)
 

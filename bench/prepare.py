@@ -1,6 +1,8 @@
 """Beton throughput, in images/s: writing N synthetic CIFAR images with FFCV's DatasetWriter
 (through :func:`fastcifar.data.beton.write_beton`, 1 and 2 writer processes) and reading them all
-back in order through an FFCV Loader (:func:`fastcifar.data.beton.read_beton`).
+back in order through an FFCV Loader (:func:`fastcifar.data.beton.read_beton`), and hashing the
+beton (:func:`fastcifar.data.integrity.content_hash`, blake2b) as ``prepare`` does right after
+writing it and a loader does before trusting it.
 
 Input: :func:`fastcifar.data.synthetic.make_arrays` (coloured gratings + noise; never all-zero),
 generated once and not timed. Each figure is the median of ``--repeats`` runs. Reads are reported
@@ -40,13 +42,16 @@ def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = 
                   tmp_dir: str | None = None) -> dict:
     """Time beton writes and reads of ``n`` synthetic images; returns ``{"config": ..., "results": [...]}``.
 
-    Stages: ``write`` (one per writer process count), ``read_beton`` (a whole call: checks, a new
-    Loader with its numba compilation, one pass), ``read_epoch`` (one more pass of an already
-    built Loader: the steady-state read rate). Each result: ``stage``, ``writer_processes``,
+    Stages: ``write`` (one per writer process count), ``hash`` (blake2b of the just written file,
+    from the page cache as in ``prepare``), ``verify_cached`` (:func:`integrity.verify` once the
+    verification is remembered: what a second loader open pays), ``read_beton`` (a whole call:
+    checks, a new Loader with its numba compilation, one pass), ``read_epoch`` (one more pass of
+    an already built Loader: the steady-state read rate). Each result: ``stage``, ``writer_processes``,
     ``images``, ``seconds`` (median), ``all_seconds``, ``images_per_s`` (from the median), ``mib``.
     """
     import ffcv.loader  # noqa: F401  imported here so its start-up (seconds) is not timed
 
+    from fastcifar.data import integrity
     from fastcifar.data.beton import read_beton, sequential_loader, write_beton
     from fastcifar.data.synthetic import make_arrays
 
@@ -57,8 +62,8 @@ def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = 
 
     def record(stage: str, procs: int | None, times: list[float], size: int, **extra) -> None:
         median = statistics.median(times)
-        results.append({"stage": stage, "writer_processes": procs, "images": n, "seconds": round(median, 3),
-                        "all_seconds": [round(t, 3) for t in times], "images_per_s": round(n / median),
+        results.append({"stage": stage, "writer_processes": procs, "images": n, "seconds": round(median, 5),
+                        "all_seconds": [round(t, 5) for t in times], "images_per_s": round(n / median),
                         "mib": round(size / 2**20, 1), **extra})
 
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="bench-prepare-") as scratch:
@@ -66,6 +71,11 @@ def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = 
         for count in workers:
             times = _median_run(lambda: write_beton(path, images, fine, coarse, num_workers=count), repeats)
             record("write", count, times, path.stat().st_size)
+        digest = integrity.content_hash(path)
+        record("hash", None, _median_run(lambda: integrity.content_hash(path), repeats), path.stat().st_size)
+        integrity.remember(path, digest)
+        record("verify_cached", None, _median_run(lambda: integrity.verify(path, digest, "-"), repeats),
+               path.stat().st_size)
         start = time.perf_counter()
         read_images, _, _ = read_beton(path)
         first = time.perf_counter() - start
@@ -94,8 +104,8 @@ def _table(record: dict) -> str:
              "|---|---:|---:|---:|---:|---|---:|"]
     for r in record["results"]:
         procs = "-" if r["writer_processes"] is None else str(r["writer_processes"])
-        runs = ", ".join(f"{t:.2f}" for t in r["all_seconds"])
-        lines.append(f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:,} "
+        runs = ", ".join(f"{t:.3g}" for t in r["all_seconds"])
+        lines.append(f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.3g} | {r['images_per_s']:,} "
                      f"| {runs} | {r['mib']} |")
     return "\n".join(lines)
 
@@ -137,6 +147,10 @@ def main(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] | int = (1,
         f"{table}\n\n"
         "- write: `write_beton` (FFCV DatasetWriter, raw RGB + 2 IntFields, temporary file, fsync, rename) "
         "of synthetic images already in memory.\n"
+        "- hash: `integrity.content_hash` (blake2b, 256-bit) of the written beton, read from the page cache "
+        "as `prepare` does right after writing; a loader's first open of a beton pays the same.\n"
+        "- verify_cached: `integrity.verify` of an unchanged beton whose verification is remembered "
+        "(size, mtime, inode): what every later open pays.\n"
         "- read_beton: one whole `read_beton` call (beton checks, a new FFCV Loader with its numba "
         "compilation, one sequential pass copying every record out), after a first call that took "
         f"{record['results'][-2]['first_call_seconds']} s (FFCV's first compilation in the process).\n"

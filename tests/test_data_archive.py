@@ -17,7 +17,6 @@ from fastcifar.data import archive as archives
 from fastcifar.data import synthetic
 from fastcifar.errors import UserError
 
-
 # ---------------------------------------------------------------- synthetic arrays
 
 
@@ -63,7 +62,9 @@ def test_cifar100_archive_has_the_official_layout(tmp_path):
     assert md5 == hashlib.md5(path.read_bytes()).hexdigest() == archives.md5sum(path)
     assert synthetic.write_archive(tmp_path / "b.tar.gz", 30, 12, seed=1) == md5  # same bytes again
     with tarfile.open(path) as tar:
-        assert sorted(tar.getnames()) == ["cifar-100-python", "cifar-100-python/meta", "cifar-100-python/test", "cifar-100-python/train"]
+        assert sorted(tar.getnames()) == [
+            "cifar-100-python", "cifar-100-python/meta", "cifar-100-python/test", "cifar-100-python/train"
+        ]
     train = _load_member(path, "cifar-100-python/train")
     assert set(train) == {b"data", b"fine_labels", b"coarse_labels", b"filenames", b"batch_label"}
     images, fine, coarse = synthetic.make_arrays(30, 100, seed=1, stream=0)

@@ -206,7 +206,7 @@ REGIONS = {
     "header": lambda path: 4,  # page_size
     "allocation table": lambda path: _alloc_table_offset(path) + 8,  # first sample's pointer
     "image data": lambda path: beton.PAGE_SIZE + 1000,  # pixels of the first page
-    "labels": lambda path: _metadata_offset(path) + 8,  # the per-sample table (labels live there)
+    "sample table": lambda path: _metadata_offset(path) + 8,  # per-sample metadata (labels live there too)
 }
 
 
@@ -221,7 +221,8 @@ def test_damaged_beton_is_detected_by_loader_and_rebuilt_by_prepare(region, synt
         SYNTHETIC_FLAGS) + "`"
     with pytest.raises(UserError) as caught:
         build_loader("gpu", "test", root=root, dataset="synthetic")
-    assert str(caught.value) == f"{path} is damaged: its content differs from what was written (hash in meta.json); {rebuild}"
+    damaged = f"{path} is damaged: its content differs from what was written (hash in meta.json)"
+    assert str(caught.value) == f"{damaged}; {rebuild}"
 
     capsys.readouterr()
     prep.prepare(dataset="synthetic", root=root, n_train=1024, n_test=300, seed=0)
@@ -270,7 +271,9 @@ _IMAGES = synthetic.make_arrays(20, 100, 1)[0].transpose(0, 3, 1, 2).reshape(20,
 BAD_INPUT = {
     "fine label too large": ({b"fine_labels": [100] + [0] * 19}, "holds the label 100, outside 0..99"),
     "fine label negative": ({b"fine_labels": [-1] + [0] * 19}, "holds the label -1, outside 0..99"),
-    "coarse label too large": ({b"coarse_labels": [0] * 19 + [20]}, "key 'coarse_labels') holds the label 20, outside 0..19"),
+    "coarse label too large": (
+        {b"coarse_labels": [0] * 19 + [20]}, "key 'coarse_labels') holds the label 20, outside 0..19"
+    ),
     "float labels": ({b"fine_labels": [1.0] * 20}, "holds a label 1.0 of type float; labels must be integers"),
     "bool labels": ({b"fine_labels": [True] * 20}, "holds a label True of type bool"),
     "string labels": ({b"fine_labels": ["3"] * 20}, "holds a label '3' of type str"),
@@ -341,7 +344,9 @@ def _meta_cases(meta: dict) -> dict[str, str]:
         "num_classes a bool": (changed(num_classes=True), "'num_classes' is True, not of type int"),
         "classes not matching": (changed(classes=["a"]), "num_classes 100 does not match the 1 class names"),
         "no hashes": (json.dumps(without_hashes), "the key 'hashes' is missing"),
-        "hash not a digest": (changed(hashes={"train.beton": 5, "test.beton": 5}), "hashes['train.beton'] is 5, not a blake2b digest"),
+        "hash not a digest": (
+            changed(hashes={"train.beton": 5, "test.beton": 5}), "hashes['train.beton'] is 5, not a blake2b digest"
+        ),
         "counts wrong": (changed(counts={"train": "many", "test": 3}), "counts['train'] is 'many'"),
         "mean wrong": (changed(mean=[0.5, None, 0.5]), "'mean' is [0.5, None, 0.5], not three numbers"),
         "older format": (changed(format_version=1), "format version 1, this version of fastcifar writes 2"),
@@ -362,7 +367,8 @@ def test_damaged_meta_json_is_one_line_everywhere(synthetic_root, tmp_path):
             with pytest.raises(UserError) as caught:
                 call()
             message = str(caught.value)
-            assert message.startswith(f"{path} is damaged") and words in message and "\n" not in message, (case, message)
+            assert message.startswith(f"{path} is damaged"), (case, message)
+            assert words in message and "\n" not in message, (case, message)
             assert "prepare --dataset synthetic" in message
     run = _run(["info", "--dataset", "synthetic", "--root", str(root)])
     _assert_one_line_error(run, "meta.json is damaged")
@@ -382,7 +388,8 @@ def test_prepare_rebuilds_over_a_damaged_meta_json(synthetic_root, tmp_path, cap
 
 
 @pytest.mark.parametrize("args, words", [
-    (["prepare", "--dataset", "synthetic", "--ntrain", "5"], "unknown flag --ntrain for prepare; valid flags: --dataset"),
+    (["prepare", "--dataset", "synthetic", "--ntrain", "5"],
+     "unknown flag --ntrain for prepare; valid flags: --dataset"),
     (["prepare", "--dataset", "synthetic", "--n_train=40", "7"], "unexpected argument '7'"),
     (["prepare", "--dataset", "synthetic", "--", "--n_train", "40"], "nothing may follow `--`"),
     (["info", "--dataset", "synthetic", "--verbose"], "unknown flag --verbose for info"),

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from fastcifar.data import archive as archives
-from fastcifar.data import beton
+from fastcifar.data import beton, synthetic
 from fastcifar.data import prepare as prep
-from fastcifar.data import synthetic
 from fastcifar.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +99,8 @@ def served_cifar100(tmp_path, monkeypatch):
     """Make the 'official' CIFAR-100 a generated archive served from a file:// URL with its md5."""
     path = tmp_path / "served" / "cifar-100-python.tar.gz"
     md5 = synthetic.write_archive(path, 60, 20, seed=9)
-    monkeypatch.setitem(archives.SPECS, "cifar100", dataclasses.replace(archives.SPECS["cifar100"], url=path.as_uri(), md5=md5))
+    served = dataclasses.replace(archives.SPECS["cifar100"], url=path.as_uri(), md5=md5)
+    monkeypatch.setitem(archives.SPECS, "cifar100", served)
     return path, md5
 
 
@@ -325,4 +325,5 @@ def test_cli_errors_are_one_line(tmp_path):
     cut = _truncated(tmp_path)
     _cli_error(["prepare", "--root", root, "--archive", str(cut)], "truncated or corrupt", md5=archives.md5sum(cut))
     evil = _traversal(tmp_path)
-    _cli_error(["prepare", "--root", root, "--archive", str(evil)], "escapes the target folder", md5=archives.md5sum(evil))
+    _cli_error(["prepare", "--root", root, "--archive", str(evil)], "escapes the target folder",
+               md5=archives.md5sum(evil))

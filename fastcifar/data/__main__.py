@@ -14,7 +14,8 @@ import functools
 import inspect
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastcifar.cli import run_cli
 from fastcifar.errors import UserError
@@ -44,7 +45,9 @@ def prepare(
     """
     from fastcifar.data.prepare import prepare as run_prepare
 
-    run_prepare(dataset=dataset, root=root, archive=archive, n_train=n_train, n_test=n_test, seed=seed, download=download)
+    run_prepare(
+        dataset=dataset, root=root, archive=archive, n_train=n_train, n_test=n_test, seed=seed, download=download
+    )
 
 
 def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> None:
@@ -57,6 +60,7 @@ def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> N
         return
     folder = dataset_dir(root, dataset)
     classes = meta["classes"]
+    source = meta["source"]
     rows = [
         ("folder", str(folder)),
         ("dataset", meta["dataset"] + ("  (SYNTHETIC: not real images)" if meta.get("synthetic") else "")),
@@ -65,7 +69,7 @@ def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> N
         ("images", ", ".join(f"{split} {count}" for split, count in meta["counts"].items())),
         ("mean (0..1)", " ".join(f"{v:.4f}" for v in meta["mean"])),
         ("std (0..1)", " ".join(f"{v:.4f}" for v in meta["std"])),
-        ("source", f"{meta['source'].get('kind')} {meta['source'].get('name', meta['source'].get('archive', ''))} md5 {meta['source'].get('md5')}"),
+        ("source", f"{source.get('kind')} {source.get('name', source.get('archive', ''))} md5 {source.get('md5')}"),
         ("files", ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in meta["files"].items())),
         ("ffcv", meta.get("ffcv_version", "?")),
         ("created", meta.get("created_at", "?")),

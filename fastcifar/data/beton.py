@@ -80,7 +80,7 @@ class _WorkerWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beton-writer-watchdog", daemon=True)
 
-    def __enter__(self) -> "_WorkerWatchdog":
+    def __enter__(self) -> _WorkerWatchdog:
         self._thread.start()
         return self
 

@@ -40,7 +40,8 @@ def as_images(values: Any, where: str, shape: tuple[int | None, ...]) -> Any:
     dtype = str(values.dtype).removeprefix("torch.")
     if dtype != "uint8":
         count = values.numel() if hasattr(values, "numel") else values.size
-        scaled = dtype.startswith(("float", "bfloat")) and count and 0 <= float(values.min()) <= float(values.max()) <= 1
+        floats = dtype.startswith(("float", "bfloat"))
+        scaled = floats and count and 0 <= float(values.min()) <= float(values.max()) <= 1
         hint = " (they look scaled to 0..1)" if scaled else ""
         raise UserError(
             f"{where} holds images of dtype {values.dtype}{hint}; images must be uint8 in 0..255, "
@@ -85,4 +86,6 @@ def check_label_range(labels: np.ndarray, count: int, where: str) -> None:
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= count:
         bad = low if low < 0 else high
-        raise UserError(f"{where} holds the label {bad}, outside 0..{count - 1}; the file is damaged or not {count}-class data")
+        raise UserError(
+            f"{where} holds the label {bad}, outside 0..{count - 1}; the file is damaged or not {count}-class data"
+        )

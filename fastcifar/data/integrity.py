@@ -68,7 +68,8 @@ def verify(path: str | os.PathLike, expected: str, rebuild: str) -> None:
     path = Path(path)
     try:
         entry = _read_cache(path.parent).get(path.name)
-        if isinstance(entry, dict) and entry.get("hash") == expected and {k: entry.get(k) for k in _stamp(path)} == _stamp(path):
+        stamp = _stamp(path)
+        if isinstance(entry, dict) and entry.get("hash") == expected and {k: entry.get(k) for k in stamp} == stamp:
             return
         actual = content_hash(path)
     except OSError as err:

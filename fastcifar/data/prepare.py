@@ -138,7 +138,8 @@ def load_meta(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
     try:
         return _read_meta(path)
     except UserError as err:
-        raise UserError(f"{err}; run `{prepare_command(root, dataset)}` (with the flags it was prepared with) again") from None
+        command = prepare_command(root, dataset)
+        raise UserError(f"{err}; run `{command}` (with the flags it was prepared with) again") from None
 
 
 def verify_beton(root: str | os.PathLike, dataset: str, name: str, meta: dict[str, Any]) -> Path:
@@ -205,7 +206,9 @@ def _remove_leftovers(root: Path, out: Path) -> None:
     """Remove temporary files and folders that killed runs of prepare left (see :mod:`.scratch`)."""
     removed = scratch.remove_stale(root, locked=(".synthetic-*", ".extract-*"))
     removed += scratch.remove_stale(
-        out, locked=tuple(f".{name}.*.tmp" for name in BETONS), unlocked=(".meta.json.*.tmp", f".{integrity.CACHE_NAME}.*.tmp")
+        out,
+        locked=tuple(f".{name}.*.tmp" for name in BETONS),
+        unlocked=(".meta.json.*.tmp", f".{integrity.CACHE_NAME}.*.tmp"),
     )
     removed += scratch.remove_stale(root / "downloads", locked=(".*.part",))
     if removed:
@@ -249,7 +252,10 @@ def _resolve_official_source(
         if path.is_dir():
             folder = archives.find_folder(path, spec)
             if folder is None:
-                raise UserError(f"{path} holds no {spec.folder}/ folder with '{spec.meta_file}' in it; pass the archive or that folder")
+                raise UserError(
+                    f"{path} holds no {spec.folder}/ folder with '{spec.meta_file}' in it; "
+                    "pass the archive or that folder"
+                )
             return "folder", folder, archives.folder_md5(folder, spec)
         if not path.is_file():
             raise UserError(f"--archive {path} does not exist; pass the path of {spec.filename}")
@@ -322,7 +328,8 @@ def _prepare_synthetic(root: Path, out: Path, n_train: int | None, n_test: int |
     n_test = SYNTHETIC_DEFAULT_SIZES[1] if n_test is None else n_test
     for flag, value in (("--n_train", n_train), ("--n_test", n_test), ("--seed", seed)):
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if flag == "--seed" else 1):
-            raise UserError(f"{flag} must be a {'non-negative' if flag == '--seed' else 'positive'} integer, got {value!r}")
+            kind = "non-negative" if flag == "--seed" else "positive"
+            raise UserError(f"{flag} must be a {kind} integer, got {value!r}")
     inputs = {"dataset": "synthetic", "n_train": n_train, "n_test": n_test, "seed": seed, "generator": 1}
     fingerprint = _fingerprint(inputs)
     if _is_prepared(root, "synthetic", fingerprint):
@@ -421,7 +428,8 @@ def _prepare_official(root: Path, out: Path, dataset: str, archive: str | os.Pat
         data = archives.read_folder(path, spec)
     else:
         content = archives.archive_content_size(path)
-        _ensure_free_space(root, content + _beton_bytes(content // _IMAGE_BYTES), f"extracting {path.name} and the betons")
+        needed = content + _beton_bytes(content // _IMAGE_BYTES)
+        _ensure_free_space(root, needed, f"extracting {path.name} and the betons")
         print(f"extracting {path}", flush=True)
         data = _read_archive(path, spec, root)
 

@@ -11,8 +11,9 @@ Backends are imported on first use, so ``gpu`` over in-memory arrays needs neith
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

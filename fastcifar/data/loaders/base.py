@@ -22,7 +22,8 @@ import contextlib
 import math
 import os
 from abc import ABC, abstractmethod
-from typing import Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch

@@ -27,8 +27,8 @@ epoch starts; we restore the caller's count after both (see ``_iter_epoch``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -9,8 +9,8 @@ so a step does no host work and no host synchronisation (no ``.item()``, ``.cpu(
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class GpuLoader(LoaderBase):
         *,
         device: torch.device | str = "cpu",
         **kwargs,
-    ) -> "GpuLoader":
+    ) -> GpuLoader:
         """Build from in-memory arrays (no FFCV needed).
 
         Args:
@@ -92,7 +92,7 @@ class GpuLoader(LoaderBase):
         return cls(images, labels.to(device), **kwargs)
 
     @classmethod
-    def from_beton(cls, path: str | Path, *, device: torch.device | str = "cpu", **kwargs) -> "GpuLoader":
+    def from_beton(cls, path: str | Path, *, device: torch.device | str = "cpu", **kwargs) -> GpuLoader:
         """Decode a whole beton once (through FFCV) and keep it on ``device``."""
         from fastcifar.data.beton import read_beton
 

@@ -17,8 +17,8 @@ this process on torch's global generator, so augmentation then follows the globa
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ class TorchLoader(LoaderBase):
         self._set_num_items(len(self.sampler))
 
     @classmethod
-    def from_beton(cls, path: str | Path, *, train: bool, **kwargs) -> "TorchLoader":
+    def from_beton(cls, path: str | Path, *, train: bool, **kwargs) -> TorchLoader:
         """Decode the beton once into numpy and serve PIL images from it."""
         from fastcifar.data.beton import read_beton
 
