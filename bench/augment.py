@@ -1,13 +1,21 @@
-"""Augmentation alone, in images/s: the study's train transform three ways.
+"""Augmentation alone, in images/s and kernel launches per batch: the study's train transform.
 
 - ``fastcifar``: :class:`fastcifar.augment.TrainTransform` on uint8 batches on the device, every
-  sample with its own flip, crop offset and RandAugment ops/signs.
+  sample with its own flip, crop offset and RandAugment ops/signs, on the route the loaders use
+  on that device (compiled on CUDA, eager elsewhere); ``fastcifar-eager`` / ``fastcifar-compiled``:
+  the other route, for the side-by-side comparison. The compiled route's first batch compiles
+  (reported as ``first_batch_seconds``) and is not timed.
 - ``torchvision-pil``: the study's per-image pipeline (RandomHorizontalFlip, RandomCrop(32,
   padding=4, reflect), RandAugment(2, 10), ToTensor, Normalize) on PIL images, one CPU process
   (a DataLoader spreads this over workers; multiply by the worker count for an upper bound).
 - ``torchvision-v2-batch``: the same transforms from ``torchvision.transforms.v2`` applied to whole
   uint8 batches on the device. Faster, but NOT equivalent: v2 draws one flip, one crop and one
   RandAugment op pair per batch, so every image in a batch gets the same augmentation.
+
+Launches per batch, from ``torch.profiler`` over a few batches after warm-up (see
+:func:`count_launches`): on CUDA the device kernel events; on the CPU, which launches nothing, the
+closest analogue: Inductor's generated C++ kernels (profiled by name) plus the outermost aten calls
+that do work (views, allocations and no-op conversions excluded), random draws included in both.
 
 Input: seeded random uint8 CIFAR-shaped images (never all-zero). Output: a table on stdout and
 ``bench/results/augment-<device>-<date>.json`` / ``.md`` (command, versions, device, date).
@@ -17,14 +25,16 @@ Usage: ``python -m bench.augment --device=cpu --batch_size=512 --n_images=8192``
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shlex
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,6 +61,100 @@ def _time_batches(step: Callable[[torch.Tensor], object], batches: list[torch.Te
         step(batch)
     sync(device)
     return time.perf_counter() - start
+
+
+# aten ops that launch no kernel: allocations, views and metadata.
+_NO_KERNEL_OPS = frozenset({
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::view", "aten::_reshape_alias",
+    "aten::reshape", "aten::as_strided", "aten::expand", "aten::expand_as", "aten::unsqueeze",
+    "aten::squeeze", "aten::slice", "aten::select", "aten::transpose", "aten::permute", "aten::t",
+    "aten::alias", "aten::detach", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg",
+    "aten::_unsafe_view", "aten::unbind", "aten::split", "aten::chunk", "aten::result_type",
+    "aten::set_", "aten::resize_", "aten::view_as", "aten::flatten", "aten::contiguous",
+})
+COUNTED = {
+    "cuda": "CUDA kernel events in the profiler's device activity (memcpy and memset excluded)",
+    "cpu": ("Inductor C++ kernels (cpp_fused_*, profiled via inductor cpp.enable_kernel_profile) plus "
+            "outermost aten calls that do work (allocations, views and no-op conversions excluded)"),
+}
+
+
+def _has_aten_ancestor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def _is_working_aten_call(event) -> bool:
+    """An outermost aten call that computes something (the CPU analogue of a kernel launch):
+    not nested in another aten op, not an allocation or view, not a no-op ``to``."""
+    name = event.name
+    if not name.startswith("aten::") or name in _NO_KERNEL_OPS or _has_aten_ancestor(event):
+        return False
+    return not (name == "aten::to" and not event.cpu_children)
+
+
+def count_launches(step: Callable[[torch.Tensor], object], batch: torch.Tensor, device: torch.device,
+                   batches: int = 3) -> dict:
+    """Kernel launches per batch of ``step(batch)``, from ``torch.profiler`` (call after warm-up).
+
+    Returns ``{"kernels_per_batch", "counted", "by_name"}``; ``counted`` says what was counted on
+    this device (see :data:`COUNTED`), ``by_name`` the most frequent names per batch.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(batches):
+            step(batch)
+        sync(device)
+    events = prof.events()
+    if device.type == "cuda":
+        names = [e.name for e in events
+                 if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))]
+    else:
+        names = [e.name for e in events if "cpp_fused" in e.name or _is_working_aten_call(e)]
+    by_name = Counter(names)
+    return {
+        "kernels_per_batch": round(len(names) / batches, 2),
+        "counted": COUNTED["cuda" if device.type == "cuda" else "cpu"],
+        "by_name": {name: round(n / batches, 2) for name, n in by_name.most_common(30)},
+    }
+
+
+def _kernel_profiling(device: torch.device, compiled: bool):
+    """On the CPU, make Inductor's C++ kernels visible to the profiler while the graph compiles."""
+    if compiled and device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch({"cpp.enable_kernel_profile": True})
+    return contextlib.nullcontext()
+
+
+def _bench_route(route: str, device: torch.device, batches: list[torch.Tensor], seed: int,
+                 compile_backend: str) -> dict:
+    """Time one TrainTransform route and count its launches per batch."""
+    compiled = route == "compiled"
+    train = TrainTransform(compiled=compiled, compile_backend=compile_backend).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def step(b: torch.Tensor) -> torch.Tensor:
+        return train(b, generator=gen)
+
+    with _kernel_profiling(device, compiled):
+        start = time.perf_counter()
+        step(batches[0])  # compiles on the compiled route
+        sync(device)
+        first = time.perf_counter() - start
+    seconds = _time_batches(step, batches, device)
+    default = TrainTransform().uses_compiled(device) == compiled
+    return {"name": "fastcifar" if default else f"fastcifar-{route}", "route": route, "seconds": seconds,
+            "first_batch_seconds": round(first, 3), "launches": count_launches(step, batches[0], device),
+            "compile_backend": compile_backend if compiled else None}
 
 
 def _torchvision_pil_pipeline():
@@ -82,8 +186,9 @@ def _torchvision_v2_batch_pipeline():
 
 
 def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_images: int = 8192,
-                  pil_images: int | None = None, seed: int = 0) -> dict:
-    """Measure the three augmentation pipelines; returns ``{"config": ..., "results": [...]}``.
+                  pil_images: int | None = None, seed: int = 0, routes: tuple[str, ...] = ("eager", "compiled"),
+                  compile_backend: str = "inductor") -> dict:
+    """Measure the augmentation pipelines; returns ``{"config": ..., "results": [...]}``.
 
     Args:
         device: where the batched pipelines run ("cpu", "cuda", "cuda:1", ...).
@@ -92,7 +197,12 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
         pil_images: images timed for the per-image PIL pipeline (default ``min(n_images, 2048)``,
             0 skips it); it always runs on the CPU.
         seed: seed for the input images and the random draws.
-    Each result has ``pipeline``, ``device``, ``images``, ``seconds``, ``images_per_s``, ``per_sample``.
+        routes: TrainTransform routes to measure ("eager", "compiled"); the one the loaders use on
+            ``device`` is named ``fastcifar``, another ``fastcifar-<route>``.
+        compile_backend: ``torch.compile`` backend of the compiled route.
+    Each result has ``pipeline``, ``device``, ``images``, ``seconds``, ``images_per_s``, ``per_sample``;
+    ours also ``route``, ``first_batch_seconds``, ``compile_backend`` and ``launches`` (see
+    :func:`count_launches`).
     """
     from PIL import Image
 
@@ -101,15 +211,18 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
         raise UserError("CUDA was requested but no CUDA device is available; pass --device=cpu.")
     if batch_size < 1 or n_images < 1:
         raise UserError("batch_size and n_images must be positive integers.")
+    unknown = set(routes) - {"eager", "compiled"}
+    if unknown or not routes:
+        raise UserError(f"routes must be a non-empty subset of ('eager', 'compiled'), got {routes}.")
     n_batches = max(1, n_images // batch_size)
     host = _images(n_batches * batch_size, seed)
     batches = [b.to(device) for b in host.split(batch_size)]
     results = []
-
-    train = TrainTransform().to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    seconds = _time_batches(lambda b: train(b, generator=gen), batches, device)
-    results.append(("fastcifar", device, n_batches * batch_size, seconds, True))
+    extras: dict[str, dict] = {}
+    for route in routes:
+        row = _bench_route(route, device, batches, seed, compile_backend)
+        results.append((row["name"], device, n_batches * batch_size, row["seconds"], True))
+        extras[row["name"]] = {k: row[k] for k in ("route", "first_batch_seconds", "compile_backend", "launches")}
 
     torch.manual_seed(seed)  # torchvision draws from the global generators
     v2 = _torchvision_v2_batch_pipeline()
@@ -131,29 +244,36 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
                    "pil_images": n_pil, "seed": seed, "torch_threads": torch.get_num_threads()},
         "results": [
             {"pipeline": name, "device": str(dev), "images": n, "seconds": round(s, 4),
-             "images_per_s": round(n / s, 1), "per_sample": per_sample}
+             "images_per_s": round(n / s, 1), "per_sample": per_sample, **extras.get(name, {})}
             for name, dev, n, s, per_sample in results
         ],
     }
 
 
 def _table(record: dict) -> str:
-    lines = ["| pipeline | device | per-sample draws | images | seconds | images/s |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = ["| pipeline | route | device | per-sample draws | images | seconds | images/s | launches per batch |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
     for r in record["results"]:
-        lines.append(f"| {r['pipeline']} | {r['device']} | {'yes' if r['per_sample'] else 'no (one per batch)'} "
-                     f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} |")
+        launches = r["launches"]["kernels_per_batch"] if "launches" in r else "-"
+        lines.append(f"| {r['pipeline']} | {r.get('route', '-')} | {r['device']} "
+                     f"| {'yes' if r['per_sample'] else 'no (one per batch)'} "
+                     f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | {launches} |")
     return "\n".join(lines)
 
 
 def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_images: int | None = None,
-         seed: int = 0, out_dir: str = str(RESULTS_DIR)) -> None:
-    """Run :func:`bench_augment`, print the table and write ``augment-<device>-<date>.json/.md``."""
+         seed: int = 0, routes: str = "eager,compiled", compile_backend: str = "inductor",
+         out_dir: str = str(RESULTS_DIR)) -> None:
+    """Run :func:`bench_augment`, print the table and write ``augment-<device>-<date>.json/.md``.
+
+    ``routes``: comma-separated TrainTransform routes ("eager", "compiled").
+    """
     import torchvision
 
     from bench.ceilings import environment
 
-    record = bench_augment(device, batch_size, n_images, pil_images, seed)
+    route_list = tuple(r.strip() for r in str(routes).split(",") if r.strip())
+    record = bench_augment(device, batch_size, n_images, pil_images, seed, route_list, compile_backend)
     dev = torch.device(device)
     today = datetime.date.today().isoformat()
     record = {
@@ -173,13 +293,16 @@ def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_i
     md = (f"# Augmentation throughput ({dev.type}, {today})\n\n"
           f"Command: `{record['command']}`  \n"
           f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}, "
-          f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, {record['config']['torch_threads']} torch threads, "
+          f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, "
+          f"{record['config']['torch_threads']} torch threads, "
           f"load average {env['load_average_1min_after']} after the run)\n\n"
           f"{table}\n\n"
           "The study's train transform (flip, reflect-pad crop, RandAugment(2, 10), normalise) on "
           "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
           "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
-          "different work than the per-sample pipelines.\n")
+          "different work than the per-sample pipelines.\n\n"
+          f"Launches per batch ({dev.type}): {COUNTED['cuda' if dev.type == 'cuda' else 'cpu']}; "
+          "the per-name breakdown is in the JSON.\n")
     write_text_atomic(stem.with_suffix(".md"), md)
     print(f"wrote {stem}.json and {stem}.md")
 
