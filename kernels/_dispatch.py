@@ -53,9 +53,7 @@ def sk_select(branches: Sequence[torch.Tensor] | torch.Tensor, logits: torch.Ten
     _check_branches(feats, "sk_select")
     N, C = feats[0].shape[:2]
     if tuple(logits.shape) != (N, len(feats), C):
-        raise ValueError(
-            f"sk_select: logits must be (N, M, C) = {(N, len(feats), C)}, got {tuple(logits.shape)}."
-        )
+        raise ValueError(f"sk_select: logits must be (N, M, C) = {(N, len(feats), C)}, got {tuple(logits.shape)}.")
     if use_triton(feats[0]) and feats[0].dtype in _FLOATS and logits.dtype in _FLOATS:
         return torch.ops.fastcifar.sk_select(feats, logits)
     return sk_select_reference(feats, logits)

@@ -26,9 +26,7 @@ def as_branch_list(branches: Sequence[torch.Tensor] | torch.Tensor) -> list[torc
     return list(branches)
 
 
-def sk_select_reference(
-    branches: Sequence[torch.Tensor] | torch.Tensor, logits: torch.Tensor
-) -> torch.Tensor:
+def sk_select_reference(branches: Sequence[torch.Tensor] | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """V[n,c,h,w] = sum_m softmax_m(logits[n,:,c]) * F_m[n,c,h,w].
 
     branches: M tensors (N, C, H, W) or one (N, M, C, H, W) tensor; logits: (N, M, C).

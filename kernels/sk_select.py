@@ -67,7 +67,15 @@ def _tile_mask(offs_c, offs_p, C, HW, EVEN_C: tl.constexpr, EVEN_HW: tl.constexp
 
 @triton.jit
 def _branch_pointers(
-    f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M: tl.constexpr, M_PAD: tl.constexpr, ALIGNED: tl.constexpr, VEC_C: tl.constexpr
+    f0_ptr,
+    f1_ptr,
+    f2_ptr,
+    f3_ptr,
+    off,
+    M: tl.constexpr,
+    M_PAD: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    VEC_C: tl.constexpr,
 ):
     """(BLOCK_C, BLOCK_HW, M_PAD) pointers: slot m of the last axis points into branch m at `off`.
 
@@ -172,7 +180,9 @@ def _sk_select_bwd_kernel(
         off = _tile_offsets(n, offs_c, offs_p, W, sg_n, sg_c, sg_h, sg_w, FLAT_HW, ALIGNED, VEC_C)
         dv = tl.load(dv_ptr + off, mask=mask, other=0.0).to(tl.float32)
         off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
-        f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C), mask=mask3, other=0.0)
+        f = tl.load(
+            _branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C), mask=mask3, other=0.0
+        )
 
         g += tl.sum(dv[:, :, None] * f.to(tl.float32), axis=1)
         df = a[:, None, :] * dv[:, :, None]
@@ -329,7 +339,11 @@ def select_forward_launch(branches: list[torch.Tensor], logits: torch.Tensor, ou
 
 
 def select_backward_launch(
-    grad: torch.Tensor, branches: list[torch.Tensor], logits: torch.Tensor, grads: list[torch.Tensor], dlogits: torch.Tensor
+    grad: torch.Tensor,
+    branches: list[torch.Tensor],
+    logits: torch.Tensor,
+    grads: list[torch.Tensor],
+    dlogits: torch.Tensor,
 ) -> Launch:
     """The backward kernel's launch: reads grad, branches, logits; writes grads (one stride set) and dlogits."""
     N, C, H, W = grad.shape

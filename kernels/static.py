@@ -62,14 +62,20 @@ def occupancy(registers: int, shared: int, num_warps: int, sm: SMLimits = H200) 
     }
 
 
-_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z_]+)*?(?:\.v(\d))?\.([bfsu])(\d+)\b")
+_ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")  # the instruction and its qualifiers
+_VECTOR = re.compile(r"\.v(\d)\b")
+_TYPE = re.compile(r"\.[bfsu](\d+)$")
 
 
 def global_access_widths(ptx: str) -> dict[str, dict[int, int]]:
     """Count global loads and stores in PTX by access width in bits, e.g. {"ld": {128: 4, 32: 1}, "st": {...}}."""
     widths: dict[str, dict[int, int]] = {"ld": {}, "st": {}}
-    for kind, vec, _, bits in _ACCESS.findall(ptx):
-        width = int(vec or 1) * int(bits)
+    for kind, qualifiers in _ACCESS.findall(ptx):
+        vec = _VECTOR.search(qualifiers)
+        bits = _TYPE.search(qualifiers)
+        if bits is None:
+            continue
+        width = int(vec.group(1) if vec else 1) * int(bits.group(1))
         widths[kind][width] = widths[kind].get(width, 0) + 1
     return widths
 
@@ -146,4 +152,42 @@ def analyse(launch: Launch, sm: SMLimits = H200) -> dict[str, Any]:
         "vector_loads": 128 in widths["ld"],
         "vector_stores": 128 in widths["st"],
         "bytes": launch_bytes(launch),
+    }
+
+
+def sk_launches(
+    shape: tuple[int, int, int, int, int], dtype: torch.dtype, memory_format: torch.memory_format
+) -> dict[str, Launch]:
+    """The launches of SK select forward, backward and fuse mean for branches (N, M, C, H, W) on the meta device.
+
+    Tensors are laid out as in SKConv: branches, dV and gradients in `memory_format`, logits (N, M, C) dense.
+    """
+    import importlib
+
+    sk = importlib.import_module("kernels.sk_select")
+    N, M, C, H, W = shape
+    branches = [torch.empty(N, C, H, W, device="meta", dtype=dtype, memory_format=memory_format) for _ in range(M)]
+    logits = torch.empty(N, M, C, device="meta", dtype=dtype)
+    out = sk._alloc_select(branches, logits)
+    grads, dlogits = sk._alloc_select_grads(out, branches, logits)
+    return {
+        "sk_select fwd": sk.select_forward_launch(branches, logits, out),
+        "sk_select bwd": sk.select_backward_launch(out, branches, logits, grads, dlogits),
+        "sk_fuse_mean": sk.fuse_mean_launch(branches, sk._alloc_fuse_mean(branches)),
+    }
+
+
+def zpool_launches(
+    shape: tuple[int, int, int, int], dim: int, dtype: torch.dtype, memory_format: torch.memory_format
+) -> dict[str, Launch]:
+    """The launches of Z-pool forward and backward along `dim` for x (N, C, H, W) on the meta device."""
+    import importlib
+
+    zp = importlib.import_module("kernels.zpool")
+    x = torch.empty(shape, device="meta", dtype=dtype, memory_format=memory_format)
+    out, idx = zp._alloc_zpool(x, dim)
+    dx = zp._alloc_zpool_grad(out, idx, list(shape), dim, memory_format == torch.channels_last)
+    return {
+        f"zpool(dim={dim}) fwd": zp.forward_launch(x, dim, out, idx),
+        f"zpool(dim={dim}) bwd": zp.backward_launch(out, idx, dx, dim),
     }

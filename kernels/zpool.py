@@ -151,7 +151,7 @@ def _pow2_floor(x: int) -> int:
 def _pool_config(x: torch.Tensor, dim: int, Q: int) -> dict[str, int | bool]:
     """(BLOCK_R, BLOCK_Q), compile-time flags and num_warps for pooling x along dim.
 
-    The tile holds X / (8 * SMS) elements (clamped to 512..4096), so the grid has at least ~8 programs
+    The tile holds X / (8 * SMS) elements (clamped to 256..4096), so the grid has at least ~8 programs
     per SM on the models' shapes (a 1x1 plane with C = 512 at batch 256 gives 256 programs, not 16).
     The tile is wide along whichever axis is contiguous in memory; along the pooled axis its width is
     the largest power of two dividing R (80 -> 16: no masked lanes) when that is at least 8.
@@ -162,7 +162,7 @@ def _pool_config(x: torch.Tensor, dim: int, Q: int) -> dict[str, int | bool]:
     live = [d for d in range(4) if x.shape[d] > 1 or d == dim]
     unit = min(x.stride(d) for d in live)
     vec_r = x.stride(dim) == unit and R > 1
-    tile = min(4096, max(512, _pow2_floor(x.numel() // (8 * SMS))))
+    tile = min(4096, max(256, _pow2_floor(x.numel() // (8 * SMS))))
     if vec_r:
         divisor = R & -R
         block_r = min(divisor if divisor >= VECTOR else triton.next_power_of_2(R), tile)

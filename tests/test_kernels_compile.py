@@ -70,7 +70,7 @@ def test_fullgraph_compile_with_interpreted_kernels():
         "fastcifar.zpool",
     ]
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
@@ -95,65 +95,48 @@ def test_fullgraph_inductor_sees_the_triton_kernels(dtype):
     ref_out, ref_grads = run_and_grads(reference, x)
 
     source = "\n".join(code)
-    for kernel in ("_sk_fuse_mean_kernel", "_sk_select_fwd_kernel", "_sk_select_bwd_kernel", "_zpool_fwd_kernel", "_zpool_bwd_kernel"):
+    for kernel in (
+        "_sk_fuse_mean_kernel",
+        "_sk_select_fwd_kernel",
+        "_sk_select_bwd_kernel",
+        "_zpool_fwd_kernel",
+        "_zpool_bwd_kernel",
+    ):
         assert kernel in source, f"{kernel} not in Inductor's generated code"
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=tol, atol=tol * max(1.0, r.abs().max().item()))
 
 
 def compile_all_kernels_for_sm90() -> int:
     """Lower every kernel to an sm_90 cubin with Triton's own pipeline (TTIR -> ... -> ptxas).
 
-    An explicit target needs no driver or device. Must run with TRITON_INTERPRET unset, so that
-    @triton.jit yields compilable JITFunctions. Returns the number of kernels compiled.
+    The launches are the ops' own (kernels.static builds them on meta tensors): bf16, M = 2 and 3,
+    channels_last and NCHW, flat and strided planes, int8/int16 argmax. An explicit target needs no
+    driver or device. Must run with TRITON_INTERPRET unset. Returns the number of kernels compiled.
     """
-    import importlib
-    import inspect
+    from kernels import static
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sk = importlib.import_module("kernels.sk_select")
-    zp = importlib.import_module("kernels.zpool")
-    target = GPUTarget("cuda", 90, 32)
-    count = 0
-
-    def build(kernel, pointers: dict[str, str], constexprs: dict[str, object]) -> None:
-        nonlocal count
-        names = list(inspect.signature(kernel.fn).parameters)
-        signature = {
-            n: "constexpr" if n in constexprs else pointers.get(n, "fp32" if n.startswith("inv") else "i32")
-            for n in names
-        }
-        const = {(names.index(k),): v for k, v in constexprs.items()}
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs=const), target=target, options={"num_warps": 4})
-        assert compiled.asm["cubin"], kernel.fn.__name__
-        count += 1
-
-    bf16 = "*bf16"
-    branch_ptrs = {f"f{i}_ptr": bf16 for i in range(4)}
-    for M, flat in [(2, True), (4, False)]:
-        blocks = dict(M=M, FLAT_HW=flat, BLOCK_C=16, BLOCK_HW=64)
-        build(sk._sk_select_fwd_kernel, {**branch_ptrs, "logits_ptr": "*fp32", "out_ptr": bf16}, blocks)
-        grads = {f"df{i}_ptr": bf16 for i in range(4)}
-        bwd_ptrs = {**branch_ptrs, **grads, "dv_ptr": bf16, "logits_ptr": bf16, "dlogits_ptr": bf16}
-        build(sk._sk_select_bwd_kernel, bwd_ptrs, blocks)
-        build(sk._sk_fuse_mean_kernel, {**branch_ptrs, "out_ptr": bf16}, blocks)
-    for index_type in ("*i8", "*i16"):
-        build(zp._zpool_fwd_kernel, {"x_ptr": bf16, "out_ptr": bf16, "idx_ptr": index_type}, dict(BLOCK_R=8, BLOCK_Q=256))
-        pool_bwd = {"dout_ptr": bf16, "dx_ptr": bf16, "idx_ptr": index_type}
-        build(zp._zpool_bwd_kernel, pool_bwd, dict(BLOCK_R=128, BLOCK_Q=16))
-    return count
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    launches = [
+        *static.sk_launches((4, 2, 40, 8, 8), torch.bfloat16, cl).values(),
+        *static.sk_launches((4, 3, 37, 5, 7), torch.bfloat16, nchw).values(),
+        *static.zpool_launches((4, 80, 6, 6), 1, torch.bfloat16, cl).values(),
+        *static.zpool_launches((2, 300, 3, 5), 1, torch.float32, nchw).values(),  # int16 argmax
+        *static.zpool_launches((4, 64, 8, 8), 2, torch.float16, cl).values(),
+    ]
+    for launch in launches:
+        assert static.compile_launch(launch).asm["cubin"], launch.kernel.fn.__name__
+    return len(launches)
 
 
-def trace_cuda_decomposition() -> list[tuple[str, list[str]]]:
+def trace_cuda_decomposition() -> list[tuple[str, int, bool]]:
     """Trace every op on fake CUDA tensors through AOT functionalisation, as Inductor receives them.
 
-    Returns (kernel name, tensors the kernel mutates) per Triton kernel node. Triton's mutation
-    analysis lowers each kernel to TTIR; a fixed sm_90 target stands in for the absent driver.
+    Returns (kernel name, number of distinct tensors it writes, whether any is an input) per kernel
+    node. Triton's mutation analysis lowers each kernel to TTIR; a fixed sm_90 target stands in for
+    the absent driver.
     Must run with TRITON_INTERPRET unset, in a process of its own (it replaces Triton's driver).
     """
     import triton
@@ -179,36 +162,54 @@ def trace_cuda_decomposition() -> list[tuple[str, list[str]]]:
 
     with FakeTensorMode():
         cl = torch.channels_last
-        feats = [torch.empty(2, 37, 5, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl) for _ in range(3)]
+        feats = [
+            torch.empty(2, 37, 5, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl) for _ in range(3)
+        ]
         x = torch.empty(2, 8, 5, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
-        args = [*feats, torch.empty(2, 2, 37, device="cuda"), x, torch.empty(2, 8, 2, 7, device="cuda", dtype=torch.bfloat16)]
+        args = [
+            *feats,
+            torch.empty(2, 2, 37, device="cuda"),
+            x,
+            torch.empty(2, 8, 2, 7, device="cuda", dtype=torch.bfloat16),
+        ]
         gm, _ = aot_export_module(AllOps(), args, trace_joint=False)
-    return [
-        (kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__, sorted(n.kwargs["tensors_to_clone"]))
-        for n in gm.graph.nodes
-        if "triton_kernel_wrapper" in str(n.target)
-    ]
+    written = []
+    for node in gm.graph.nodes:
+        if "triton_kernel_wrapper" not in str(node.target):
+            continue
+        kernel_args = node.kwargs["kwargs"]
+        targets = {kernel_args[name] for name in node.kwargs["tensors_to_clone"]}  # distinct fx nodes
+        writes_inputs = any(t.op == "placeholder" for t in targets)
+        written.append(
+            (kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__, len(targets), writes_inputs)
+        )
+    return written
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the cuda tests trace the kernels for real")
 def test_cuda_decomposition_traces_without_a_gpu():
-    """What Inductor sees on CUDA: each op becomes its Triton kernel, writing only its outputs."""
+    """What Inductor sees on CUDA: each op becomes its Triton kernel, writing its outputs and no input
+    (a kernel found to write an input would make Inductor copy that input before every launch)."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     script = f"import runpy; print(runpy.run_path({__file__!r})['trace_cuda_decomposition']())"
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str([
-        ("_sk_select_fwd_kernel", ["out_ptr"]),
-        ("_sk_fuse_mean_kernel", ["out_ptr"]),
-        ("_sk_select_bwd_kernel", ["df0_ptr", "df1_ptr", "dlogits_ptr"]),
-        ("_zpool_fwd_kernel", ["idx_ptr", "out_ptr"]),
-        ("_zpool_bwd_kernel", ["dx_ptr"]),
-    ])
+    assert done.stdout.strip().splitlines()[-1] == str(
+        [
+            ("_sk_select_fwd_kernel", 1, False),  # out
+            ("_sk_fuse_mean_kernel", 1, False),  # s
+            ("_sk_select_bwd_kernel", 3, False),  # dF_0, dF_1, dlogits
+            ("_zpool_fwd_kernel", 2, False),  # out, argmax
+            ("_zpool_bwd_kernel", 1, False),  # dx
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -221,6 +222,8 @@ def test_kernels_compile_to_sm90_cubin_without_a_gpu():
 
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     script = f"import runpy; print(runpy.run_path({__file__!r})['compile_all_kernels_for_sm90']())"
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "10"
+    assert done.stdout.strip().splitlines()[-1] == "12"

@@ -4,21 +4,22 @@ import zlib
 
 import pytest
 import torch
+from kernel_checks import CUDA_OK, DEVICES, DTYPES, LAYOUTS, assert_close, poisoned_outputs  # noqa: F401 (autouse fixture)
 
 import kernels
 from kernels import _dispatch, _runtime
-from kernel_checks import CUDA_OK, DEVICES, DTYPES, LAYOUTS, assert_close, poisoned_outputs  # noqa: F401 (autouse fixture)
 
-# (N, M, C, H, W): C off every power of two, a 1x1 plane, N = 1, odd H != W, M from 1 to 4.
-SHAPES = [(2, 2, 37, 5, 7), (1, 3, 5, 1, 1), (3, 4, 19, 9, 9), (2, 1, 8, 3, 2)]
+# (N, M, C, H, W): C off every power of two, a 1x1 plane, N = 1, odd H != W, M from 1 to 4; and C % 8 == 0
+# (the aligned, unmasked-channel specialisations the models use: 40 -> 8-channel blocks) with M = 3
+# (a padded branch slot) and a plane that is no multiple of the spatial block.
+SHAPES = [(2, 2, 37, 5, 7), (1, 3, 5, 1, 1), (3, 4, 19, 9, 9), (2, 1, 8, 3, 2), (2, 3, 40, 5, 5), (2, 2, 16, 8, 8)]
 
 
 def make_branches(shape, dtype, layout, device, generator):
     N, M, C, H, W = shape
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     branches = [
-        torch.randn(N, C, H, W, generator=generator).to(device=device, dtype=dtype, memory_format=fmt)
-        for _ in range(M)
+        torch.randn(N, C, H, W, generator=generator).to(device=device, dtype=dtype, memory_format=fmt) for _ in range(M)
     ]
     logits = (2 * torch.randn(N, M, C, generator=generator)).to(device=device, dtype=dtype)
     return branches, logits
@@ -56,7 +57,7 @@ def test_sk_select_values_and_gradients(device, shape, layout, dtype):
     assert_close(out, ref_out, dtype, "output")
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
-    for m, (f, ref) in enumerate(zip(branches, ref_dfeats)):
+    for m, (f, ref) in enumerate(zip(branches, ref_dfeats, strict=True)):
         assert_close(f.grad, ref, dtype, f"dF_{m}")
     assert_close(logits.grad, ref_dlogits, dtype, "dlogits")
 
@@ -89,11 +90,32 @@ def test_sk_select_stacked_and_strided_inputs(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_sk_select_branches_with_different_strides(device):
+    """One NCHW and one channels_last branch: the kernels take one stride set, so the host copies once."""
+    gen = torch.Generator().manual_seed(9)
+    f0 = torch.randn(2, 16, 4, 6, generator=gen).to(device).requires_grad_()
+    f1 = torch.randn(2, 16, 4, 6, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    f1.requires_grad_()
+    logits = torch.randn(2, 2, 16, generator=gen).to(device).requires_grad_()
+    out = kernels.sk_select([f0, f1], logits)
+    grad = torch.randn(out.shape, generator=gen).to(device)
+    out.backward(grad)
+    ref, ref_df, ref_dl = float64_select([f0, f1], logits, grad)
+    assert_close(out, ref, torch.float32, "output")
+    assert_close(f0.grad, ref_df[0], torch.float32, "dF_0")
+    assert_close(f1.grad, ref_df[1], torch.float32, "dF_1")
+    assert_close(logits.grad, ref_dl, torch.float32, "dlogits")
+    s = kernels.sk_fuse_mean([f0, f1])
+    assert_close(s, kernels.sk_fuse_mean_reference([f0.detach().double(), f1.detach().double()]), torch.float32, "s")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_sk_fuse_mean(device, layout, dtype):
+@pytest.mark.parametrize("shape", [(3, 2, 21, 7, 5), (2, 3, 16, 8, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_sk_fuse_mean(device, layout, dtype, shape):
     gen = torch.Generator().manual_seed(11)
-    branches, _ = make_branches((3, 2, 21, 7, 5), dtype, layout, device, gen)
+    branches, _ = make_branches(shape, dtype, layout, device, gen)
     for f in branches:
         f.requires_grad_()
     s = kernels.sk_fuse_mean(branches)
@@ -104,7 +126,7 @@ def test_sk_fuse_mean(device, layout, dtype):
     ref = kernels.sk_fuse_mean_reference(feats)
     ref.backward(grad.double())
     assert_close(s, ref.detach(), dtype, "fuse mean")
-    for f, r in zip(branches, feats):
+    for f, r in zip(branches, feats, strict=True):
         assert_close(f.grad, r.grad, dtype, "fuse mean grad")
 
 

@@ -91,8 +91,14 @@ def conv_bn_act(
         padding = dilation * (kernel_size - 1) // 2
     layers: list[nn.Module] = [
         nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
         ),
         nn.BatchNorm2d(out_channels),
     ]
@@ -188,8 +194,7 @@ class SKConv(nn.Module):
         self.impl = resolve_impl(impl)
         self.num_branches = branches
         self.branches = nn.ModuleList(
-            conv_bn_act(channels, channels, 3, stride=stride, dilation=1 + i, groups=groups)
-            for i in range(branches)
+            conv_bn_act(channels, channels, 3, stride=stride, dilation=1 + i, groups=groups) for i in range(branches)
         )
         dim = max(channels // reduction, min_dim)
         self.fuse = conv_bn_act(channels, dim, 1)
@@ -408,11 +413,11 @@ def init_kaiming_fan_out(model: nn.Module) -> None:
 
 __all__ = [
     "IMPLS",
+    "LKA",
     "AttentionGate",
     "CoordinateAttention",
     "GCBlock",
     "HSwish",
-    "LKA",
     "SKConv",
     "SKSelect",
     "TripletAttention",
