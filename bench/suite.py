@@ -531,8 +531,9 @@ def build_sections(ctx: Context, args: argparse.Namespace, estimates: dict[str, 
         return triton_skip(True)()
 
     sections.append(make("augment_no_sync_compiled", lambda d: _no_sync_check(ctx, True), compiled_skip))
-    sections.append(make("augment", lambda d: section_augment(ctx, d)))
-    sections.append(make("gpu_loader", lambda d: section_gpu_loader(ctx, d)))
+    # On CUDA the benchmark and the loader use the compiled transform (Inductor, so Triton).
+    sections.append(make("augment", lambda d: section_augment(ctx, d), triton_skip(cuda)))
+    sections.append(make("gpu_loader", lambda d: section_gpu_loader(ctx, d), triton_skip(cuda)))
     sections.append(make("kernels", lambda d: section_kernels(ctx, d), triton_skip(cuda)))
     sections.append(
         make(

@@ -338,3 +338,31 @@ def test_benchmarks_get_only_the_arguments_they_take() -> None:
     assert call_supported(old, 1, short=True, time_left=lambda: 5.0) == ({"a": 1, "short": True}, ["time_left"])
     result, dropped = call_supported(new, 1, time_left=3)
     assert result == {"a": 1, "time_left": 3} and dropped == []
+
+
+def test_without_a_c_compiler_every_triton_section_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU without a C compiler, the sections that run Triton code are skipped with the reason."""
+    import argparse
+
+    import torch
+
+    from bench import preflight
+    from bench.suite import GPU_TRAIN_VARIANTS, Context, build_sections
+
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+    assert preflight.c_compiler() is None
+    problem = preflight.triton_build_problem(torch.device("cuda"))
+    assert problem.startswith("no C compiler")
+
+    class EnvironmentOnly:
+        def result(self, name: str) -> dict:
+            return {"triton_problem": problem} if name == "environment" else {}
+
+    ctx = Context(device=torch.device("cuda"), tiny=False, out=tmp_path, suite=EnvironmentOnly())
+    args = argparse.Namespace(train_variants=list(GPU_TRAIN_VARIANTS), skip=set(), profile_variants=None)
+    reasons = {s.name: s.skip_reason() for s in build_sections(ctx, args, {})}
+    expected_runs = {"environment", "train:eager_fp32", "augment_no_sync", "cuda_tests"}
+    assert {name for name, reason in reasons.items() if reason is None} == expected_runs
+    for name, reason in reasons.items():
+        assert reason is None or reason == f"triton unusable: {problem}", (name, reason)
