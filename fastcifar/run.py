@@ -186,12 +186,6 @@ def _model(config: TrainConfig, device: torch.device, num_classes: int) -> nn.Mo
 
 def _restore(training: TrainingRun, state: dict[str, Any]) -> None:
     """Load a checkpoint's states into ``training`` (its RNG states are restored last, by the caller)."""
-    saved_classes = int(state.get("num_classes", training.num_classes))
-    if saved_classes != training.num_classes:
-        raise UserError(
-            f"the run in {training.out} trained a {saved_classes}-class model, but {training.config.dataset} in "
-            f"{training.config.data_root} has {training.num_classes} classes; resume with the data it was started on."
-        )
     try:
         training.model.load_state_dict(state["model"])
         training.optimizer.load_state_dict(state["optimizer"])
@@ -220,6 +214,12 @@ def setup(
 
     ensure_dataset(config, ctx)
     num_classes = int(load_meta(config.data_root, config.dataset)["num_classes"])
+    saved_classes = num_classes if resume_state is None else int(resume_state.get("num_classes", num_classes))
+    if saved_classes != num_classes:
+        raise UserError(
+            f"the run in {config.out} trained a {saved_classes}-class model, but {config.dataset} in "
+            f"{config.data_root} has {num_classes} classes; resume with the data it was started on."
+        )
     loader_options = dict(
         root=config.data_root, dataset=config.dataset, device=device, seed=config.seed, num_workers=config.workers,
         rank=ctx.rank, world_size=ctx.world_size, dtype=torch.float32, channels_last=config.channels_last,

@@ -1,0 +1,157 @@
+"""What happens when a run goes wrong: nothing lost, nothing mixed, nothing silent (docs/failures.md)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import signal
+
+import pytest
+
+from fastcifar.errors import UserError
+
+
+class InterruptAtStep:
+    """Batch hook: Ctrl-C (SIGINT to this process) during train step ``at`` (counted over the run)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.steps = at, 0
+
+    def __call__(self, split, images, labels) -> None:
+        if split == "train":
+            self.steps += 1
+            if self.steps == self.at:
+                signal.raise_signal(signal.SIGINT)
+
+
+def run(tiny_flags, out, **flags):
+    from fastcifar.train import train
+
+    return train(**{**tiny_flags, "out": str(out), **flags})
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_flags, tmp_path_factory):
+    """A 2-epoch run stopped by Ctrl-C in the middle of epoch 2 (checkpoint + checkpoint.prev.pt)."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    assert run(tiny_flags, out, epochs=2, batch_hook=InterruptAtStep(6))["interrupted"]
+    return out
+
+
+@pytest.fixture
+def stopped_run(interrupted, tmp_path):
+    """A private copy of the interrupted run."""
+    return shutil.copytree(interrupted, tmp_path / "run")
+
+
+def test_a_new_run_never_writes_into_another_run(tiny_flags, stopped_run):
+    before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="already holds a run") as refused:
+        run(tiny_flags, stopped_run, epochs=2)
+    assert f"--resume {stopped_run}" in str(refused.value)
+    assert {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()} == before
+
+
+def test_resume_refuses_flags_that_change_the_run(stopped_run):
+    from fastcifar.train import train
+
+    with pytest.raises(UserError, match="--epochs, --lr cannot change on resume") as refused:
+        train(resume=str(stopped_run), epochs=5, lr=0.1)
+    assert "--device, --workers, --log_every" in str(refused.value)
+
+
+def test_resume_cleans_stale_temporaries_and_finishes(stopped_run, tmp_path, monkeypatch):
+    from fastcifar.train import train
+
+    # What a SIGKILL during atomic writes leaves behind, and a file the run does not own.
+    stale = [stopped_run / ".checkpoint.pt.k9x2.tmp", stopped_run / ".metrics.jsonl.a1b2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    foreign = stopped_run / ".notes.txt.tmp"
+    foreign.write_text("mine")
+    monkeypatch.chdir(tmp_path / "..")  # the saved config's paths are absolute: any folder works
+    summary = train(resume=str(stopped_run), device="cpu", log_every=2)
+    assert summary["epochs"] == 2
+    assert not any(path.exists() for path in stale) and foreign.exists()
+
+
+def test_a_new_run_in_a_folder_cleans_stale_temporaries(tiny_flags, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.pt.zz12.tmp"
+    stale.write_bytes(b"half")
+    run(tiny_flags, out)
+    assert not stale.exists() and (out / "summary.json").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_previous_one(stopped_run):
+    from fastcifar.train import train
+
+    path = stopped_run / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="is damaged") as refused:
+        train(resume=str(stopped_run))
+    assert str(stopped_run / "checkpoint.prev.pt") in str(refused.value)
+    # Following the advice works: the previous checkpoint (end of epoch 1) resumes.
+    shutil.copyfile(stopped_run / "checkpoint.prev.pt", path)
+    assert train(resume=str(stopped_run))["epochs"] == 2
+
+
+def test_a_data_set_with_another_class_count_is_refused(stopped_run, train_data, tmp_path):
+    from fastcifar.checkpoint import load_checkpoint, save_checkpoint
+    from fastcifar.train import train
+
+    other = shutil.copytree(train_data, tmp_path / "other-data")
+    meta_path = other / "synthetic" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["num_classes"], meta["classes"] = 10, meta["classes"][:10]
+    meta_path.write_text(json.dumps(meta))
+    # The same run, pointed at the other data root.
+    state = load_checkpoint(stopped_run / "checkpoint.pt")
+    state["config"]["data_root"] = str(other)
+    save_checkpoint(stopped_run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format_version"})
+    with pytest.raises(UserError, match="100-class model, but synthetic .* has 10 classes"):
+        train(resume=str(stopped_run))
+
+
+def test_a_failed_first_epoch_leaves_no_run_folder(tiny_flags, tmp_path):
+    from fastcifar.engine import NonFiniteLoss
+
+    def poison(split, images, labels):
+        images.fill_(float("nan"))
+
+    out = tmp_path / "runs" / "nan"
+    with pytest.raises(NonFiniteLoss):
+        run(tiny_flags, out, batch_hook=poison, log_every=1)
+    assert not out.exists() and (tmp_path / "runs").exists()
+
+
+def test_a_full_disk_keeps_the_last_checkpoint(tiny_flags, tmp_path, monkeypatch):
+    import fastcifar.atomic
+    from fastcifar.checkpoint import load_checkpoint
+
+    disk = {"full": False}
+    real_fsync = fastcifar.atomic._fsync
+
+    def fsync(fd):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    steps = []
+
+    def fill_in_epoch_two(split, images, labels):
+        if split == "train":
+            steps.append(1)
+            disk["full"] = len(steps) > 4  # from epoch 2's first step on (4 steps per epoch)
+
+    monkeypatch.setattr(fastcifar.atomic, "_fsync", fsync)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="No space left on device") as failed:
+        run(tiny_flags, out, epochs=2, batch_hook=fill_in_epoch_two)
+    assert f"--resume {out}" in str(failed.value)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last good one, intact
+    assert not list(out.glob(".*.tmp"))
