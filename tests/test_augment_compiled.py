@@ -24,11 +24,24 @@ def images(n: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return x
 
 
-def run_both(x: torch.Tensor, backend: str, seed: int = 0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager and compiled outputs for the same seed; also checks both consumed the generator alike."""
+def run_both(
+    x: torch.Tensor, backend: str, seed: int = 0, fresh: bool = True, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager and compiled outputs for the same seed; also checks both consumed the generator alike.
+
+    ``fresh``: reset dynamo first and check that exactly one graph was compiled (past dynamo's
+    recompile limit a compiled function silently runs eagerly, which would make the test vacuous).
+    """
+    from torch._dynamo.utils import counters
+
+    if fresh:
+        torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
     g_eager, g_compiled = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     eager = TrainTransform(compiled=False, **kwargs)(x, generator=g_eager)
     compiled = TrainTransform(compiled=True, compile_backend=backend, **kwargs)(x, generator=g_compiled)
+    if fresh:
+        assert counters["stats"]["unique_graphs"] == graphs_before + 1, "the compiled route must be one graph"
     assert torch.equal(g_eager.get_state(), g_compiled.get_state()), "the routes drew differently"
     return eager, compiled
 
@@ -71,7 +84,8 @@ def test_compiled_route_gives_the_eager_bytes_inductor() -> None:
     eager, compiled = run_both(x, "inductor", seed=5, dtype=torch.float32, channels_last=True)
     assert torch.equal(eager, compiled)
     # A second batch reuses the graph (static shapes) and still agrees.
-    eager, compiled = run_both(images(48, seed=3), "inductor", seed=6, dtype=torch.float32, channels_last=True)
+    eager, compiled = run_both(images(48, seed=3), "inductor", seed=6, fresh=False, dtype=torch.float32,
+                               channels_last=True)
     assert torch.equal(eager, compiled)
 
 
