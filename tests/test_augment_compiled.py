@@ -101,12 +101,12 @@ def test_draws_are_made_in_the_eager_functions_order() -> None:
     draws = TrainTransform().draw(x, torch.Generator().manual_seed(4))
     assert isinstance(draws, TrainDraws) and len(draws.steps) == 2
     g = torch.Generator().manual_seed(4)
-    flip = torch.rand(16, generator=g) < 0.5
+    flip_u = torch.rand(16, generator=g)
     offsets = torch.randint(0, 9, (16, 2), generator=g)
-    assert torch.equal(draws.flip, flip) and torch.equal(draws.offsets, offsets)
+    assert torch.equal(draws.flip_u, flip_u) and torch.equal(draws.offsets, offsets)
     for step in draws.steps:
         assert torch.equal(step.op, torch.randint(0, 14, (16,), generator=g))
-        assert torch.equal(step.negate, torch.rand(16, generator=g) <= 0.5)
+        assert torch.equal(step.sign_u, torch.rand(16, generator=g))
 
 
 def test_fixed_shape_route_reads_nothing_on_the_host(monkeypatch) -> None:
@@ -155,8 +155,8 @@ def test_cuda_routes_agree_with_the_cpu_reference() -> None:
     draws = t.draw(x, torch.Generator().manual_seed(9))
     ref = tr._train_pipeline(x, draws, t._tables(x), t.scale, t.shift, t.padding, t.dtype, True, True)
     xc = x.cuda()
-    to_cuda = TrainDraws(draws.flip.cuda(), draws.offsets.cuda(),
-                         [ra.StepDraw(s.op.cuda(), s.negate.cuda()) for s in draws.steps])
+    to_cuda = TrainDraws(draws.flip_u.cuda(), draws.offsets.cuda(),
+                         [ra.StepDraw(s.op.cuda(), s.sign_u.cuda()) for s in draws.steps])
     tc = t.cuda()
     args = (xc, to_cuda, tc._tables(xc), tc.scale, tc.shift, t.padding, t.dtype, True, False)
     one_level = 1.0 / (255.0 * min(tr.IMAGENET_STD)) + 1e-5

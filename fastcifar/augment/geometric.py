@@ -98,14 +98,17 @@ def random_crop_reflect(x: torch.Tensor, padding: int = 4, generator: torch.Gene
     return crop_reflect(x, draw_crop_offsets(x.shape[0], padding, x.device, generator), padding)
 
 
-def draw_flips(n: int, p: float, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``(n,)`` bool: which samples are mirrored (probability ``p`` each)."""
-    return torch.rand(n, generator=generator, device=device) < p
+def draw_flips(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(n,)`` float32 uniforms in ``[0, 1)``; a sample is mirrored when its value is below ``p``.
+
+    The comparison is left to :func:`hflip_where` so that it runs inside a compiled graph.
+    """
+    return torch.rand(n, generator=generator, device=device)
 
 
-def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the images whose ``flip`` ``(N,)`` entry is true; ``(N, C, H, W)`` in and out."""
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+def hflip_where(x: torch.Tensor, flip_u: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Mirror left-right the images whose ``flip_u`` ``(N,)`` value is below ``p``; ``(N, C, H, W)`` in and out."""
+    return torch.where((flip_u < p).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -118,7 +121,7 @@ def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | N
     Returns:
         ``(N, C, H, W)`` tensor of ``x.dtype``.
     """
-    return hflip_where(x, draw_flips(x.shape[0], p, x.device, generator))
+    return hflip_where(x, draw_flips(x.shape[0], x.device, generator), p)
 
 
 def inverse_affine_theta(

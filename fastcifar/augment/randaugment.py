@@ -209,10 +209,12 @@ class _Selector:
 
 
 class StepDraw(NamedTuple):
-    """One RandAugment step's draws: ``op`` ``(N,)`` int64 in ``[0, 14)``, ``negate`` ``(N,)`` bool."""
+    """One RandAugment step's draws: ``op`` ``(N,)`` int64 in ``[0, 14)`` and ``sign_u`` ``(N,)``
+    float32 uniforms in ``[0, 1)``; as in torchvision the magnitude is negated where ``sign_u <= 0.5``
+    (compared inside the step, so a compiled graph does it)."""
 
     op: torch.Tensor
-    negate: torch.Tensor
+    sign_u: torch.Tensor
 
 
 def draw_rand_augment(
@@ -222,9 +224,7 @@ def draw_rand_augment(
     draws = []
     for _ in range(num_ops):
         op = torch.randint(0, len(RAND_AUGMENT_OPS), (n,), generator=generator, device=device)
-        # torchvision negates when rand() <= 0.5; unsigned ops ignore the sign.
-        negate = torch.rand(n, generator=generator, device=device) <= 0.5
-        draws.append(StepDraw(op, negate))
+        draws.append(StepDraw(op, torch.rand(n, generator=generator, device=device)))
     return draws
 
 
@@ -235,7 +235,8 @@ def _apply_step(x: torch.Tensor, step: StepDraw, tables: StepTables, subsets: bo
     """
     c = x.shape[1]
     op = step.op
-    key = 2 * op + step.negate.to(op.dtype)
+    negate = step.sign_u <= 0.5  # torchvision's rule; unsigned ops ignore the sign
+    key = 2 * op + negate.to(op.dtype)
     ratio, sharpness, bits, threshold = tables.params[key].unbind(1)  # (N,) each
     if c == 1:  # torchvision leaves 1-channel images unchanged under Color
         ratio = torch.where(op == _OP["Color"], 1.0, ratio)

@@ -139,11 +139,13 @@ class TestTransform(_NormalizingTransform):
 class TrainDraws(NamedTuple):
     """Every random number of one :class:`TrainTransform` call, drawn before any image work.
 
-    ``flip``: ``(N,)`` bool; ``offsets``: ``(N, 2)`` int64 crop offsets, or ``None`` when the crop
-    is off; ``steps``: one :class:`~fastcifar.augment.randaugment.StepDraw` per RandAugment op.
+    ``flip_u``: ``(N,)`` float32 uniforms, a sample is mirrored where below 0.5; ``offsets``:
+    ``(N, 2)`` int64 crop offsets, or ``None`` when the crop is off; ``steps``: one
+    :class:`~fastcifar.augment.randaugment.StepDraw` per RandAugment op. Comparisons with the
+    uniforms happen in the (compiled) apply, not here.
     """
 
-    flip: torch.Tensor
+    flip_u: torch.Tensor
     offsets: torch.Tensor | None
     steps: list[StepDraw]
 
@@ -160,7 +162,7 @@ def _augment_uint8(
     Deterministic. Per-batch path: no ``.item()``, ``.tolist()`` or ``bool(tensor)`` unless
     ``subsets`` (eager CPU only), so it neither synchronises on CUDA nor breaks a compiled graph.
     """
-    x = hflip_where(x, draws.flip)
+    x = hflip_where(x, draws.flip_u, 0.5)
     if draws.offsets is not None:
         x = crop_reflect(x, draws.offsets, padding)
     if draws.steps:
@@ -239,11 +241,11 @@ class TrainTransform(_NormalizingTransform):
         (flip, crop offsets, then op and sign per RandAugment step)."""
         _check_batch(x, self._num_steps)
         n = x.shape[0]
-        flip = draw_flips(n, 0.5, x.device, generator)
+        flip_u = draw_flips(n, x.device, generator)
         crop = crop_applies(x.shape, self.padding)
         offsets = draw_crop_offsets(n, self.padding, x.device, generator) if crop else None
         steps = draw_rand_augment(n, self._num_steps, x.device, generator) if n else []
-        return TrainDraws(flip, offsets, steps)
+        return TrainDraws(flip_u, offsets, steps)
 
     def _tables(self, x: torch.Tensor) -> StepTables | None:
         """RandAugment's lookup tables for ``x``'s size and device (cached: no host reads per batch)."""
