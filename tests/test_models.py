@@ -1,7 +1,7 @@
-"""Model zoo: exact parameter parity with the spec, every id end to end, layers against references.
+"""Model zoo: exact parameter parity with the study's code, every id end to end, layers against references.
 
-Expected counts are the measured counts of ``shared/reference/architectures.md`` (built from the
-study's own code), copied here as the independent reference.
+Expected counts are the counts measured on the study's own notebooks (docs/models.md §0, which
+derives each one), copied here as the independent reference.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from fastcifar.models import (
 )
 from fastcifar.models.densenet import sk_layer_indices
 
-# id -> parameter count, from the spec's summary table (functional networks; §0, §12).
-SPEC_PARAMS = {
+# id -> parameter count measured on the study's code (functional networks; docs/models.md §0, §12).
+STUDY_CODE_PARAMS = {
     "sknet26": 4_819_620,
     "sknet26_study": 4_810_532,
     "sknet_ca_post": 4_911_148,
@@ -46,7 +46,7 @@ SPEC_PARAMS = {
     "densenet_triplet": 2_814_780,
 }
 
-# sk_densenet functional counts for k = 2/4/5/6 (§12), and the reported counts with the
+# sk_densenet functional counts for k = 2/4/5/6 (docs/models.md §12), and the reported counts with the
 # 823,198 dead CA parameters the study's networks carried.
 SK_DENSENET_K = {2: 3_303_116, 4: 3_961_356, 5: 4_356_300, 6: 4_487_948}
 SK_DENSENET_REPORTED = {2: 4_126_314, 4: 4_784_554, 5: 5_179_498, 6: 5_311_146}
@@ -86,10 +86,10 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def test_registry_lists_every_spec_id():
+def test_registry_lists_every_documented_id():
     ids = list_models()
     assert ids == sorted(ids)
-    assert set(SPEC_PARAMS) - {"ca_resnet"} <= set(ids)
+    assert set(STUDY_CODE_PARAMS) - {"ca_resnet"} <= set(ids)
     assert "ca_resnet" in list_models(include_aliases=True)
     assert "ca_resnet" not in ids
 
@@ -139,12 +139,12 @@ def test_default_impl_rule():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_PARAMS))
+@pytest.mark.parametrize("name", sorted(STUDY_CODE_PARAMS))
 def test_model_end_to_end(name):
     """Exact count; train forward/backward; eval determinism; channels_last; bf16 autocast."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=100)
-    assert n_params(model) == SPEC_PARAMS[name]
+    assert n_params(model) == STUDY_CODE_PARAMS[name]
 
     x = _randn(2, 3, 32, 32)
     model.train()
@@ -179,7 +179,7 @@ def test_sk_densenet_k_override_counts(k):
     assert SK_DENSENET_K[k] + DEAD_CA_PARAMS == SK_DENSENET_REPORTED[k]
 
 
-def test_sk_layer_rule_matches_spec_table():
+def test_sk_layer_rule_matches_the_documented_table():
     blocks = (6, 12, 24, 16)
     totals = {k: sum(len(sk_layer_indices(n, k)) for n in blocks) for k in (2, 4, 5, 6)}
     assert totals == {2: 8, 4: 18, 5: 24, 6: 26}
@@ -188,7 +188,7 @@ def test_sk_layer_rule_matches_spec_table():
 
 
 def test_committed_variants_reachable_by_overrides():
-    """The spec's counts for the study's other committed states follow from overrides alone."""
+    """The counts of the study's other committed states follow from overrides alone."""
     assert n_params(create_model("van", depths=(2, 2, 4, 2))) == 13_400_100
     assert n_params(create_model("sk_densenet_catsk", growth_rate=16)) == 3_850_180
     head_config = [(1, 32, 1, 1), (6, 64, 2, 2), (6, 128, 3, 2), (6, 192, 2, 2), (6, 256, 1, 1)]
@@ -229,12 +229,14 @@ def test_register_model_rejects_a_stale_tiny_config():
     from fastcifar.models import register_model
 
     with pytest.raises(ValueError, match="growthrate"):
-        register_model("never_registered", summary="", tiny={"growthrate": 4})(lambda num_classes=100, *, growth_rate=1: None)
+        register_model("never_registered", summary="", tiny={"growthrate": 4})(
+            lambda num_classes=100, *, growth_rate=1: None
+        )
     assert "never_registered" not in list_models()
 
 
 # --------------------------------------------------------------------------------------------
-# Layers against the spec's formulas and independent references
+# Layers against the formulas of docs/models.md §1 and independent references
 # --------------------------------------------------------------------------------------------
 
 
@@ -384,14 +386,14 @@ def test_impl_triton_layers_match_torch_channels_last():
 # python -m fastcifar.models
 # --------------------------------------------------------------------------------------------
 
-# Forward MFLOPs for one 3x32x32 image from the spec's summary table (FlopCounterMode).
-SPEC_MFLOPS = {"sknet26": 66.2, "sknet26_study": 571.7, "resnet18": 74.1, "sk_densenet": 1664.9}
+# Forward MFLOPs for one 3x32x32 image measured on the study's code (docs/models.md §0, FlopCounterMode).
+STUDY_CODE_MFLOPS = {"sknet26": 66.2, "sknet26_study": 571.7, "resnet18": 74.1, "sk_densenet": 1664.9}
 
 
-def test_forward_flops_match_spec():
+def test_forward_flops_match_the_study_code():
     from fastcifar.models.__main__ import forward_flops
 
-    for name, mflops in SPEC_MFLOPS.items():
+    for name, mflops in STUDY_CODE_MFLOPS.items():
         assert round(forward_flops(create_model(name)) / 1e6, 1) == mflops, name
 
 
@@ -403,7 +405,7 @@ def test_cli_table_lists_counts_and_study_figures(capsys):
     assert lines[0].startswith("| id | params | GFLOPs/img")
     rows = {line.split("|")[1].strip(" `"): line for line in lines[2:]}
     assert set(rows) == {"resnet18", "sk_densenet k=2", "sk_densenet k=4", "sk_densenet", "sk_densenet k=6"}
-    assert f"{SPEC_PARAMS['resnet18']:,}" in rows["resnet18"]
+    assert f"{STUDY_CODE_PARAMS['resnet18']:,}" in rows["resnet18"]
     for k in (2, 4, 6):
         assert f"{SK_DENSENET_K[k]:,}" in rows[f"sk_densenet k={k}"]
     assert "5.18M" in rows["sk_densenet"] and "77.27" in rows["sk_densenet"]

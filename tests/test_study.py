@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -70,7 +69,8 @@ def test_train_args_apply_the_notebook_recipe_only_with_recipe_study():
         uniform = _parse(train_args(ROWS[row], seed=0, out="o", recipe="uniform"))
         assert not {"weight_decay", "lr", "randaugment", "schedule"} & set(uniform)
     # The user's flags apply to every row and win over a row's deviation; the executor picks the device.
-    mine = _parse(train_args(ROWS["triplet_resnet"], seed=0, out="o", flags={"lr": 0.02, "fast": True, "device": "cpu"}))
+    user = {"lr": 0.02, "fast": True, "device": "cpu"}
+    mine = _parse(train_args(ROWS["triplet_resnet"], seed=0, out="o", flags=user))
     assert mine["lr"] == 0.02 and mine["fast"] is True and "device" not in mine
     # Every produced flag is one fastcifar.train knows.
     for row in ROWS.values():
@@ -262,7 +262,7 @@ def reference_study(train_data, tmp_path_factory):
 def test_local_study_trains_every_run_and_reports(reference_study):
     out, report, lines = reference_study
     assert [(r["row"], r["seed"], r["status"]) for r in report["runs"]] == [
-        ("densenet", 0, "finished"), ("densenet", 1, "finished"), ("dense_ca", 0, "finished"), ("dense_ca", 1, "finished")]
+        (row, seed, "finished") for row in ("densenet", "dense_ca") for seed in (0, 1)]
     for run in report["runs"]:
         summary = json.loads((out / run["folder"] / "summary.json").read_text())
         assert summary["config"]["seed"] == run["seed"]
@@ -312,28 +312,36 @@ def test_rerun_skips_finished_runs(reference_study, train_data):
 
 
 @pytest.mark.slow
-def test_killed_runner_continues_to_the_same_report(reference_study, train_data, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_stopped_runner_continues_to_the_same_report(how, reference_study, train_data, tmp_path):
+    """Kill (or Ctrl-C) the runner once a run has finished, re-run: same report, nothing retrained."""
     from fastcifar.study import run
 
     flags = study_flags(train_data)
-    out = tmp_path / "killed"
+    out = tmp_path / "stopped"
     cmd = [sys.executable, "-m", "fastcifar.study", "run", f"--out={str(out)!r}"]
     cmd += [f"--{k}={v!r}" if not isinstance(v, bool) else f"--{k}" for k, v in flags.items()]
-    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(out.glob("*/seed*/summary.json")) and time.monotonic() < deadline and runner.poll() is None:
         time.sleep(0.2)
-    runner.send_signal(signal.SIGKILL)
-    runner.wait()
+    runner.send_signal(getattr(signal, how))
+    _, stderr = runner.communicate(timeout=180)
+    if how == "SIGINT":  # each training saved its checkpoint; one line says how to continue
+        assert runner.returncode == 130
+        assert "re-run the same command" in stderr.strip().splitlines()[-1]
     finished = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/summary.json")}
-    assert finished, "no run finished before the runner was killed"
-    time.sleep(3)  # the training that was running got SIGTERM with its parent: nothing writes any more
+    assert finished, "no run finished before the runner was stopped"
+    time.sleep(3)  # a killed runner's training got SIGTERM with it: nothing writes any more
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/summary.json")} == finished
 
-    report = run(out=str(out), print_fn=lambda line: None, **flags)
+    lines: list[str] = []
+    report = run(out=str(out), print_fn=lines.append, **flags)
+    started = {line.split()[1] + "/" + line.split()[2] for line in lines if line.startswith("start")}
     for path, stamp in finished.items():
         assert path.stat().st_mtime_ns == stamp  # not retrained
-        assert len(study_runs.read_record(path.parent)["attempts"]) == 1
+        assert f"{path.parent.parent.name}/{path.parent.name}" not in started
+    assert len(started) == 4 - len(finished)
     assert without_timing(report) == without_timing(reference_study[1])
 
 

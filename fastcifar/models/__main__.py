@@ -49,8 +49,9 @@ def _label(name: str, overrides: dict) -> str:
 
 def build_rows(names: list[str]) -> list[Row]:
     """Measure every id in ``names`` (plus the study variants it lists), with a progress bar."""
-    from fastcifar.models.registry import create_model
     from tqdm import tqdm
+
+    from fastcifar.models.registry import create_model
 
     jobs = []
     for name in names:

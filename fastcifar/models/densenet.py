@@ -1,4 +1,4 @@
-"""DenseNet-BC family of the study (spec §11-§14): the baseline and its SK / CA / Triplet variants.
+"""DenseNet-BC family of the study (docs/models.md §11-§14): the baseline and its SK / CA / Triplet variants.
 
 Two layouts exist in the study and both are kept, because the reported numbers need them:
 
@@ -93,7 +93,7 @@ class PreActTransition(nn.Module):
 
 
 class PreActDenseNet(nn.Module):
-    """Pre-activation DenseNet-BC for 32x32 inputs (spec §11, §13, §14).
+    """Pre-activation DenseNet-BC for 32x32 inputs (docs/models.md §11, §13, §14).
 
     Args:
         growth_rate: k; the stem gives 2k channels, bottlenecks 4k.
@@ -162,7 +162,7 @@ class PreActDenseNet(nn.Module):
 
 
 class PostActBottleneck(nn.Module):
-    """1x1-BN-ReLU (-> SKConv) -> 3x3-BN-ReLU, concatenated to the input (spec §12).
+    """1x1-BN-ReLU (-> SKConv) -> 3x3-BN-ReLU, concatenated to the input (docs/models.md §12).
 
     Shapes: ``(N, Cin, H, W) -> (N, Cin + k, H, W)``.
     """
@@ -181,7 +181,7 @@ class PostActBottleneck(nn.Module):
 
 
 class PostActDenseNet(nn.Module):
-    """Post-activation DenseNet-BC with a stem SKConv and SKConv in every ⌊n/k⌋-th layer (§12).
+    """Post-activation DenseNet-BC with a stem SKConv and SKConv in every ⌊n/k⌋-th layer (docs/models.md §12).
 
     The study's reported counts also include one never-used CA per bottleneck (823,198 dead
     parameters at k=20); they cannot change the output, so they are not built here.

@@ -1,4 +1,4 @@
-"""The study's "Coordinate Attention on a ResNet": in fact a MobileNetV2 with CA (spec §4, §5).
+"""The study's "Coordinate Attention on a ResNet": in fact a MobileNetV2 with CA (docs/models.md §4, §5).
 
 ``ca_mobilenetv2`` (alias ``ca_resnet``) is CANet.ipynb at the commit whose widths give the
 reported 9.7M; ``ca_triplet`` is Triple+CA.ipynb at that commit with its duplicate-class bug fixed.
@@ -151,7 +151,7 @@ _TINY = {"config": ((1, 8, 1, 1), (6, 16, 2, 2)), "head_width": 32}
     aliases=("ca_resnet",),
     summary="MobileNetV2 + CA in each expanding block (the study's 'CA on ResNet', CANet.ipynb)",
     study=(
-        StudyResult("9.7M", 66.66, 90.25, method="Coordinate attention", source="§1.3, Table 1",
+        StudyResult("9.7M", 66.66, 90.25, method="Coordinate attention", source="base methods; Table 1",
                     train_loss=0.91, test_loss=1.22),
     ),
     tiny=_TINY,

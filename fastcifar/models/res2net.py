@@ -1,4 +1,4 @@
-"""Res2Net-26 (26w x 4s) as the study's Res2Net.ipynb builds it (spec §8)."""
+"""Res2Net-26 (26w x 4s) as the study's Res2Net.ipynb builds it (docs/models.md §8)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,9 @@ class Res2Net(nn.Module):
 @register_model(
     "res2net",
     summary="Res2Net-26 (26w x 4s), 3x3/2 stem + max-pool (Res2Net.ipynb)",
-    study=(StudyResult("14.03M", 60.0, 85.36, method="Res2Net", source="§1.6", train_loss=1.1, test_loss=1.55),),
+    study=(
+        StudyResult("14.03M", 60.0, 85.36, method="Res2Net", source="base methods", train_loss=1.1, test_loss=1.55),
+    ),
     tiny={"layers": (1, 1), "planes": (8, 16)},
 )
 def res2net(

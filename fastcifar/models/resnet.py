@@ -1,4 +1,4 @@
-"""ResNet-18 family (spec §6, §9, §10): the baseline, Triplet-ResNet18 and the GC-block ResNet18.
+"""ResNet-18 family (docs/models.md §6, §9, §10): the baseline, Triplet-ResNet18 and the GC-block ResNet18.
 
 ``resnet18`` and ``triplet_resnet`` use the ImageNet stem (7x7/2 conv + 3x3/2 max-pool, so a 32x32
 image is 8x8 after the stem, as in the study); ``gcnet`` uses the CIFAR stem (3x3/1, no pool).
@@ -132,7 +132,8 @@ def resnet18(
     "triplet_resnet",
     summary="ResNet-18 (ImageNet stem) + Triplet Attention before every residual add",
     study=(
-        StudyResult("11.23M", 59.6, 85.5, method="Triplet Attention", source="§1.4", train_loss=1.30, test_loss=1.54),
+        StudyResult("11.23M", 59.6, 85.5, method="Triplet Attention", source="base methods",
+                    train_loss=1.30, test_loss=1.54),
     ),
     tiny=_TINY,
 )

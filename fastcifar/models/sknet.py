@@ -1,4 +1,4 @@
-"""SKNet-26 (spec §2) and SKNet + Coordinate Attention (spec §3).
+"""SKNet-26 (docs/models.md §2) and SKNet + Coordinate Attention (docs/models.md §3).
 
 The study's stage builder passed the stage stride into the unit's branch-count slot: the first
 unit of stage 1 got M=1, the first units of stages 2-4 got M=2 and no stage ever downsampled (all
@@ -7,7 +7,7 @@ stages at 8x8). The reported 4.81M needs that bug, so two ids exist:
 - ``sknet26``: the corrected network (strides 1/2/2/2 applied, M=2 everywhere), 4,819,620 params;
 - ``sknet26_study``: the network as the study ran it (``stride_bug=True``), 4,810,532 params.
 
-``sknet_ca_post`` / ``sknet_ca_pre`` follow the spec's recommended reading (no SKNet+CA code exists
+``sknet_ca_post`` / ``sknet_ca_pre`` are the reading of docs/models.md §3 (no SKNet+CA code exists
 in the study): ``sknet26_study`` plus one 1x1 CoordinateAttention per unit, after the SKConv (post)
 or on the unit input before the first 1x1 conv (pre).
 """
@@ -180,12 +180,15 @@ _register_sknet(
 _register_sknet(
     "sknet26_study",
     "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
-    (StudyResult("4.81M", 69.65, 91.06, method="SKNet", source="§1.2, Table 1", train_loss=0.36, test_loss=1.28),),
+    (
+        StudyResult("4.81M", 69.65, 91.06, method="SKNet", source="base methods; Table 1",
+                    train_loss=0.36, test_loss=1.28),
+    ),
     stride_bug=True,
 )
 _register_sknet(
     "sknet_ca_post",
-    "sknet26_study + CA(mid) after each SKConv (spec's reading; no study code exists)",
+    "sknet26_study + CA(mid) after each SKConv (docs/models.md §3; no study code exists)",
     (
         StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible",
                     method="SKNet(Conv1->SK Conv->CA Conv->Conv2)", source="Table 1"),
@@ -195,7 +198,7 @@ _register_sknet(
 )
 _register_sknet(
     "sknet_ca_pre",
-    "sknet26_study + CA(in) on each unit's input (spec's reading; no study code exists)",
+    "sknet26_study + CA(in) on each unit's input (docs/models.md §3; no study code exists)",
     (
         StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible",
                     method="SKNet(CA Conv->Conv1->SK Conv->Conv2)", source="Table 1"),

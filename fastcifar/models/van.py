@@ -1,4 +1,4 @@
-"""Visual Attention Network (spec §7) with the depths that give the reported 11.06M: 2,2,2,2.
+"""Visual Attention Network (docs/models.md §7) with the depths that give the reported 11.06M: 2,2,2,2.
 
 The study's committed ``van_b1`` has depths 2,2,4,2 (13,400,100 params); ``depths=(2, 2, 4, 2)``
 rebuilds it.
@@ -138,7 +138,7 @@ class VAN(nn.Module):
 @register_model(
     "van",
     summary="Visual Attention Network (LKA), dims 64/128/320/512, depths 2/2/2/2",
-    study=(StudyResult("11.06M", 63.02, 88.46, method="VAN", source="§1.5", train_loss=1.09, test_loss=1.39),),
+    study=(StudyResult("11.06M", 63.02, 88.46, method="VAN", source="base methods", train_loss=1.09, test_loss=1.39),),
     tiny={"embed_dims": (8, 16), "depths": (1, 1), "mlp_ratios": (2, 2)},
 )
 def van(

@@ -98,12 +98,17 @@ class LocalExecutor:
         for slot in slots:
             self._free.put(slot)
         self._pool = futures.ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="study-run")
+        self._stopping = False
 
     def describe(self) -> str:
         return f"local executor on {', '.join(s.label for s in self.slots)}"
 
     def _run(self, spec: RunSpec) -> dict[str, Any]:
         slot = self._free.get()  # at most len(slots) tasks run, so a slot is always free here
+        if self._stopping:  # queued before Ctrl-C: never started
+            self._free.put(slot)
+            return {"status": "interrupted", "device": slot.label, "returncode": None, "seconds": 0.0,
+                    "resumed": False, "retry": False}
         try:
             self.on_start(spec, slot.label)
             return self.on_finish(spec, runs.attempt(spec, slot.label, slot.device_flag, slot.env))
@@ -119,9 +124,11 @@ class LocalExecutor:
         return handle, handle.result()
 
     def interrupt(self, handles: Iterable[futures.Future]) -> None:
-        """Ctrl-C: ask every training to save and stop, then let the worker threads end."""
+        """Ctrl-C: start nothing more, ask every training to save and stop, wait for the workers."""
+        self._stopping = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
         runs.interrupt_children()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -43,17 +43,23 @@ def _study_params_millions(text: str | None) -> float | None:
     return float(text.rstrip("M")) if text and text.endswith("M") else None
 
 
-def count_params(row: Row, plan: dict[str, Any]) -> int:
-    """Parameters of the network the row trained (built on the meta device: no memory, no init)."""
+def count_params(row: Row, plan: dict[str, Any]) -> int | None:
+    """Parameters of the network the row trains (built on the meta device: no memory, no init).
+
+    None when the configuration cannot be built: that row's runs fail and say why.
+    """
     import torch
 
+    from fastcifar.errors import UserError
     from fastcifar.models import create_model
 
     flags = plan["flags"]
-    num_classes = _num_classes(flags)
     kwargs = model_kwargs(row, tiny=plan["tiny"], user=flags.get("model_kwargs"))
-    with torch.device("meta"):
-        model = create_model(row.model, num_classes=num_classes, **kwargs)
+    try:
+        with torch.device("meta"):
+            model = create_model(row.model, num_classes=_num_classes(flags), **kwargs)
+    except UserError:
+        return None
     return sum(p.numel() for p in model.parameters())
 
 
@@ -153,7 +159,7 @@ def build(out: str | Path) -> dict[str, Any]:
     for run in collected:
         if run["status"] == "finished":
             by_row[run["row"]].append(run)
-    rows = {row_id: row_stats(ROWS[row_id], by_row[row_id], count_params(ROWS[row_id], plan)) for row_id in plan["rows"]}
+    rows = {r: row_stats(ROWS[r], by_row[r], count_params(ROWS[r], plan)) for r in plan["rows"]}
     top1 = {row_id: [r["summary"]["final_top1"] for r in by_row[row_id]] for row_id in plan["rows"]}
     experiments = {}
     for name in tables:
@@ -218,7 +224,7 @@ def _table(report: dict[str, Any], members: list[str]) -> list[str]:
     for row_id in members:
         s = report["rows"][row_id]
         cells = [
-            f"`{row_id}`", s["method"], f"{s['params']['ours']:,}", s["params"]["study"] or "–",
+            f"`{row_id}`", s["method"], _num(s["params"]["ours"], ","), s["params"]["study"] or "–",
             _pm(s["top1"]), _num(s["top1"]["study"], "g"), _num(s["top1"]["diff"], "+.2f"),
             _pm(s["top5"]), _num(s["top5"]["study"], "g"), _num(s["top5"]["diff"], "+.2f"),
             f"{_num(s['train_loss']['mean'], '.3f')} / {_num(s['train_loss']['study'], 'g')}",
@@ -253,7 +259,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Mean ± sample standard deviation over the finished seeds (n); Δ = ours − study. Final-epoch "
               "figures, as the study reports them. The study's SK-DenseNet parameter counts include 823,198 "
               "parameters its networks held but never used (see docs/models.md).", ""]
-    for name, experiment in report["experiments"].items():
+    for experiment in report["experiments"].values():
         lines += [f"## {experiment['title']}", "", *_table(report, experiment["rows"]), ""]
         if experiment["claims"]:
             lines += ["Which differences hold (top-1, Welch's t-test over seeds, 5% level):", ""]
@@ -319,7 +325,7 @@ def plot_scatter(report: dict[str, Any], path: Path, x_key: str) -> None:
     for row_id, stats in report["rows"].items():
         top1 = stats["top1"]
         if x_key == "params":
-            x = stats["params"]["ours"] / 1e6
+            x = stats["params"]["ours"] / 1e6 if stats["params"]["ours"] is not None else None
             study_x = _study_params_millions(stats["params"]["study"])
             if study_x is not None and top1["study"] is not None:
                 ax.scatter([study_x], [top1["study"]], facecolors="none", edgecolors="grey")
