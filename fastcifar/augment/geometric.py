@@ -220,8 +220,12 @@ def gather_pixels(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         ``(N, C, H, W)`` of ``x.dtype``.
     """
     n, c, h, w = x.shape
-    filled = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)  # index H*W reads the fill
-    return filled.gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+    pixels = h * w
+    # Gather in bounds, then zero the fill pixels: no concatenated copy of the batch, so a compiled
+    # graph fuses the gather into whatever consumes it.
+    index = source.clamp(max=pixels - 1).view(n, 1, pixels).expand(n, c, pixels)
+    picked = x.reshape(n, c, pixels).gather(2, index)
+    return (picked * (source < pixels).view(n, 1, pixels)).view(n, c, h, w)
 
 
 def affine_nearest(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
