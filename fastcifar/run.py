@@ -40,10 +40,14 @@ OWNED_NAMES = (ckpt.CHECKPOINT_NAME, ckpt.PREVIOUS_NAME, *RUN_FILES)
 
 
 class QuietExit(SystemExit):
-    """Ends a non-zero rank whose error rank 0 reports (exit code 2, nothing printed)."""
+    """Ends a non-zero rank whose error rank 0 reports: nothing printed, exit code 0.
+
+    Exit code 0 so that torchrun does not stop rank 0 (SIGTERM) before it has printed the error;
+    rank 0 exits 2, which torchrun reports as the job's failure.
+    """
 
     def __init__(self) -> None:
-        super().__init__(2)
+        super().__init__(0)
 
 
 @dataclass

@@ -14,17 +14,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"growth_rate": 4, "block_config": (1, 1)}
-
-
-@pytest.fixture(scope="session")
-def train_data(tmp_path_factory):
-    """A small synthetic dataset (64 train / 40 test images), shared by the training tests."""
-    from fastcifar.data.prepare import prepare
-
-    root = tmp_path_factory.getbasetemp() / "train-synthetic"
-    prepare(dataset="synthetic", root=root, n_train=64, n_test=40, seed=0)
-    return root
+ENTRY = Path(__file__).with_name("seen_recorder.py")  # fastcifar.train with a recording batch hook
 
 
 def free_port() -> int:
@@ -34,22 +24,31 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_ranks_on_gloo(train_data, tmp_path):
+def torchrun(*args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", *args,
+    ]
+
+
+@pytest.mark.slow
+def test_two_ranks_on_gloo(train_data, tiny_flags, tmp_path):
+    from fastcifar.checkpoint import load_checkpoint
     from fastcifar.data.beton import read_beton
     from fastcifar.data.loaders import build_loader
     from fastcifar.models import create_model
-    from fastcifar.train import SEEN_DIR_ENV, SeenRecorder
+    from seen_recorder import SeenRecorder
 
+    tiny = tiny_flags["model_kwargs"]
     out, seen = tmp_path / "run", tmp_path / "seen"
-    env = {**os.environ, "PYTHONPATH": str(REPO), SEEN_DIR_ENV: str(seen), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", "-m", "fastcifar.train",
-        "--arch", "sk_densenet", "--model_kwargs", json.dumps(TINY), "--dataset", "synthetic",
+        *torchrun(str(ENTRY), str(seen)),
+        "--arch", "sk_densenet", "--model_kwargs", json.dumps(tiny), "--dataset", "synthetic",
         "--data_root", str(train_data), "--device", "cpu", "--epochs", "1", "--batch_size", "16",
         "--eval_batch_size", "16", "--out", str(out),
     ]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("epoch   1/1") == 1  # one summary line: rank 0 prints, rank 1 does not
 
@@ -60,10 +59,10 @@ def test_two_ranks_on_gloo(train_data, tmp_path):
     together = np.sort(np.concatenate([r["train_labels"] for r in ranks]))
     np.testing.assert_array_equal(together, np.sort(train_labels))
     # Test: disjoint shards covering every image once (fingerprints of the un-augmented images).
-    recorder = SeenRecorder(tmp_path, rank=9)
+    recorder = SeenRecorder()
     for images, labels in build_loader("gpu", "test", root=train_data, dataset="synthetic", batch_size=40):
         recorder("test", images, labels)
-    everything = set(np.round(np.concatenate(recorder.records["test_fingerprints"]), 6))
+    everything = set(np.round(recorder.arrays()["test_fingerprints"], 6))
     shards = [set(np.round(r["test_fingerprints"], 6)) for r in ranks]
     assert len(everything) == 40 and not shards[0] & shards[1] and shards[0] | shards[1] == everything
 
@@ -71,8 +70,8 @@ def test_two_ranks_on_gloo(train_data, tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and row["train_images"] == 64
-    model = create_model("sk_densenet", num_classes=100, **TINY)
-    model.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["model"])
+    model = create_model("sk_densenet", num_classes=100, **tiny)
+    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["model"])
     model.eval()
     images, labels = next(iter(build_loader("gpu", "test", root=train_data, dataset="synthetic", batch_size=40)))
     with torch.no_grad():
@@ -85,3 +84,27 @@ def test_two_ranks_on_gloo(train_data, tmp_path):
     # (events.out.tfevents.<time>.<host>.<pid>.<n>).
     events = list((out / "tb").rglob("events.out.tfevents.*"))
     assert events and len({path.name.split(".")[-2] for path in events}) == 1
+
+
+@pytest.mark.slow
+def test_unwritable_out_is_one_line_from_rank_zero(train_data, tiny_flags, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [
+        *torchrun("-m", "fastcifar.train"),
+        "--arch", "sk_densenet", "--model_kwargs", json.dumps(tiny_flags["model_kwargs"]), "--dataset", "synthetic",
+        "--data_root", str(train_data), "--device", "cpu", "--epochs", "1", "--batch_size", "16",
+        "--out", str(blocker / "run"),
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("fastcifar.train:")]
+    assert len(ours) == 1 and ours[0].startswith("fastcifar.train: error: cannot write the run folder"), done.stderr
+    # Rank 1 leaves quietly (exit 0, or stopped by torchrun once rank 0 has failed); rank 0 exits 2; no
+    # rank prints a traceback (torchrun's own failure report, which follows, shows the launcher's stack).
+    root_cause = done.stderr.split("Root Cause", 1)[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause
+    assert done.stderr.count("Traceback") == 1, done.stderr  # torchrun's own, ending in ChildFailedError
+    launcher = done.stderr.split("Traceback", 1)[1]
+    assert "torch/distributed/run.py" in launcher and "ChildFailedError" in launcher
