@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from bench.common import sync
+
 # Import name -> what it adds; absent ones are recorded, never needed by the suite.
 OPTIONAL_MODULES = {
     "ffcv": "FFCV loaders (the suite uses in-memory data instead)",
@@ -72,7 +74,7 @@ def triton_build_problem(device: torch.device) -> str | None:
         x = torch.arange(64, device=device, dtype=torch.float32)
         y = torch.empty_like(x)
         _copy_kernel[(1,)](x, y, x.numel(), BLOCK=64)
-        torch.cuda.synchronize(device)
+        sync(device)
         if not torch.equal(x, y):
             return "a Triton test kernel ran but copied wrong values"
     except Exception as err:  # any build or launch failure is the reason to skip Triton sections

@@ -133,6 +133,7 @@ class Suite:
             self.run(section)
 
     def run(self, section: Section) -> None:
+        self.current = section.name
         entry: dict[str, Any] = {"estimate_s": section.estimate_s}
         left = self.deadline.time_left() - RESERVE_S
         reason = section.skip_reason()
@@ -155,7 +156,7 @@ class Suite:
         try:
             entry["result"] = section.run(self.deadline)
             entry["status"] = "partial" if entry["result"].get("cut") else "ok"
-        except SuiteInterrupted:
+        except (SuiteInterrupted, KeyboardInterrupt):
             entry.update(status="interrupted", seconds=round(time.monotonic() - start, 2))
             self._finish(section.name, entry)
             raise
@@ -167,6 +168,14 @@ class Suite:
         entry["seconds"] = round(time.monotonic() - start, 2)
         print(f"[suite] {section.name}: {entry['status']} in {entry['seconds']} s", flush=True)
         self._finish(section.name, entry)
+
+    def stop(self, why: str) -> None:
+        """Record an interruption (SIGTERM, Ctrl-C): the section in flight, if not yet recorded, and the reason."""
+        entry = self.record["sections"].get(getattr(self, "current", None) or "")
+        if entry is not None and entry.get("status") == "pending":
+            entry["status"] = "interrupted"
+        self.record["interrupted"] = why
+        self.save()
 
     def _finish(self, name: str, entry: dict) -> None:
         self.record["sections"][name] = entry
@@ -329,14 +338,14 @@ def _no_sync_check(ctx: Context, compiled: bool) -> dict:
     start = time.monotonic()
     for _ in range(2 if compiled else 1):  # warm-up outside the check: compilation and lazy inits may sync
         transform(x, generator=gen)
-    torch.cuda.synchronize(ctx.device)
+    sync(ctx.device)
     warmup_s = time.monotonic() - start
     torch.cuda.set_sync_debug_mode("error")
     try:
         out = transform(x, generator=gen)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize(ctx.device)
+    sync(ctx.device)
     return {
         "no_host_sync": True,
         "route": "compiled" if compiled else "eager",
@@ -931,8 +940,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         suite.run_all()
     except (SuiteInterrupted, KeyboardInterrupt) as stop:
-        suite.record["interrupted"] = str(stop) or "SIGINT"
-        suite.save()
+        suite.stop(str(stop) or "SIGINT")
         print(f"{PROG}: interrupted ({suite.record['interrupted']}); results so far in {out}", file=sys.stderr)
         return 130
     print()

@@ -366,3 +366,30 @@ def test_without_a_c_compiler_every_triton_section_says_so(tmp_path: Path, monke
     assert {name for name, reason in reasons.items() if reason is None} == expected_runs
     for name, reason in reasons.items():
         assert reason is None or reason == f"triton unusable: {problem}", (name, reason)
+
+
+def test_sigterm_saves_what_was_measured(tmp_path: Path) -> None:
+    """The shell's last-resort guard sends SIGTERM: the suite records the section it stopped and exits 130."""
+    import signal
+
+    out = tmp_path / "suite"
+    args = ["--out", str(out), "--device", "cpu", "--tiny", "--train_variants", "eager_fp32"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.suite", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        for line in proc.stdout:  # the suite prints (flushed) when a section starts
+            if line.startswith("[suite] train:eager_fp32 (estimate"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted (SIGTERM)" in stderr
+    record = json.loads((out / "results.json").read_text())
+    assert record["interrupted"] == "SIGTERM"
+    statuses = [e["status"] for e in record["sections"].values()]
+    assert statuses[0] == "ok" and "interrupted" in statuses
+    assert "## Goal figures" in (out / "results.md").read_text()
