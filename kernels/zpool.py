@@ -151,10 +151,12 @@ def _pow2_floor(x: int) -> int:
 def _pool_config(x: torch.Tensor, dim: int, Q: int) -> dict[str, int | bool]:
     """(BLOCK_R, BLOCK_Q), compile-time flags and num_warps for pooling x along dim.
 
-    The tile holds X / (8 * SMS) elements (clamped to 256..4096), so the grid has at least ~8 programs
-    per SM on the models' shapes (a 1x1 plane with C = 512 at batch 256 gives 256 programs, not 16).
-    The tile is wide along whichever axis is contiguous in memory; along the pooled axis its width is
-    the largest power of two dividing R (80 -> 16: no masked lanes) when that is at least 8.
+    A program owns BLOCK_Q kept positions and loops over the pooled axis in chunks of BLOCK_R. BLOCK_Q
+    is at most Q / (8 * SMS), so the grid has ~8 programs per SM where Q allows it (a 1x1 plane with
+    C = 512 at batch 256 gives 256 programs, not 16), and a chunk holds 256 (one 16-byte vector per
+    thread of a warp) to 4096 elements (registers). The chunk is wide along whichever axis is
+    contiguous in memory; along the pooled axis it is the largest power of two dividing R
+    (80 -> 16: no masked lanes) when that is at least 8.
     Heuristic, not autotuned (autotuning under the CPU interpreter is prohibitively slow).
     """
     R = x.shape[dim]
@@ -162,14 +164,14 @@ def _pool_config(x: torch.Tensor, dim: int, Q: int) -> dict[str, int | bool]:
     live = [d for d in range(4) if x.shape[d] > 1 or d == dim]
     unit = min(x.stride(d) for d in live)
     vec_r = x.stride(dim) == unit and R > 1
-    tile = min(4096, max(256, _pow2_floor(x.numel() // (8 * SMS))))
+    max_tile, min_tile = 4096, 32 * VECTOR  # min: one 16-byte vector per thread of one warp
     if vec_r:
         divisor = R & -R
-        block_r = min(divisor if divisor >= VECTOR else triton.next_power_of_2(R), tile)
-        block_q = min(triton.next_power_of_2(Q), max(1, tile // block_r))
+        block_r = min(divisor if divisor >= VECTOR else triton.next_power_of_2(R), max_tile)
     else:
-        block_r = min(triton.next_power_of_2(R), 8)
-        block_q = min(triton.next_power_of_2(Q), max(1, tile // block_r))
+        block_r = min(triton.next_power_of_2(R), VECTOR)
+    q_cap = _pow2_floor(Q // (8 * SMS))
+    block_q = min(triton.next_power_of_2(Q), max(min_tile // block_r, min(q_cap, max_tile // block_r)))
     inner = kept[2]  # the kept dim with the smallest stride: q runs along it
     if vec_r:
         aligned = x.stride(dim) == 1 and all(x.stride(d) % VECTOR == 0 for d in kept)
