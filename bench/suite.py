@@ -108,6 +108,7 @@ class Suite:
         self.out = out
         self.deadline = deadline
         self.sections = sections
+        self.current: str | None = None  # the section in flight, for an interruption
         self.record: dict[str, Any] = {
             "command": " ".join([PROG, *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -171,7 +172,7 @@ class Suite:
 
     def stop(self, why: str) -> None:
         """Record an interruption (SIGTERM, Ctrl-C): the section in flight, if not yet recorded, and the reason."""
-        entry = self.record["sections"].get(getattr(self, "current", None) or "")
+        entry = self.record["sections"].get(self.current or "")
         if entry is not None and entry.get("status") == "pending":
             entry["status"] = "interrupted"
         self.record["interrupted"] = why

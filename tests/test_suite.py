@@ -154,6 +154,8 @@ def test_plan_runs_nothing(tmp_path: Path) -> None:
         (["--budget", "0"], "--budget must be a positive number"),
         (["--train_variants", "turbo"], "unknown --train_variants turbo"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--budge", "30"], "unrecognized arguments: --budge"),
+        (["--device", "cuda:abc"], "is not a device"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
