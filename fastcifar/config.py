@@ -38,9 +38,9 @@ def _loaders() -> tuple[str, ...]:
 
 
 def _datasets() -> tuple[str, ...]:
-    from fastcifar.data.prepare import DATASETS
+    from fastcifar.data import DATASETS
 
-    return tuple(DATASETS)
+    return DATASETS
 
 
 def _schedules() -> tuple[str, ...]:
@@ -193,10 +193,13 @@ def _parse_str(name: str, value: Any, spec: dict) -> str:
 
 
 def _parse_path(name: str, value: Any, spec: dict) -> str:
-    """A folder path: ``~`` expanded and made absolute, so a resumed run finds the same folder."""
+    """A folder path: ``~`` expanded (as ``prepare --root`` does) and made absolute, so a resumed run
+    finds the same folder from any working directory."""
+    from fastcifar.data import expand_root
+
     if not isinstance(value, str) or not value:
         raise UserError(f"--{name} must be a folder path, got {value!r}.")
-    return os.path.abspath(os.path.expanduser(value))
+    return os.path.abspath(expand_root(value))
 
 
 def _parse_device(name: str, value: Any, spec: dict) -> str:

@@ -228,9 +228,9 @@ def setup(
         root=config.data_root, dataset=config.dataset, device=device, seed=config.seed, num_workers=config.workers,
         rank=ctx.rank, world_size=ctx.world_size, dtype=torch.float32, channels_last=config.channels_last,
     )
-    # TODO(randaugment): pass randaugment=config.randaugment unconditionally once build_loader takes it.
-    augment_options = {} if config.randaugment else {"randaugment": False}
-    train_loader = build_loader(config.loader, "train", batch_size=config.batch_size, **augment_options, **loader_options)
+    train_loader = build_loader(
+        config.loader, "train", batch_size=config.batch_size, randaugment=config.randaugment, **loader_options
+    )
     test_loader = build_loader(config.loader, "test", batch_size=config.eval_batch_size, **loader_options)
 
     # Same seed, same initial weights on every rank (DDP also broadcasts rank 0's).

@@ -24,8 +24,9 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastcifar.config import EXTRA_FLAGS, TrainConfig, config_fields, default_value, flag_help, resolve_config
 from fastcifar.errors import UserError

@@ -27,7 +27,9 @@ def test_onecycle_schedule_follows_the_recipe():
 
     params = [nn.Parameter(torch.zeros(2))]
     epochs, steps = 3, 10
-    optimizer, scheduler = build_optimizer(params, max_lr=0.01, epochs=epochs, steps_per_epoch=steps, device=torch.device("cpu"))
+    optimizer, scheduler = build_optimizer(
+        params, max_lr=0.01, epochs=epochs, steps_per_epoch=steps, device=torch.device("cpu")
+    )
     assert optimizer.param_groups[0]["betas"][1] == 0.999
     lrs, beta1s = [], []
     for _ in range(epochs * steps):
@@ -84,7 +86,9 @@ def test_train_one_epoch_matches_a_plain_loop():
     settings = StepSettings(device=torch.device("cpu"), label_smoothing=0.1)
 
     model = make()
-    optimizer, scheduler = build_optimizer(model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=6, device=settings.device)
+    optimizer, scheduler = build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=6, device=settings.device
+    )
     result = train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, log_every=4)
 
     reference = make()
@@ -100,7 +104,7 @@ def test_train_one_epoch_matches_a_plain_loop():
         losses.append(loss.item())
     assert result.samples == 24 and result.steps == 6 and not result.interrupted
     assert result.loss == pytest.approx(sum(losses) / 6, rel=1e-6)
-    for mine, theirs in zip(model.parameters(), reference.parameters()):
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
 
 
@@ -112,7 +116,9 @@ def test_nan_loss_stops_with_a_clear_error():
         model[1].bias[0] = float("nan")
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(3)]
     settings = StepSettings(device=torch.device("cpu"))
-    optimizer, scheduler = build_optimizer(model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=3, device=settings.device)
+    optimizer, scheduler = build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=3, device=settings.device
+    )
     with pytest.raises(NonFiniteLoss, match="NaN"):
         train_one_epoch(model, batches, optimizer, scheduler, build_scaler(settings), settings, log_every=2)
 
@@ -180,7 +186,31 @@ def test_compiled_matches_eager(tiny_flags, tmp_path):
         name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("eager", "compiled")
     }
-    for a, b in zip(rows["eager"], rows["compiled"]):
+    for a, b in zip(rows["eager"], rows["compiled"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-3)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=2e-3)
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+
+
+def test_recipe_flags_reach_the_run(tiny_flags, tmp_path, monkeypatch):
+    """--weight_decay, --schedule constant and --norandaugment (the notebooks that deviate) take effect."""
+    import fastcifar.data.loaders as loaders
+    from fastcifar.checkpoint import load_checkpoint
+
+    seen = []
+    real_build_loader = loaders.build_loader
+
+    def build_loader(kind, split, **options):
+        seen.append((split, options.get("randaugment", True)))
+        return real_build_loader(kind, split, **options)
+
+    monkeypatch.setattr(loaders, "build_loader", build_loader)
+    out = tmp_path / "run"
+    summary = tiny_run(tiny_flags, out, weight_decay=5e-4, schedule="constant", randaugment=False, lr=0.004)
+    assert ("train", False) in seen
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == pytest.approx(0.004 / 25)  # OneCycle's starting lr, never stepped
+    groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == 5e-4 and groups[0]["betas"][0] == pytest.approx(0.95)
+    config = summary["config"]
+    assert (config["weight_decay"], config["schedule"], config["randaugment"]) == (5e-4, "constant", False)

@@ -154,8 +154,8 @@ def test_flags_on_the_command_line():
 
 def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
     import fastcifar.data.prepare as prepare_module
-    from fastcifar.distributed import DistContext
     from fastcifar.config import resolve_config
+    from fastcifar.distributed import DistContext
     from fastcifar.run import ensure_dataset
 
     calls = []

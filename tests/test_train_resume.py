@@ -68,7 +68,7 @@ def test_resume_ends_at_the_uninterrupted_result(tiny_flags, uninterrupted, tmp_
 
     expected, got = rows(uninterrupted), rows(out)
     assert [r["epoch"] for r in got] == [1, 2]
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         assert {k: b[k] for k in EXACT_FIELDS} == {k: a[k] for k in EXACT_FIELDS}
         # The train loss sums the same per-step values, grouped differently around the interruption.
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-12)
