@@ -158,11 +158,13 @@ def test_plan_runs_nothing(tmp_path: Path) -> None:
         (["--device", "cuda:abc"], "is not a device"),
     ],
 )
-def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    proc, _ = run_suite("--plan", "--device", "cpu", "--out", str(tmp_path / "o"), *args)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
-    assert proc.stderr.startswith("python -m bench.suite: error:") and message in proc.stderr
+def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    from bench.suite import main
+
+    assert main(["--plan", "--device", "cpu", "--out", str(tmp_path / "o"), *args]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip() == stderr.strip().splitlines()[0]
+    assert stderr.startswith("python -m bench.suite: error:") and message in stderr
 
 
 def test_sections_skip_on_budget_and_save_after_each(tmp_path: Path) -> None:
