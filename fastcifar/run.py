@@ -377,7 +377,12 @@ def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[
 
 def finish(training: TrainingRun) -> dict[str, Any]:
     """Write summary.json (rank 0) and return it."""
-    extra = {"world_size": training.ctx.world_size, "device": str(training.device)}
+    extra = {
+        "world_size": training.ctx.world_size,
+        "device": str(training.device),
+        # What each step did (optimizer, schedule, precision, composition), as fastcifar.profile records it.
+        "step": engine.describe_step(training.optimizer, training.scheduler, training.scaler, training.settings),
+    }
     summary = summarize(training.history, asdict(training.config), extra)
     training.logger.write_summary(summary)
     if training.ctx.is_main:

@@ -153,6 +153,8 @@ def test_one_epoch_end_to_end(tiny_flags, tmp_path, loader):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["final_top1"] == summary["final_top1"] == row["top1"]
     assert on_disk["config"]["loader"] == loader
+    assert on_disk["step"]["optimizer"]["class"] == "torch.optim.adam.Adam"
+    assert on_disk["step"]["schedule"]["name"] == "onecycle"
     assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoint.pt").is_file()
     assert any((out / "tb").iterdir())
 
