@@ -13,9 +13,12 @@ folder again when it created it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -113,13 +116,24 @@ class TrainingRun:
             "num_classes": self.num_classes,
             "config": asdict(self.config),
         }
-        try:
+        with disk_errors(self.checkpoint_file, "the previous checkpoint is kept", self.out):
             ckpt.save_checkpoint(self.checkpoint_file, state)
-        except OSError as err:
-            raise UserError(
-                f"cannot write {self.checkpoint_file}: {err.strerror or err}; the previous checkpoint is kept "
-                f"({'free some space and ' if err.errno == 28 else ''}continue with --resume {self.out})"
-            ) from None
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, kept: str, out: Path | None = None) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (full disk, permissions) into one line saying what remains.
+
+    With ``out`` the line ends with the ``--resume`` command that continues the run.
+    """
+    try:
+        yield
+    except OSError as err:
+        advice = "free some space" if err.errno == errno.ENOSPC else ""
+        if out is not None:
+            advice = f"{advice + ' and ' if advice else ''}continue with --resume {out}"
+        message = f"cannot write {path}: {err.strerror or err}; {kept}" + (f" ({advice})" if advice else "")
+        raise UserError(message) from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,7 +368,8 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
     training.partial = PartialEpoch()
     training.save(epoch + 1, training.partial, ckpt.capture_rng_state())
     if ctx.is_main:
-        training.logger.log_epoch(row, training.history)
+        with disk_errors(training.out, f"the checkpoint of epoch {epoch + 1} is saved", training.out):
+            training.logger.log_epoch(row, training.history)
         print(_epoch_line(row, config.epochs), flush=True)
     return None
 
@@ -384,7 +399,8 @@ def finish(training: TrainingRun) -> dict[str, Any]:
         "step": engine.describe_step(training.optimizer, training.scheduler, training.scaler, training.settings),
     }
     summary = summarize(training.history, asdict(training.config), extra)
-    training.logger.write_summary(summary)
+    with disk_errors(training.logger.summary_path, "every epoch is in metrics.jsonl and the final checkpoint"):
+        training.logger.write_summary(summary)
     if training.ctx.is_main:
         print(
             f"done: final top1 {summary['final_top1']:.2f}% top5 {summary['final_top5']:.2f}%, best top1 "
