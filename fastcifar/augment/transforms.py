@@ -3,9 +3,10 @@
 Train: RandomHorizontalFlip -> RandomCrop(32, padding=4, reflect) -> RandAugment(2, 10) ->
 ToTensor + Normalize(ImageNet mean/std), each sample with its own random draws. Test: normalise only.
 
-The train transform has two routes over the same draws: eager (the reference) and one
-compiled graph (``torch.compile``, the default on CUDA, where ~500 small eager kernels per batch would be
-launch-bound). The generator is only used outside the graph, so both routes draw the same numbers.
+The train transform has two routes over the same draws: eager (the reference) and one compiled
+graph (``torch.compile``; the default on CUDA, where a few hundred small eager kernels per batch
+would be launch-bound). The generator is only used outside the graph, so both routes draw the
+same numbers.
 """
 
 from __future__ import annotations
