@@ -49,7 +49,7 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     resume = flags.pop("resume", None)
     if resume is None or resume is False:
         config = resolve_config(**flags)
-        from fastcifar import run as run_module
+        from fastcifar import run as run_module  # torch and the data stack: after the flags are checked
 
         run_module.refuse_existing_run(config.out)
         return run_module.run(config, batch_hook=batch_hook)
