@@ -22,7 +22,6 @@ The flags are the fields of :class:`fastcifar.config.TrainConfig` plus ``--resum
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,44 +75,11 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
 # Command line: fire, with a signature and --help built from TrainConfig
 
 
-def _is_flag(token: str) -> bool:
-    """fire's notion of a flag: a leading hyphen, unless the token is a negative number."""
-    return token.startswith("-") and re.fullmatch(r"-\d+(\.\d*)?([eE][-+]?\d+)?", token) is None
-
-
 def given_flag_names(argv: list[str]) -> list[str]:
-    """The flag names on a command line, checked before any work starts.
+    """The flag names on a command line, checked before any work starts (see :func:`fastcifar.cli.check_arguments`)."""
+    from fastcifar.cli import check_arguments
 
-    Rejects (UserError) unknown flags, stray positional arguments (``--out x 3`` must not quietly
-    set some parameter to 3) and anything after ``--`` (fire's own options). A ``--name`` without
-    ``=`` takes the next token as its value unless that is a flag too (then it means true), as in fire.
-    """
-    known = flag_help()
-    names = []
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if token == "--":
-            raise UserError(f"nothing may follow --; pass flags as --name value (see python -m {PROG} --help).")
-        if token in ("--help", "-h"):
-            index += 1
-            continue
-        if not _is_flag(token):
-            raise UserError(f"unexpected argument {token!r}: every value needs its flag, e.g. --lr 0.01.")
-        name, has_value = token.lstrip("-").split("=", 1)[0].replace("-", "_"), "=" in token
-        is_bool = not has_value and (index + 1 == len(argv) or _is_flag(argv[index + 1]))
-        if is_bool and name not in known and name.startswith("no") and name[2:] in known:
-            name = name[2:]
-        shortcut = [flag for flag in known if flag[0] == name] if len(name) == 1 and not token.startswith("--") else []
-        if len(shortcut) == 1:  # fire's one-letter form of a flag (--help lists them, e.g. -o for --out)
-            name = shortcut[0]
-        if name not in known or (not token.startswith("--") and not shortcut):
-            raise UserError(
-                f"unknown flag {token.split('=', 1)[0]}; valid flags: " + ", ".join(f"--{n}" for n in known) + "."
-            )
-        names.append(name)
-        index += 1 if has_value or is_bool else 2
-    return names
+    return check_arguments(argv, list(flag_help()))
 
 
 def _command_docstring() -> str:
@@ -148,8 +114,6 @@ def main(argv: list[str] | None = None, *, batch_hook: Callable[[str, Any, Any],
     from fastcifar.cli import run_cli
 
     args = sys.argv[1:] if argv is None else list(argv)
-    if argv is not None:
-        sys.argv = [sys.argv[0], *args]
 
     def command(**flags: Any) -> None:
         given = set(given_flag_names(args))
@@ -160,8 +124,8 @@ def main(argv: list[str] | None = None, *, batch_hook: Callable[[str, Any, Any],
     command.__signature__ = _command_signature()  # type: ignore[attr-defined]
     command.__doc__ = _command_docstring()
     command.__name__ = "train"
-    # Fail before fire parses anything (and before torch is imported).
-    run_cli(command, PROG, check=lambda: given_flag_names(args))
+    # run_cli checks the arguments against this signature before fire parses them (and before torch is imported).
+    run_cli(command, PROG, argv=args)
 
 
 if __name__ == "__main__":

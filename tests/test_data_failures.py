@@ -391,7 +391,7 @@ def test_prepare_rebuilds_over_a_damaged_meta_json(synthetic_root, tmp_path, cap
     (["prepare", "--dataset", "synthetic", "--ntrain", "5"],
      "unknown flag --ntrain for prepare; valid flags: --dataset"),
     (["prepare", "--dataset", "synthetic", "--n_train=40", "7"], "unexpected argument '7'"),
-    (["prepare", "--dataset", "synthetic", "--", "--n_train", "40"], "nothing may follow `--`"),
+    (["prepare", "--dataset", "synthetic", "--", "--n_train", "40"], "nothing may follow --"),
     (["info", "--dataset", "synthetic", "--verbose"], "unknown flag --verbose for info"),
 ])
 def test_flag_mistakes_are_rejected_before_any_work(args, words, tmp_path):

@@ -10,15 +10,9 @@ Examples::
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
-import sys
-from collections.abc import Callable
-from typing import Any
 
 from fastcifar.cli import run_cli
-from fastcifar.errors import UserError
 
 PROG = "python -m fastcifar.data"
 
@@ -79,46 +73,11 @@ def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> N
         print(f"{key:<{width}}  {value}")
 
 
-def _check_arguments(command: Callable[..., Any], args: list[str]) -> None:
-    """Reject unknown ``--flags`` and stray positional words before ``command`` does any work.
-
-    Why here: fire calls the function with the flags it recognises and complains about the rest
-    only when it returns, i.e. after a whole prepare run. Values must be given as ``--flag value``
-    or ``--flag=value``; booleans as ``--flag`` / ``--noflag``.
-    """
-    parameters = inspect.signature(command).parameters
-    takes_value = False
-    for token in args:
-        if token == "--":
-            raise UserError("nothing may follow `--`; pass every value as --flag value")
-        if token.startswith("--") and token not in ("--help",):
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            negated = name.startswith("no") and name[2:] in parameters
-            if name not in parameters and not negated:
-                valid = ", ".join(f"--{n}" for n in parameters)
-                raise UserError(f"unknown flag {token.split('=', 1)[0]} for {command.__name__}; valid flags: {valid}")
-            flag = parameters[name[2:] if negated and name not in parameters else name]
-            takes_value = "=" not in token and not negated and not isinstance(flag.default, bool)
-        elif takes_value:
-            takes_value = False
-        elif token not in ("-h", "--help"):
-            raise UserError(f"unexpected argument {token!r}; pass every value as --flag value")
-
-
-def _checked(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        _check_arguments(command, sys.argv[2:])
-        return command(*args, **kwargs)
-
-    return run
-
-
 COMMANDS = {"prepare": prepare, "info": info}
 
 
 def main() -> None:
-    run_cli({name: _checked(command) for name, command in COMMANDS.items()}, prog=PROG)
+    run_cli(COMMANDS, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ and final train/test loss (docs/models.md, "The study's figures").
 
 from __future__ import annotations
 
-import inspect
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -126,20 +124,9 @@ def main(markdown: bool = False, models: str | tuple | list | None = None) -> No
     print(render(build_rows(names), markdown=markdown))
 
 
-def _reject_unknown_flags(argv: list[str]) -> None:
-    """A mistyped ``--flag`` fails at once (fire would measure every model first, then complain)."""
-    known = set(inspect.signature(main).parameters) | {"help"}
-    for token in argv:
-        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        if name and name not in known and not (name.startswith("no") and name[2:] in known):
-            flags = ", ".join(f"--{n}" for n in sorted(known - {"help"}))
-            raise UserError(f"unknown flag {token.split('=', 1)[0]}; valid flags: {flags}.")
-
-
 def cli(argv: list[str] | None = None) -> None:
-    """Command-line entry: check flag names, then run :func:`main` through fire."""
-    args = sys.argv[1:] if argv is None else argv
-    run_cli(main, PROG, check=lambda: _reject_unknown_flags(args))
+    """Command-line entry: :func:`main` through fire (flags checked first by :func:`run_cli`)."""
+    run_cli(main, PROG, argv=argv)
 
 
 PROG = "python -m fastcifar.models"
