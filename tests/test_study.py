@@ -138,6 +138,12 @@ def test_device_slots_on_cpu():
     assert [(s.label, s.device_flag) for s in slots] == [("cpu", "cpu")]
     with pytest.raises(UserError):
         device_slots("cpu", devices="0,1")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert [s.label for s in device_slots(None)] == ["cpu"]
+        with pytest.raises(UserError, match="needs a GPU"):
+            device_slots("cuda")
 
 
 def test_resume_is_chosen_when_a_checkpoint_exists(tmp_path):
@@ -304,7 +310,8 @@ def test_rerun_skips_finished_runs(reference_study, train_data):
     out, report, _ = reference_study
     stamps = {r["folder"]: (out / r["folder"] / "summary.json").stat().st_mtime_ns for r in report["runs"]}
     lines: list[str] = []
-    again = run(out=str(out), print_fn=lines.append, **study_flags(train_data))
+    # Runtime flags (what --resume accepts too) may change between calls; the runs stay the same.
+    again = run(out=str(out), print_fn=lines.append, **{**study_flags(train_data), "log_every": 3})
     assert not any(line.startswith("start") for line in lines)
     assert stamps == {r["folder"]: (out / r["folder"] / "summary.json").stat().st_mtime_ns for r in again["runs"]}
     with pytest.raises(UserError, match="another --out"):

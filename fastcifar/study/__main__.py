@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     from fastcifar.cli import run_cli
 
     args = sys.argv[1:] if argv is None else argv
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    if args[:1] == ["run"] and ("--help" in args or "-h" in args):
+        args = ["run", "--", "--help"]  # run takes **flags: without "--" fire would pass help=True to it
+    sys.argv = [sys.argv[0], *args]
     run_cli(COMMANDS, PROG, check=lambda: check_flags(args))
 
 

@@ -60,7 +60,7 @@ def device_slots(device: str | None, devices: Any = None) -> list[DeviceSlot]:
 
     ``cpu`` -> one CPU worker. Otherwise, where CUDA is available, one worker per GPU in
     ``--devices`` (default: every visible GPU, or the N of ``--device cuda:N``), each seeing only
-    its GPU as ``cuda``. Without CUDA: one CPU worker (``--device cuda`` then fails in the run).
+    its GPU as ``cuda``. Without CUDA: one CPU worker (asking for a GPU is then a UserError).
     """
     if device == "cpu":
         if devices is not None:
@@ -70,9 +70,10 @@ def device_slots(device: str | None, devices: Any = None) -> list[DeviceSlot]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        if devices is not None:
-            raise UserError("--devices selects GPUs, but CUDA sees none on this machine.")
-        return [DeviceSlot("cpu", device or "cpu", {})]
+        if devices is not None or (device or "auto") != "auto":
+            raise UserError(f"{'--devices' if devices is not None else '--device ' + str(device)} needs a GPU, "
+                            "but CUDA sees none on this machine.")
+        return [DeviceSlot("cpu", "cpu", {})]
     if devices is not None:
         ids = _gpu_ids(devices)
     elif device and device.startswith("cuda:"):

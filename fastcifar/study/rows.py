@@ -18,6 +18,9 @@ from fastcifar.errors import UserError
 from fastcifar.models.registry import StudyResult, get_entry, tiny_overrides
 
 RECIPES = ("study", "uniform")
+# Flags that do not change what a run computes: they may differ between attempts of one run (they
+# are what fastcifar.train's --resume accepts), so they are not part of a run's identity.
+RUNTIME_FLAGS = ("device", "workers", "log_every")
 
 
 @dataclass(frozen=True)
@@ -162,13 +165,12 @@ def train_args(
 
     Precedence: the common recipe (``fastcifar.train``'s defaults) < the row's deviations (with
     ``recipe="study"``) < the user's ``flags`` (applied to every row) < the row's model, seed and
-    folder. ``flags`` may hold ``model_kwargs``; it is merged into the row's overrides. ``device``
-    is left out: the executor running the run chooses it.
+    folder. ``flags`` may hold ``model_kwargs``; it is merged into the row's overrides.
+    :data:`RUNTIME_FLAGS` are left out (see :func:`runtime_args`).
     """
     if recipe not in RECIPES:
         raise UserError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
-    flags = dict(flags or {})
-    flags.pop("device", None)
+    flags = {name: value for name, value in (flags or {}).items() if name not in RUNTIME_FLAGS}
     user_kwargs = flags.pop("model_kwargs", None) or {}
     settings: dict[str, Any] = dict(row.deviations) if recipe == "study" else {}
     settings.update(flags)
@@ -176,6 +178,11 @@ def train_args(
         arch=row.model, model_kwargs=model_kwargs(row, tiny=tiny, user=user_kwargs), seed=seed, out=out
     )
     return [token for name, value in settings.items() for token in _flag(name, value)]
+
+
+def runtime_args(flags: dict[str, Any]) -> list[str]:
+    """``--workers`` / ``--log_every`` for every attempt, fresh or resumed (the executor adds ``--device``)."""
+    return [token for name in RUNTIME_FLAGS if name != "device" for token in _flag(name, flags.get(name))]
 
 
 def _flag(name: str, value: Any) -> list[str]:

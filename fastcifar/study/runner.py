@@ -19,7 +19,7 @@ from typing import Any
 from fastcifar.atomic import write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.study import runs
-from fastcifar.study.rows import EXPERIMENTS, RECIPES, Row, select_rows, train_args
+from fastcifar.study.rows import EXPERIMENTS, RECIPES, RUNTIME_FLAGS, Row, runtime_args, select_rows, train_args
 from fastcifar.study.runs import RunSpec
 
 PLAN_NAME = "study-plan.json"
@@ -79,7 +79,7 @@ def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
     """Combine ``new`` with the folder's existing plan: rows and experiments accumulate, seeds grow.
 
     The recipe, ``--tiny`` and the training flags must match: runs trained differently must not
-    end up in one table.
+    end up in one table. Runtime flags (device, workers, log_every) may change.
     """
     path = out / PLAN_NAME
     if not path.is_file():
@@ -103,11 +103,12 @@ def plan_specs(out: Path, rows: list[Row], seeds: int, recipe: str, flags: dict[
                ) -> list[RunSpec]:
     """Every (row, seed) run with the arguments of its fresh start; seeds are 0..seeds-1."""
     specs = []
+    runtime = tuple(runtime_args(flags))
     for row in rows:
         for seed in range(seeds):
             folder = runs.run_folder(out, row.id, seed).resolve()
             args = train_args(row, seed=seed, out=str(folder), recipe=recipe, flags=flags, tiny=tiny)
-            specs.append(RunSpec(row.id, seed, str(folder), tuple(args)))
+            specs.append(RunSpec(row.id, seed, str(folder), tuple(args), runtime))
     return specs
 
 
@@ -247,9 +248,10 @@ def run(
     problem = check_writable(str(out_dir))
     if problem is not None:
         raise UserError(problem)
+    identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
     plan = merge_plan(out_dir, {
         "experiments": [experiment], "rows": [r.id for r in selected], "seeds": seeds, "recipe": recipe,
-        "tiny": tiny, "flags": flags,
+        "tiny": tiny, "flags": identity,
     })
     specs = plan_specs(out_dir, selected, seeds, recipe, flags, tiny)
     for spec in specs:

@@ -39,12 +39,17 @@ NOT_RETRIABLE = {2}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One (row, seed) run: where it lives and the ``fastcifar.train`` arguments of a fresh start."""
+    """One (row, seed) run: where it lives and the ``fastcifar.train`` arguments of a fresh start.
+
+    ``runtime`` holds flags that every attempt passes, fresh or resumed, and that do not change
+    the result (``--workers``, ``--log_every``); they are not compared between calls.
+    """
 
     row: str
     seed: int
     folder: str  # absolute path of the run folder
     args: tuple[str, ...]
+    runtime: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -109,8 +114,8 @@ def command(spec: RunSpec, device_flag: str | None) -> list[str]:
     base = [sys.executable, "-m", "fastcifar.train"]
     device = [f"--device={device_flag!r}"] if device_flag else []
     if (Path(spec.folder) / CHECKPOINT_NAME).is_file():
-        return [*base, f"--resume={spec.folder!r}", *device]
-    return [*base, *spec.args, *device]
+        return [*base, f"--resume={spec.folder!r}", *spec.runtime, *device]
+    return [*base, *spec.args, *spec.runtime, *device]
 
 
 # Children of this process, so an interrupted runner can stop them cleanly (see interrupt_children).
