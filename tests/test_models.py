@@ -53,7 +53,6 @@ SK_DENSENET_REPORTED = {2: 4_126_314, 4: 4_784_554, 5: 5_179_498, 6: 5_311_146}
 DEAD_CA_PARAMS = 823_198
 
 
-
 def _kernels_work() -> bool:
     """The fused ops import and run on a tiny CPU input (interpreted Triton under the test env)."""
     if not triton_available():

@@ -104,11 +104,18 @@ def test_unknown_rows_experiments_and_flags_fail_with_one_line(tmp_path):
     assert not (tmp_path / "study-plan.json").exists()
 
 
-@pytest.mark.parametrize("argv, words", [(["bogus"], "unknown command"), (["list", "--x"], "unknown flag --x"),
-                                         (["report", "--bogus=1", "d"], "unknown flag --bogus")])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["bogus"], "unknown command"),
+        (["list", "--x"], "unknown flag --x"),
+        (["report", "--bogus=1", "d"], "unknown flag --bogus"),
+    ],
+)
 def test_cli_mistakes_are_one_line_exit_2(argv, words):
-    result = subprocess.run([sys.executable, "-m", "fastcifar.study", *argv], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastcifar.study", *argv], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and words in result.stderr
 
@@ -221,8 +228,12 @@ def test_failed_attempt_is_retried_once_and_recorded(tmp_path):
     fake = FakeExecutor(scheduler, outcomes)
     outcome = scheduler.execute(specs, fake)
     scheduler.progress.close()
-    assert outcome == {"flaky seed0": "finished", "broken seed0": "failed", "usererror seed0": "failed",
-                       "fine seed0": "finished"}
+    assert outcome == {
+        "flaky seed0": "finished",
+        "broken seed0": "failed",
+        "usererror seed0": "failed",
+        "fine seed0": "finished",
+    }
     assert fake.started.count("flaky seed0") == 2 and fake.started.count("broken seed0") == 2
     assert fake.started.count("usererror seed0") == 1
     record = study_runs.read_record(tmp_path / "broken")
@@ -241,8 +252,19 @@ ROWS_UNDER_TEST = "densenet,dense_ca"  # Table 2 rows with a claim between them 
 
 
 def study_flags(train_data) -> dict:
-    return dict(experiment="table2", rows=ROWS_UNDER_TEST, seeds=2, tiny=True, epochs=1, batch_size=16,
-                eval_batch_size=16, dataset="synthetic", data_root=str(train_data), device="cpu", workers=1)
+    return dict(
+        experiment="table2",
+        rows=ROWS_UNDER_TEST,
+        seeds=2,
+        tiny=True,
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=16,
+        dataset="synthetic",
+        data_root=str(train_data),
+        device="cpu",
+        workers=1,
+    )
 
 
 def without_timing(value):
@@ -268,7 +290,8 @@ def reference_study(train_data, tmp_path_factory):
 def test_local_study_trains_every_run_and_reports(reference_study):
     out, report, lines = reference_study
     assert [(r["row"], r["seed"], r["status"]) for r in report["runs"]] == [
-        (row, seed, "finished") for row in ("densenet", "dense_ca") for seed in (0, 1)]
+        (row, seed, "finished") for row in ("densenet", "dense_ca") for seed in (0, 1)
+    ]
     for run in report["runs"]:
         summary = json.loads((out / run["folder"] / "summary.json").read_text())
         assert summary["config"]["seed"] == run["seed"]
@@ -361,8 +384,13 @@ def test_failing_row_is_reported_while_the_others_finish(monkeypatch, train_data
     monkeypatch.setitem(rows_module.ROWS, "broken", Row("broken", "densenet121", {"growth_rate": 0}))
     flags = {**study_flags(train_data), "rows": "densenet,broken", "seeds": 1}
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", f"--out={str(tmp_path)!r}", *(f"--{k}={v!r}" if not isinstance(v, bool) else f"--{k}"
-                                                   for k, v in flags.items())])
+        main(
+            [
+                "run",
+                f"--out={str(tmp_path)!r}",
+                *(f"--{k}={v!r}" if not isinstance(v, bool) else f"--{k}" for k, v in flags.items()),
+            ]
+        )
     assert exit_info.value.code == 1
     report = json.loads((tmp_path / "study.json").read_text())
     status = {r["row"]: r for r in report["runs"]}

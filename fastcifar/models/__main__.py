@@ -60,9 +60,7 @@ def build_rows(names: list[str]) -> list[Row]:
     rows = []
     for name, study in tqdm(jobs, desc="measuring models", unit="model", leave=False):
         model = create_model(name, **study.overrides)
-        rows.append(
-            Row(_label(name, study.overrides), count_params(model), forward_flops(model) / 1e9, study)
-        )
+        rows.append(Row(_label(name, study.overrides), count_params(model), forward_flops(model) / 1e9, study))
     return rows
 
 
@@ -74,8 +72,17 @@ def _fmt(value: float | str | None, spec: str = "") -> str:
 
 def render(rows: list[Row], markdown: bool = False) -> str:
     """The table as aligned text or as GitHub markdown."""
-    header = ["id", "params", "GFLOPs/img", "study params", "study top-1", "study top-5", "study train loss",
-              "study test loss", "note"]
+    header = [
+        "id",
+        "params",
+        "GFLOPs/img",
+        "study params",
+        "study top-1",
+        "study top-5",
+        "study train loss",
+        "study test loss",
+        "note",
+    ]
     body = [
         [
             r.label,

@@ -135,9 +135,7 @@ class PreActDenseNet(nn.Module):
                         channels,
                         growth_rate,
                         attention=attention(4 * growth_rate) if attention else None,
-                        post_concat=(
-                            SKConv(channels + growth_rate, **sk_kwargs) if i in sk_at else None
-                        ),
+                        post_concat=(SKConv(channels + growth_rate, **sk_kwargs) if i in sk_at else None),
                     )
                 )
                 channels += growth_rate
@@ -252,9 +250,7 @@ def densenet121(
     block_config: Sequence[int] = _DEFAULT_BLOCKS,
     compression: float = 0.5,
 ) -> nn.Module:
-    return PreActDenseNet(
-        num_classes, growth_rate=growth_rate, block_config=block_config, compression=compression
-    )
+    return PreActDenseNet(num_classes, growth_rate=growth_rate, block_config=block_config, compression=compression)
 
 
 @register_model(
@@ -311,16 +307,27 @@ def densenet_triplet(
     "sk_densenet",
     summary="post-activation DenseNet-BC + stem SK + SK (G=2, r=8) in every n//k-th layer",
     study=(
-        StudyResult("4.13M", 75.41, 94.25, {"k": 2}, _DEAD_CA_NOTE,
-                    method=_SK_DENSENET_METHOD.format(k=2), source="Table 2"),
-        StudyResult("4.78M", 76.94, 94.72, {"k": 4}, _DEAD_CA_NOTE,
-                    method=_SK_DENSENET_METHOD.format(k=4), source="Table 2"),
+        StudyResult(
+            "4.13M", 75.41, 94.25, {"k": 2}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=2), source="Table 2"
+        ),
+        StudyResult(
+            "4.78M", 76.94, 94.72, {"k": 4}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=4), source="Table 2"
+        ),
         # The report's best model; its final losses are given under Figure 6.
-        StudyResult("5.18M", 77.27, 94.76, {}, "k=5; " + _DEAD_CA_NOTE,
-                    method=_SK_DENSENET_METHOD.format(k=5), source="Table 2, Figure 6",
-                    train_loss=0.207, test_loss=0.96),
-        StudyResult("5.31M", 76.74, 94.68, {"k": 6}, _DEAD_CA_NOTE,
-                    method=_SK_DENSENET_METHOD.format(k=6), source="Table 2"),
+        StudyResult(
+            "5.18M",
+            77.27,
+            94.76,
+            {},
+            "k=5; " + _DEAD_CA_NOTE,
+            method=_SK_DENSENET_METHOD.format(k=5),
+            source="Table 2, Figure 6",
+            train_loss=0.207,
+            test_loss=0.96,
+        ),
+        StudyResult(
+            "5.31M", 76.74, 94.68, {"k": 6}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=6), source="Table 2"
+        ),
     ),
     tiny={**_TINY, "k": 2},
 )
@@ -344,7 +351,10 @@ def sk_densenet(
         compression=compression,
         k=k,
         sk_kwargs=dict(
-            groups=sk_groups, reduction=sk_reduction, min_dim=sk_min_dim, branches=sk_branches,
+            groups=sk_groups,
+            reduction=sk_reduction,
+            min_dim=sk_min_dim,
+            branches=sk_branches,
             impl=impl,
         ),
     )
@@ -353,9 +363,7 @@ def sk_densenet(
 @register_model(
     "sk_densenet_catsk",
     summary="pre-activation DenseNet-BC + stem SK + SK (G=4, r=16) after the concat, n//2 rule",
-    study=(
-        StudyResult("5.9M", 74.68, 94.15, method="DenseNet+SK Conv(//2, Conv2->Cat->SK Conv)", source="Table 2"),
-    ),
+    study=(StudyResult("5.9M", 74.68, 94.15, method="DenseNet+SK Conv(//2, Conv2->Cat->SK Conv)", source="Table 2"),),
     tiny=_TINY,
 )
 def sk_densenet_catsk(
@@ -381,7 +389,10 @@ def sk_densenet_catsk(
         stem_sk=True,
         concat_sk_k=k,
         sk_kwargs=dict(
-            groups=sk_groups, reduction=sk_reduction, min_dim=sk_min_dim, branches=sk_branches,
+            groups=sk_groups,
+            reduction=sk_reduction,
+            min_dim=sk_min_dim,
+            branches=sk_branches,
             impl=impl,
         ),
     )

@@ -99,9 +99,7 @@ class CAMobileNetV2(nn.Module):
         super().__init__()
         rows = [tuple(int(v) for v in row) for row in config]
         if not rows or any(len(r) != 4 or min(r) < 1 for r in rows):
-            raise UserError(
-                f"config must be rows of 4 positive integers (t, c, n, s), got {config!r}."
-            )
+            raise UserError(f"config must be rows of 4 positive integers (t, c, n, s), got {config!r}.")
         channels = make_divisible(stem_width)
         self.stem = conv_bn_act(3, channels, 3, stride=2, act=nn.ReLU6)
         blocks: list[nn.Module] = []
@@ -110,8 +108,13 @@ class CAMobileNetV2(nn.Module):
             for i in range(n):
                 blocks.append(
                     InvertedResidual(
-                        channels, out_channels, s if i == 0 else 1, t,
-                        project_act=project_act, triplet=triplet, impl=impl,
+                        channels,
+                        out_channels,
+                        s if i == 0 else 1,
+                        t,
+                        project_act=project_act,
+                        triplet=triplet,
+                        impl=impl,
                     )
                 )
                 channels = out_channels
@@ -151,8 +154,15 @@ _TINY = {"config": ((1, 8, 1, 1), (6, 16, 2, 2)), "head_width": 32}
     aliases=("ca_resnet",),
     summary="MobileNetV2 + CA in each expanding block (the study's 'CA on ResNet', CANet.ipynb)",
     study=(
-        StudyResult("9.7M", 66.66, 90.25, method="Coordinate attention", source="base methods; Table 1",
-                    train_loss=0.91, test_loss=1.22),
+        StudyResult(
+            "9.7M",
+            66.66,
+            90.25,
+            method="Coordinate attention",
+            source="base methods; Table 1",
+            train_loss=0.91,
+            test_loss=1.22,
+        ),
     ),
     tiny=_TINY,
 )
@@ -164,9 +174,7 @@ def ca_mobilenetv2(
     head_width: int = 1280,
     dropout: float = 0.1,
 ) -> nn.Module:
-    return CAMobileNetV2(
-        num_classes, config=config, stem_width=stem_width, head_width=head_width, dropout=dropout
-    )
+    return CAMobileNetV2(num_classes, config=config, stem_width=stem_width, head_width=head_width, dropout=dropout)
 
 
 @register_model(
@@ -185,6 +193,12 @@ def ca_triplet(
     impl: str | None = None,
 ) -> nn.Module:
     return CAMobileNetV2(
-        num_classes, config=config, stem_width=stem_width, head_width=head_width, dropout=dropout,
-        project_act=False, triplet=True, impl=impl,
+        num_classes,
+        config=config,
+        stem_width=stem_width,
+        head_width=head_width,
+        dropout=dropout,
+        project_act=False,
+        triplet=True,
+        impl=impl,
     )

@@ -39,9 +39,7 @@ class Bottle2neck(nn.Module):
         out_channels = planes * self.expansion
         self.width, self.scale, self.first = width, scale, first
         self.conv1 = conv_bn_act(in_channels, width * scale, 1)
-        self.convs = nn.ModuleList(
-            conv_bn_act(width, width, 3, stride=stride) for _ in range(scale - 1)
-        )
+        self.convs = nn.ModuleList(conv_bn_act(width, width, 3, stride=stride) for _ in range(scale - 1))
         self.pool = nn.AvgPool2d(3, stride=stride, padding=1) if first else None
         self.conv3 = conv_bn_act(width * scale, out_channels, 1, act=None)
         self.shortcut: nn.Module = nn.Identity()
@@ -49,9 +47,7 @@ class Bottle2neck(nn.Module):
             pool: nn.Module = nn.Identity()
             if stride != 1:
                 pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
-            self.shortcut = nn.Sequential(
-                pool, conv_bn_act(in_channels, out_channels, 1, act=None)
-            )
+            self.shortcut = nn.Sequential(pool, conv_bn_act(in_channels, out_channels, 1, act=None))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +87,7 @@ class Res2Net(nn.Module):
             )
         if scale < 2 or min(planes) * base_width // 64 < 1:
             raise UserError("scale must be >= 2 and planes * base_width // 64 at least 1.")
-        self.stem = nn.Sequential(
-            conv_bn_act(3, stem_width, 3, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
-        )
+        self.stem = nn.Sequential(conv_bn_act(3, stem_width, 3, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
         blocks: list[nn.Module] = []
         channels = stem_width
         for s, (depth, plane) in enumerate(zip(layers, planes)):
@@ -101,8 +95,12 @@ class Res2Net(nn.Module):
                 stride = 2 if (s > 0 and b == 0) else 1
                 blocks.append(
                     Bottle2neck(
-                        channels, plane, stride=stride, first=b == 0,
-                        base_width=base_width, scale=scale,
+                        channels,
+                        plane,
+                        stride=stride,
+                        first=b == 0,
+                        base_width=base_width,
+                        scale=scale,
                     )
                 )
                 channels = plane * Bottle2neck.expansion

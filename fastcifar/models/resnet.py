@@ -77,9 +77,7 @@ class ResNet(nn.Module):
             raise UserError(f"gc_stage must be a stage index below {len(widths)}, got {gc_stage!r}.")
         stem_width = stem_width or widths[0]
         if stem == "imagenet":
-            self.stem = nn.Sequential(
-                conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
-            )
+            self.stem = nn.Sequential(conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
         else:
             self.stem = conv_bn_act(3, stem_width, 3)
         stages = []
@@ -132,8 +130,9 @@ def resnet18(
     "triplet_resnet",
     summary="ResNet-18 (ImageNet stem) + Triplet Attention before every residual add",
     study=(
-        StudyResult("11.23M", 59.6, 85.5, method="Triplet Attention", source="base methods",
-                    train_loss=1.30, test_loss=1.54),
+        StudyResult(
+            "11.23M", 59.6, 85.5, method="Triplet Attention", source="base methods", train_loss=1.30, test_loss=1.54
+        ),
     ),
     tiny=_TINY,
 )

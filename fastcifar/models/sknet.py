@@ -90,9 +90,7 @@ class SKNet(nn.Module):
             )
         if ca not in CA_PLACES:
             raise UserError(f"unknown CA placement {ca!r}; choose 'post', 'pre' or None.")
-        self.stem = nn.Sequential(
-            conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
-        )
+        self.stem = nn.Sequential(conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
         units: list[nn.Module] = []
         channels = stem_width
         for s, (width, mid, depth) in enumerate(zip(widths, mids, depths)):
@@ -105,8 +103,13 @@ class SKNet(nn.Module):
                     branches, stride = 2, stage_stride if u == 0 else 1
                 units.append(
                     SKUnit(
-                        channels, mid, width, branches=branches, stride=stride,
-                        sk_kwargs=sk_kwargs, ca=ca,
+                        channels,
+                        mid,
+                        width,
+                        branches=branches,
+                        stride=stride,
+                        sk_kwargs=sk_kwargs,
+                        ca=ca,
                     )
                 )
                 channels = width
@@ -166,8 +169,14 @@ def _register_sknet(name: str, summary: str, study: tuple[StudyResult, ...], **v
         impl: str | None = None,
     ) -> nn.Module:
         return _sknet(
-            num_classes, widths=widths, mids=mids, depths=depths, sk_groups=sk_groups,
-            sk_reduction=sk_reduction, impl=impl, **variant,
+            num_classes,
+            widths=widths,
+            mids=mids,
+            depths=depths,
+            sk_groups=sk_groups,
+            sk_reduction=sk_reduction,
+            impl=impl,
+            **variant,
         )
 
 
@@ -181,8 +190,9 @@ _register_sknet(
     "sknet26_study",
     "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
     (
-        StudyResult("4.81M", 69.65, 91.06, method="SKNet", source="base methods; Table 1",
-                    train_loss=0.36, test_loss=1.28),
+        StudyResult(
+            "4.81M", 69.65, 91.06, method="SKNet", source="base methods; Table 1", train_loss=0.36, test_loss=1.28
+        ),
     ),
     stride_bug=True,
 )
@@ -190,8 +200,14 @@ _register_sknet(
     "sknet_ca_post",
     "sknet26_study + CA(mid) after each SKConv (docs/models.md §3; no study code exists)",
     (
-        StudyResult("6.65M", 70.02, 91.86, note="6.65M not reproducible",
-                    method="SKNet(Conv1->SK Conv->CA Conv->Conv2)", source="Table 1"),
+        StudyResult(
+            "6.65M",
+            70.02,
+            91.86,
+            note="6.65M not reproducible",
+            method="SKNet(Conv1->SK Conv->CA Conv->Conv2)",
+            source="Table 1",
+        ),
     ),
     stride_bug=True,
     ca="post",
@@ -200,8 +216,14 @@ _register_sknet(
     "sknet_ca_pre",
     "sknet26_study + CA(in) on each unit's input (docs/models.md §3; no study code exists)",
     (
-        StudyResult("6.65M", 70.12, 91.72, note="6.65M not reproducible",
-                    method="SKNet(CA Conv->Conv1->SK Conv->Conv2)", source="Table 1"),
+        StudyResult(
+            "6.65M",
+            70.12,
+            91.72,
+            note="6.65M not reproducible",
+            method="SKNet(CA Conv->Conv1->SK Conv->Conv2)",
+            source="Table 1",
+        ),
     ),
     stride_bug=True,
     ca="pre",

@@ -1,8 +1,8 @@
 """``python -m fastcifar.study list | run | report``: reproduce the study's tables with seeds.
 
-    python -m fastcifar.study list
-    python -m fastcifar.study run --experiment table2 --seeds 3 --out runs/study-table2 [--fast ...]
-    python -m fastcifar.study report runs/study-table2
+python -m fastcifar.study list
+python -m fastcifar.study run --experiment table2 --seeds 3 --out runs/study-table2 [--fast ...]
+python -m fastcifar.study report runs/study-table2
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def list_experiments() -> None:
         figures = "/".join("–" if v is None else f"{v:g}" for v in (study.top1, study.top5))
         overrides = "".join(f" {k}={v}" for k, v in row.overrides.items())
         deviations = f"; notebook recipe: {row.why}" if row.deviations else ""
-        print(f"{row.id:<{width}}  {row.model}{overrides}: {study.method or '-'} (study {study.params or '–'}, "
-              f"top-1/top-5 {figures}){deviations}")
+        print(
+            f"{row.id:<{width}}  {row.model}{overrides}: {study.method or '-'} (study {study.params or '–'}, "
+            f"top-1/top-5 {figures}){deviations}"
+        )
 
 
 def run(
@@ -61,8 +63,18 @@ def run(
     """
     from fastcifar.study.runner import run as run_study
 
-    report = run_study(experiment=experiment, seeds=seeds, out=out, rows=rows, recipe=recipe, executor=executor,
-                       ray_address=ray_address, devices=devices, tiny=tiny, **train_flags)
+    report = run_study(
+        experiment=experiment,
+        seeds=seeds,
+        out=out,
+        rows=rows,
+        recipe=recipe,
+        executor=executor,
+        ray_address=ray_address,
+        devices=devices,
+        tiny=tiny,
+        **train_flags,
+    )
     if any(r["status"] != "finished" for r in report["runs"]):
         raise SystemExit(1)
 

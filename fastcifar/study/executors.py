@@ -71,8 +71,10 @@ def device_slots(device: str | None, devices: Any = None) -> list[DeviceSlot]:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         if devices is not None or (device or "auto") != "auto":
-            raise UserError(f"{'--devices' if devices is not None else '--device ' + str(device)} needs a GPU, "
-                            "but CUDA sees none on this machine.")
+            raise UserError(
+                f"{'--devices' if devices is not None else '--device ' + str(device)} needs a GPU, "
+                "but CUDA sees none on this machine."
+            )
         return [DeviceSlot("cpu", "cpu", {})]
     if devices is not None:
         ids = _gpu_ids(devices)
@@ -108,8 +110,14 @@ class LocalExecutor:
         slot = self._free.get()  # at most len(slots) tasks run, so a slot is always free here
         if self._stopping:  # queued before Ctrl-C: never started
             self._free.put(slot)
-            return {"status": "interrupted", "device": slot.label, "returncode": None, "seconds": 0.0,
-                    "resumed": False, "retry": False}
+            return {
+                "status": "interrupted",
+                "device": slot.label,
+                "returncode": None,
+                "seconds": 0.0,
+                "resumed": False,
+                "retry": False,
+            }
         try:
             self.on_start(spec, slot.label)
             return self.on_finish(spec, runs.attempt(spec, slot.label, slot.device_flag, slot.env))
@@ -142,8 +150,10 @@ def check_writable(out: str) -> str | None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        return (f"node {socket.gethostname()} cannot write {out} ({err.strerror or err}); the study folder "
-                "must be on storage every node shares")
+        return (
+            f"node {socket.gethostname()} cannot write {out} ({err.strerror or err}); the study folder "
+            "must be on storage every node shares"
+        )
     return None
 
 
@@ -152,8 +162,15 @@ def _ray_attempt(spec: RunSpec, out: str, use_gpu: bool) -> dict[str, Any]:
     host = socket.gethostname()
     problem = check_writable(out)
     if problem is not None:
-        return {"status": "failed", "error": problem, "retriable": False, "device": host, "returncode": None,
-                "seconds": 0.0, "resumed": False}
+        return {
+            "status": "failed",
+            "error": problem,
+            "retriable": False,
+            "device": host,
+            "returncode": None,
+            "seconds": 0.0,
+            "resumed": False,
+        }
     try:
         if use_gpu:
             import ray
@@ -169,8 +186,9 @@ def _ray_attempt(spec: RunSpec, out: str, use_gpu: bool) -> dict[str, Any]:
 class RayExecutor:
     """One Ray task per attempt; ``ray.init(address)`` or a local cluster when no address is given."""
 
-    def __init__(self, out: str, address: str | None, device: str | None, on_start: StartCallback,
-                 on_finish: FinishCallback) -> None:
+    def __init__(
+        self, out: str, address: str | None, device: str | None, on_start: StartCallback, on_finish: FinishCallback
+    ) -> None:
         try:
             import ray
         except ImportError:

@@ -85,8 +85,9 @@ def collect_runs(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
                 entry["error"] = failures[-1].get("error", "")
             if status == "finished":
                 entry["summary"] = json.loads((folder / runs.SUMMARY_NAME).read_text())
-                entry["history"] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
-                                    if line.strip()]
+                entry["history"] = [
+                    json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()
+                ]
             collected.append(entry)
     return collected
 
@@ -126,25 +127,37 @@ def claim_stats(better: str, worse: str, text: str, top1: dict[str, list[float]]
     """Does ``better`` beat ``worse`` in top-1 over seeds? Welch's t-test, stated plainly."""
     a, b = top1.get(better, []), top1.get(worse, [])
     sa, sb = study_result(ROWS[better]).top1, study_result(ROWS[worse]).top1
-    entry: dict[str, Any] = {"better": better, "worse": worse, "claim": text, "n": [len(a), len(b)],
-                             "study_diff": _r(sa - sb) if sa is not None and sb is not None else None}
+    entry: dict[str, Any] = {
+        "better": better,
+        "worse": worse,
+        "claim": text,
+        "n": [len(a), len(b)],
+        "study_diff": _r(sa - sb) if sa is not None and sb is not None else None,
+    }
     result = welch(a, b)
     if result is None:
         entry.update(diff=None, ci95=None, p=None, verdict="not tested")
-        entry["statement"] = (f"`{better}` vs `{worse}` ({text}): not tested, needs 2 finished seeds per row "
-                              f"(have {len(a)} and {len(b)}).")
+        entry["statement"] = (
+            f"`{better}` vs `{worse}` ({text}): not tested, needs 2 finished seeds per row "
+            f"(have {len(a)} and {len(b)})."
+        )
         return entry
     n = min(len(a), len(b))
     if result.p < 0.05:
         verdict = "holds" if result.diff > 0 else "reversed"
     else:
         verdict = "not resolved"
-    words = {"holds": "holds", "reversed": "reversed: the other row is better",
-             "not resolved": f"not resolved with {n} seeds"}[verdict]
+    words = {
+        "holds": "holds",
+        "reversed": "reversed: the other row is better",
+        "not resolved": f"not resolved with {n} seeds",
+    }[verdict]
     study_part = f"; study {entry['study_diff']:+.2f}" if entry["study_diff"] is not None else ""
     entry.update(diff=_r(result.diff), ci95=_r(result.ci95), p=_r(result.p), verdict=verdict)
-    entry["statement"] = (f"`{better}` vs `{worse}` ({text}{study_part}): {result.diff:+.2f} ± {result.ci95:.2f} "
-                          f"top-1 points (95% CI, Welch p = {result.p:.3f}): {words}.")
+    entry["statement"] = (
+        f"`{better}` vs `{worse}` ({text}{study_part}): {result.diff:+.2f} ± {result.ci95:.2f} "
+        f"top-1 points (95% CI, Welch p = {result.p:.3f}): {words}."
+    )
     return entry
 
 
@@ -153,8 +166,11 @@ def build(out: str | Path) -> dict[str, Any]:
     out = Path(out)
     plan = load_plan(out)
     collected = collect_runs(out, plan)
-    tables = [name for name in TABLE_ORDER
-              if any(e in (name, "all") for e in plan["experiments"]) and set(EXPERIMENTS[name]) & set(plan["rows"])]
+    tables = [
+        name
+        for name in TABLE_ORDER
+        if any(e in (name, "all") for e in plan["experiments"]) and set(EXPERIMENTS[name]) & set(plan["rows"])
+    ]
     by_row: dict[str, list[dict[str, Any]]] = {r: [] for r in plan["rows"]}
     for run in collected:
         if run["status"] == "finished":
@@ -173,8 +189,12 @@ def build(out: str | Path) -> dict[str, Any]:
         }
     extra = [r for r in plan["rows"] if not any(r in e["rows"] for e in experiments.values())]
     if extra:
-        experiments["other"] = {"title": "Other rows", "rows": extra, "claims": [], "timing": {
-            "device_hours": _r(sum(rows[r]["timing"]["device_hours"] or 0.0 for r in extra))}}
+        experiments["other"] = {
+            "title": "Other rows",
+            "rows": extra,
+            "claims": [],
+            "timing": {"device_hours": _r(sum(rows[r]["timing"]["device_hours"] or 0.0 for r in extra))},
+        }
     curves = {row_id: _curves(by_row[row_id]) for row_id in plan["rows"]}
     return {
         "plan": plan,
@@ -193,8 +213,10 @@ def _curves(finished: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {"epoch": [r["epoch"] for r in finished[0]["history"][:epochs]]}
     for key in ("train_loss", "test_loss", "top1"):
         per_epoch = [[r["history"][i][key] for r in finished] for i in range(epochs)]
-        result[key] = {"mean": [_r(statistics.fmean(v)) for v in per_epoch],
-                       "std": [_r(statistics.stdev(v)) if len(v) > 1 else 0.0 for v in per_epoch]}
+        result[key] = {
+            "mean": [_r(statistics.fmean(v)) for v in per_epoch],
+            "std": [_r(statistics.stdev(v)) if len(v) > 1 else 0.0 for v in per_epoch],
+        }
     return result
 
 
@@ -217,19 +239,41 @@ def _num(value: float | None, spec: str) -> str:
 def _table(report: dict[str, Any], members: list[str]) -> list[str]:
     kinds = {report["rows"][r]["timing"]["device_kind"] for r in members} - {None}
     hours = "GPU-h" if kinds == {"GPU"} else ("CPU-h" if kinds == {"CPU"} else "device-h")
-    header = ["row", "study's method", "params ours", "params study", "top-1 ours", "top-1 study", "Δ top-1",
-              "top-5 ours", "top-5 study", "Δ top-5", "train loss ours / study", "test loss ours / study",
-              "epoch s", "images/s", hours]
+    header = [
+        "row",
+        "study's method",
+        "params ours",
+        "params study",
+        "top-1 ours",
+        "top-1 study",
+        "Δ top-1",
+        "top-5 ours",
+        "top-5 study",
+        "Δ top-5",
+        "train loss ours / study",
+        "test loss ours / study",
+        "epoch s",
+        "images/s",
+        hours,
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     for row_id in members:
         s = report["rows"][row_id]
         cells = [
-            f"`{row_id}`", s["method"], _num(s["params"]["ours"], ","), s["params"]["study"] or "–",
-            _pm(s["top1"]), _num(s["top1"]["study"], "g"), _num(s["top1"]["diff"], "+.2f"),
-            _pm(s["top5"]), _num(s["top5"]["study"], "g"), _num(s["top5"]["diff"], "+.2f"),
+            f"`{row_id}`",
+            s["method"],
+            _num(s["params"]["ours"], ","),
+            s["params"]["study"] or "–",
+            _pm(s["top1"]),
+            _num(s["top1"]["study"], "g"),
+            _num(s["top1"]["diff"], "+.2f"),
+            _pm(s["top5"]),
+            _num(s["top5"]["study"], "g"),
+            _num(s["top5"]["diff"], "+.2f"),
             f"{_num(s['train_loss']['mean'], '.3f')} / {_num(s['train_loss']['study'], 'g')}",
             f"{_num(s['test_loss']['mean'], '.3f')} / {_num(s['test_loss']['study'], 'g')}",
-            _num(s["timing"]["epoch_seconds"], ".1f"), _num(s["timing"]["images_per_s"], ".0f"),
+            _num(s["timing"]["epoch_seconds"], ".1f"),
+            _num(s["timing"]["images_per_s"], ".0f"),
             _num(s["timing"]["device_hours"], ".3f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -250,15 +294,24 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     if plan["recipe"] == "study":
-        lines.append("Each row is trained as the study's notebook trained it, so the study's own comparisons mix "
-                     "recipes" + (": " + "; ".join(f"`{r}`: {ROWS[r].why}" for r in deviating) if deviating else "")
-                     + ". `--recipe uniform` trains every row alike.")
+        lines.append(
+            "Each row is trained as the study's notebook trained it, so the study's own comparisons mix "
+            "recipes"
+            + (": " + "; ".join(f"`{r}`: {ROWS[r].why}" for r in deviating) if deviating else "")
+            + ". `--recipe uniform` trains every row alike."
+        )
     else:
-        lines.append("Every row is trained with the common recipe (`--recipe uniform`), unlike the study, whose "
-                     "notebooks departed from it for some rows; differences to the study's figures include that.")
-    lines += ["", "Mean ± sample standard deviation over the finished seeds (n); Δ = ours − study. Final-epoch "
-              "figures, as the study reports them. The study's SK-DenseNet parameter counts include 823,198 "
-              "parameters its networks held but never used (see docs/models.md).", ""]
+        lines.append(
+            "Every row is trained with the common recipe (`--recipe uniform`), unlike the study, whose "
+            "notebooks departed from it for some rows; differences to the study's figures include that."
+        )
+    lines += [
+        "",
+        "Mean ± sample standard deviation over the finished seeds (n); Δ = ours − study. Final-epoch "
+        "figures, as the study reports them. The study's SK-DenseNet parameter counts include 823,198 "
+        "parameters its networks held but never used (see docs/models.md).",
+        "",
+    ]
     for experiment in report["experiments"].values():
         lines += [f"## {experiment['title']}", "", *_table(report, experiment["rows"]), ""]
         if experiment["claims"]:
@@ -267,11 +320,19 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("")
         hours = experiment["timing"]["device_hours"]
         lines += [f"Total device time of this table's finished runs: {_num(hours, '.3f')} h.", ""]
-    lines += ["## Figures", "", "- `curves.png`: train and test loss and test top-1 per epoch, mean with a ±1 std "
-              "band over seeds (the study's Figure 6, for every row)",
-              "- `accuracy_vs_params.png`: final top-1 against parameters; hollow markers are the study's figures",
-              "- `accuracy_vs_time.png`: final top-1 against device hours per run", "", "## Runs", "",
-              "| row | seed | folder | status |", "|---|---:|---|---|"]
+    lines += [
+        "## Figures",
+        "",
+        "- `curves.png`: train and test loss and test top-1 per epoch, mean with a ±1 std "
+        "band over seeds (the study's Figure 6, for every row)",
+        "- `accuracy_vs_params.png`: final top-1 against parameters; hollow markers are the study's figures",
+        "- `accuracy_vs_time.png`: final top-1 against device hours per run",
+        "",
+        "## Runs",
+        "",
+        "| row | seed | folder | status |",
+        "|---|---:|---|---|",
+    ]
     for run in report["runs"]:
         status = run["status"] + (f": {run['error']}" if run.get("error") else "")
         lines.append(f"| `{run['row']}` | {run['seed']} | `{run['folder']}` | {status.replace('|', '/')} |")
@@ -302,8 +363,14 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         for ax, key in zip(axes, ("train_loss", "test_loss", "top1")):
             mean, std = curve[key]["mean"], curve[key]["std"]
             ax.plot(curve["epoch"], mean, color=colours(i % 20), label=row_id, marker="." if len(mean) < 3 else None)
-            ax.fill_between(curve["epoch"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=colours(i % 20), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                curve["epoch"],
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=colours(i % 20),
+                alpha=0.2,
+                linewidth=0,
+            )
     for ax, title in zip(axes, ("train loss", "test loss", "test top-1 (%)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -354,4 +421,3 @@ def write_report(out: str | Path) -> dict[str, Any]:
     plot_scatter(report, out / "accuracy_vs_params.png", "params")
     plot_scatter(report, out / "accuracy_vs_time.png", "hours")
     return report
-

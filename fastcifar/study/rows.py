@@ -81,7 +81,13 @@ ROWS: dict[str, Row] = {
 EXPERIMENTS: dict[str, tuple[str, ...]] = {
     "table1": ("ca", "ca_triplet", "sknet", "sknet_ca_post", "sknet_ca_pre"),
     "table2": (
-        "densenet", "dense_catsk_k2", "dense_sk_k2", "dense_sk_k4", "dense_sk_k5", "dense_sk_k6", "dense_ca",
+        "densenet",
+        "dense_catsk_k2",
+        "dense_sk_k2",
+        "dense_sk_k4",
+        "dense_sk_k5",
+        "dense_sk_k6",
+        "dense_ca",
         "dense_triplet",
     ),
     "base": ("sknet", "ca", "triplet_resnet", "van", "res2net"),
@@ -174,9 +180,7 @@ def train_args(
     user_kwargs = flags.pop("model_kwargs", None) or {}
     settings: dict[str, Any] = dict(row.deviations) if recipe == "study" else {}
     settings.update(flags)
-    settings.update(
-        arch=row.model, model_kwargs=model_kwargs(row, tiny=tiny, user=user_kwargs), seed=seed, out=out
-    )
+    settings.update(arch=row.model, model_kwargs=model_kwargs(row, tiny=tiny, user=user_kwargs), seed=seed, out=out)
     return [token for name, value in settings.items() for token in _flag(name, value)]
 
 

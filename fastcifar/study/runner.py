@@ -52,16 +52,20 @@ def normalise_train_flags(flags: dict[str, Any]) -> dict[str, Any]:
         if name not in known and name.startswith("no") and name[2:] in known and value is True:
             name, value = name[2:], False
         if name not in known:
-            raise UserError(f"unknown flag --{name}; study flags: --experiment, --seeds, --out, --rows, --recipe, "
-                            f"--executor, --ray_address, --devices, --tiny; training flags: "
-                            + ", ".join(f"--{n}" for n in sorted(known)) + ".")
+            raise UserError(
+                f"unknown flag --{name}; study flags: --experiment, --seeds, --out, --rows, --recipe, "
+                f"--executor, --ray_address, --devices, --tiny; training flags: "
+                + ", ".join(f"--{n}" for n in sorted(known))
+                + "."
+            )
         result[name] = value
     if "model_kwargs" in result and isinstance(result["model_kwargs"], str):
         try:
             result["model_kwargs"] = json.loads(result["model_kwargs"])
         except json.JSONDecodeError:
-            raise UserError(f"--model_kwargs must be a dict such as '{{\"growth_rate\": 12}}', "
-                            f"got {result['model_kwargs']!r}.") from None
+            raise UserError(
+                f"--model_kwargs must be a dict such as '{{\"growth_rate\": 12}}', got {result['model_kwargs']!r}."
+            ) from None
     if "model_kwargs" in result and not isinstance(result["model_kwargs"], dict):
         raise UserError(f"--model_kwargs must be a dict of option names to values, got {result['model_kwargs']!r}.")
     return result
@@ -99,8 +103,7 @@ def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def plan_specs(out: Path, rows: list[Row], seeds: int, recipe: str, flags: dict[str, Any], tiny: bool
-               ) -> list[RunSpec]:
+def plan_specs(out: Path, rows: list[Row], seeds: int, recipe: str, flags: dict[str, Any], tiny: bool) -> list[RunSpec]:
     """Every (row, seed) run with the arguments of its fresh start; seeds are 0..seeds-1."""
     specs = []
     runtime = tuple(runtime_args(flags))
@@ -139,8 +142,10 @@ class Progress:
             self.line(f"stopped {spec.name} on {where} after {seconds:.1f} s (checkpoint saved)")
         else:
             then = "retrying once" if retry else "recorded as failed"
-            self.line(f"failed {spec.name} on {where} (exit {result.get('returncode')}, {seconds:.1f} s; {then}): "
-                      f"{result.get('error', '')}")
+            self.line(
+                f"failed {spec.name} on {where} (exit {result.get('returncode')}, {seconds:.1f} s; {then}): "
+                f"{result.get('error', '')}"
+            )
         if not retry:
             with self._lock:
                 self._bar.update(1)
@@ -166,8 +171,11 @@ class Scheduler:
         """Record the attempt, decide on a retry, print the line (where the attempt ended)."""
         runs.add_attempt(spec, result)
         with self._lock:
-            retry = (result["status"] == "failed" and result.get("retriable", True)
-                     and self.attempts[spec.name] < ATTEMPTS_PER_CALL)
+            retry = (
+                result["status"] == "failed"
+                and result.get("retriable", True)
+                and self.attempts[spec.name] < ATTEMPTS_PER_CALL
+            )
             if not retry:
                 self.outcome[spec.name] = result["status"]
         self.progress.finished(spec, result, retry)
@@ -196,8 +204,9 @@ class Scheduler:
         return dict(self.outcome)
 
 
-def build_executor(kind: str, out: Path, device: str | None, devices: Any, ray_address: str | None,
-                   scheduler: Scheduler) -> Any:
+def build_executor(
+    kind: str, out: Path, device: str | None, devices: Any, ray_address: str | None, scheduler: Scheduler
+) -> Any:
     """The executor named by ``--executor`` (``local`` or ``ray``)."""
     from fastcifar.study import executors
 
@@ -249,10 +258,17 @@ def run(
     if problem is not None:
         raise UserError(problem)
     identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
-    plan = merge_plan(out_dir, {
-        "experiments": [experiment], "rows": [r.id for r in selected], "seeds": seeds, "recipe": recipe,
-        "tiny": tiny, "flags": identity,
-    })
+    plan = merge_plan(
+        out_dir,
+        {
+            "experiments": [experiment],
+            "rows": [r.id for r in selected],
+            "seeds": seeds,
+            "recipe": recipe,
+            "tiny": tiny,
+            "flags": identity,
+        },
+    )
     specs = plan_specs(out_dir, selected, seeds, recipe, flags, tiny)
     for spec in specs:
         runs.claim(spec)
@@ -262,9 +278,11 @@ def run(
     todo = [spec for spec in specs if states[spec.name] != "finished"]
     say = print_fn or print
     counts = {s: sum(1 for v in states.values() if v == s) for s in ("finished", "interrupted", "failed", "pending")}
-    say(f"study {experiment}: {len(selected)} rows x {seeds} seeds = {len(specs)} runs in {out_dir} "
+    say(
+        f"study {experiment}: {len(selected)} rows x {seeds} seeds = {len(specs)} runs in {out_dir} "
         f"({counts['finished']} finished, {counts['interrupted']} to resume, {counts['failed']} failed before, "
-        f"{counts['pending']} to start); recipe {recipe}")
+        f"{counts['pending']} to start); recipe {recipe}"
+    )
     start = time.monotonic()
     if todo:
         progress = Progress(len(todo), print_fn)
@@ -276,14 +294,17 @@ def run(
         except KeyboardInterrupt:
             progress.close()
             pool.close()
-            raise Interrupted("interrupted; the trainings saved their checkpoints: re-run the same command to "
-                              "continue.") from None
+            raise Interrupted(
+                "interrupted; the trainings saved their checkpoints: re-run the same command to continue."
+            ) from None
         progress.close()
         pool.close()
     report = write_report(out_dir)
     failed = [r for r in report["runs"] if r["status"] != "finished"]
-    say(f"study {experiment}: {len(specs) - len(failed)}/{len(specs)} runs finished "
-        f"({time.monotonic() - start:.0f} s this call); report: {out_dir / 'study.md'}")
+    say(
+        f"study {experiment}: {len(specs) - len(failed)}/{len(specs)} runs finished "
+        f"({time.monotonic() - start:.0f} s this call); report: {out_dir / 'study.md'}"
+    )
     if failed:
         say("not finished: " + ", ".join(f"{r['row']} seed{r['seed']} ({r['status']})" for r in failed))
     return report

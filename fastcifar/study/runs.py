@@ -92,8 +92,10 @@ def claim(spec: RunSpec) -> None:
     """
     record = read_record(spec.folder)
     if record is None:
-        write_json_atomic(Path(spec.folder) / RECORD_NAME, {"row": spec.row, "seed": spec.seed,
-                                                            "args": list(spec.args), "attempts": []})
+        write_json_atomic(
+            Path(spec.folder) / RECORD_NAME,
+            {"row": spec.row, "seed": spec.seed, "args": list(spec.args), "attempts": []},
+        )
         return
     if record.get("args") != list(spec.args):
         raise UserError(
@@ -151,9 +153,15 @@ def attempt(spec: RunSpec, device_label: str, device_flag: str | None, env: dict
         log.flush()
         # Its own session: a Ctrl-C in the terminal reaches the runner only, which then asks each
         # training once to save and stop (a second SIGINT would make it abort without saving).
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, start_new_session=True,
-                                 preexec_fn=_die_with_parent)
+        child = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         with _CHILDREN_LOCK:
             _CHILDREN.add(child)
         try:
@@ -161,15 +169,23 @@ def attempt(spec: RunSpec, device_label: str, device_flag: str | None, env: dict
         finally:
             with _CHILDREN_LOCK:
                 _CHILDREN.discard(child)
-    result: dict[str, Any] = {"device": device_label, "returncode": returncode, "resumed": resumed,
-                              "seconds": round(time.monotonic() - start, 3)}
+    result: dict[str, Any] = {
+        "device": device_label,
+        "returncode": returncode,
+        "resumed": resumed,
+        "seconds": round(time.monotonic() - start, 3),
+    }
     if (folder / SUMMARY_NAME).is_file():
         summary = json.loads((folder / SUMMARY_NAME).read_text())
         return {**result, "status": "finished", "top1": summary.get("final_top1")}
     if returncode in (0, 130, -signal.SIGINT, -signal.SIGTERM):  # fastcifar.train saved and stopped
         return {**result, "status": "interrupted"}
-    return {**result, "status": "failed", "error": last_line(folder / LOG_NAME),
-            "retriable": returncode not in NOT_RETRIABLE}
+    return {
+        **result,
+        "status": "failed",
+        "error": last_line(folder / LOG_NAME),
+        "retriable": returncode not in NOT_RETRIABLE,
+    }
 
 
 def clear_partial_run(folder: Path) -> None:
