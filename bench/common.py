@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 from fastcifar.atomic import write_text_atomic
 from fastcifar.engine import synchronize as sync  # the one "wait for queued device work" helper
+from fastcifar.environment import package_version, package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -33,22 +33,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def package_version(package: str) -> str | None:
-    """The installed distribution version of ``package`` (PyPI name), or None when not installed."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
-    """Python and the installed version of each package ("absent" when not installed)."""
-    versions = {"python": platform.python_version()}
-    for package in packages:
-        versions[package] = package_version(package) or "absent"
-    return versions
 
 
 class Deadline:

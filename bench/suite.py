@@ -34,9 +34,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -381,12 +382,8 @@ def section_gpu_loader(ctx: Context, deadline: Deadline) -> dict:
     float32 channels_last batches of 256, the shape and dtype the earlier sections compiled the
     transform for.
     """
+    from fastcifar.data.loaders.gpu import GpuLoader
     from fastcifar.data.synthetic import make_arrays
-
-    try:
-        from fastcifar.data.loaders.gpu import GpuLoader
-    except ImportError:  # the module's earlier name
-        from fastcifar.data.loaders.gpu_loader import GpuLoader
 
     n = 1024 if ctx.tiny else CIFAR_TRAIN_IMAGES
     images, fine, _ = make_arrays(n, num_classes=100, seed=0)

@@ -7,14 +7,13 @@ Accuracies are percentages (0..100). All files are written by rank 0 only; calle
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from collections.abc import Iterable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from fastcifar.atomic import atomic_path, write_text_atomic
+from fastcifar.environment import versions
 
 EPOCH_FIELDS = (
     "epoch",
@@ -33,28 +32,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def versions() -> dict[str, str | None]:
-    """Versions of everything that affects speed or numerics."""
-    import numpy
-    import torch
-
-    found: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-    }
-    for name in ("torchvision", "triton", "ffcv"):
-        try:  # package metadata: no import (FFCV's module has no reliable __version__)
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def time_to_thresholds(

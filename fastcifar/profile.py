@@ -309,7 +309,7 @@ def profile_variant(
     if not written:
         raise RuntimeError(f"the profiler wrote no trace for variant {name!r}")
 
-    from fastcifar.metrics import versions
+    from fastcifar.environment import versions
 
     info = {
         "variant": name,

@@ -17,12 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from fastcifar.data.checks import as_images, as_labels, check_label_range
+from fastcifar.environment import package_version
 from fastcifar.errors import UserError
 
 FIELDS = ("image", "label", "coarse_label")
@@ -31,11 +31,8 @@ PAGE_SIZE = 1 << 21
 
 
 def ffcv_version() -> str:
-    """Installed FFCV version (``ffcv.__version__`` is stale in the 1.0.2 wheel, so ask the metadata)."""
-    try:
-        return metadata.version("ffcv")
-    except metadata.PackageNotFoundError:
-        return "absent"
+    """Installed FFCV version, from package metadata (``ffcv.__version__`` is stale in the 1.0.2 wheel)."""
+    return package_version("ffcv") or "absent"
 
 
 def _import_ffcv():
