@@ -95,33 +95,39 @@ COMMANDS = {"list": list_experiments, "run": run, "report": report}
 
 
 def check_flags(argv: list[str]) -> None:
-    """Reject an unknown command or a mistyped flag of ``list`` / ``report`` before anything runs.
+    """Check the command line before anything runs; UserError with one line.
 
-    ``run``'s own flags and the training flags are checked by the runner (it knows the training's).
+    fastcifar.cli's own check forbids positional words, but ``report`` takes its folder as one, so
+    this command checks itself: ``report``'s first word is the folder; ``run`` takes any training
+    flag, which the runner checks against fastcifar.train's.
     """
+    from fastcifar.cli import check_arguments
+
     if not argv or argv[0] in ("-h", "--help"):
         return
     if argv[0] not in COMMANDS:
         raise UserError(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}.")
     if argv[0] == "run":
         return
-    known = set(inspect.signature(COMMANDS[argv[0]]).parameters) | {"help"}
-    for token in argv[1:]:
-        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        if name and name not in known:
-            valid = ", ".join(f"--{n}" for n in sorted(known - {"help"})) or "none"
-            raise UserError(f"unknown flag {token.split('=', 1)[0]} for {argv[0]}; valid flags: {valid}.")
+    rest = argv[1:]
+    if argv[0] == "report" and rest and not rest[0].startswith("-"):
+        rest = rest[1:]
+    check_arguments(rest, list(inspect.signature(COMMANDS[argv[0]]).parameters), command=argv[0])
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry."""
     from fastcifar.cli import run_cli
 
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["run"] and ("--help" in args or "-h" in args):
         args = ["run", "--", "--help"]  # run takes **flags: without "--" fire would pass help=True to it
-    sys.argv = [sys.argv[0], *args]
-    run_cli(COMMANDS, PROG, check=lambda: check_flags(args))
+    try:
+        check_flags(args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    run_cli(COMMANDS, PROG, argv=args, check=False)
 
 
 if __name__ == "__main__":
