@@ -55,8 +55,12 @@ def _images(n: int, seed: int) -> torch.Tensor:
 TIMED_PASSES = 3  # the fastest of these passes over the batches is reported (shared machines are noisy)
 
 
-def _time_batches(step: Callable[[torch.Tensor], object], batches: list[torch.Tensor], device: torch.device,
-                  passes: int = TIMED_PASSES) -> float:
+def _time_batches(
+    step: Callable[[torch.Tensor], object],
+    batches: list[torch.Tensor],
+    device: torch.device,
+    passes: int = TIMED_PASSES,
+) -> float:
     """Seconds of the fastest of ``passes`` runs of ``step`` over every batch, after one warm-up
     batch (CUDA: synchronised ends)."""
     step(batches[0])
@@ -72,18 +76,47 @@ def _time_batches(step: Callable[[torch.Tensor], object], batches: list[torch.Te
 
 
 # aten ops that launch no kernel: allocations, views and metadata.
-_NO_KERNEL_OPS = frozenset({
-    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::view", "aten::_reshape_alias",
-    "aten::reshape", "aten::as_strided", "aten::expand", "aten::expand_as", "aten::unsqueeze",
-    "aten::squeeze", "aten::slice", "aten::select", "aten::transpose", "aten::permute", "aten::t",
-    "aten::alias", "aten::detach", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg",
-    "aten::_unsafe_view", "aten::unbind", "aten::split", "aten::chunk", "aten::result_type",
-    "aten::set_", "aten::resize_", "aten::view_as", "aten::flatten", "aten::contiguous",
-})
+_NO_KERNEL_OPS = frozenset(
+    {
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::empty_like",
+        "aten::view",
+        "aten::_reshape_alias",
+        "aten::reshape",
+        "aten::as_strided",
+        "aten::expand",
+        "aten::expand_as",
+        "aten::unsqueeze",
+        "aten::squeeze",
+        "aten::slice",
+        "aten::select",
+        "aten::transpose",
+        "aten::permute",
+        "aten::t",
+        "aten::alias",
+        "aten::detach",
+        "aten::lift_fresh",
+        "aten::resolve_conj",
+        "aten::resolve_neg",
+        "aten::_unsafe_view",
+        "aten::unbind",
+        "aten::split",
+        "aten::chunk",
+        "aten::result_type",
+        "aten::set_",
+        "aten::resize_",
+        "aten::view_as",
+        "aten::flatten",
+        "aten::contiguous",
+    }
+)
 COUNTED = {
     "cuda": "CUDA kernel events in the profiler's device activity (memcpy and memset excluded)",
-    "cpu": ("Inductor C++ kernels (cpp_fused_*, profiled via inductor cpp.enable_kernel_profile) plus "
-            "outermost aten calls that do work (allocations, views and no-op conversions excluded)"),
+    "cpu": (
+        "Inductor C++ kernels (cpp_fused_*, profiled via inductor cpp.enable_kernel_profile) plus "
+        "outermost aten calls that do work (allocations, views and no-op conversions excluded)"
+    ),
 }
 
 
@@ -105,8 +138,9 @@ def _is_working_aten_call(event) -> bool:
     return not (name == "aten::to" and not event.cpu_children)
 
 
-def count_launches(step: Callable[[torch.Tensor], object], batch: torch.Tensor, device: torch.device,
-                   batches: int = 3) -> dict:
+def count_launches(
+    step: Callable[[torch.Tensor], object], batch: torch.Tensor, device: torch.device, batches: int = 3
+) -> dict:
     """Kernel launches per batch of ``step(batch)``, from ``torch.profiler`` (call after warm-up).
 
     Returns ``{"kernels_per_batch", "counted", "by_name"}``; ``counted`` says what was counted on
@@ -122,8 +156,9 @@ def count_launches(step: Callable[[torch.Tensor], object], batch: torch.Tensor, 
         sync(device)
     events = prof.events()
     if device.type == "cuda":
-        names = [e.name for e in events
-                 if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))]
+        names = [
+            e.name for e in events if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))
+        ]
     else:
         names = [e.name for e in events if "cpp_fused" in e.name or _is_working_aten_call(e)]
     by_name = Counter(names)
@@ -143,8 +178,9 @@ def _kernel_profiling(device: torch.device, compiled: bool):
     return contextlib.nullcontext()
 
 
-def _bench_route(route: str, device: torch.device, batches: list[torch.Tensor], seed: int,
-                 compile_backend: str) -> dict:
+def _bench_route(
+    route: str, device: torch.device, batches: list[torch.Tensor], seed: int, compile_backend: str
+) -> dict:
     """Time one TrainTransform route and count its launches per batch."""
     compiled = route == "compiled"
     train = TrainTransform(compiled=compiled, compile_backend=compile_backend).to(device)
@@ -160,9 +196,14 @@ def _bench_route(route: str, device: torch.device, batches: list[torch.Tensor], 
         first = time.perf_counter() - start
     seconds = _time_batches(step, batches, device)
     default = TrainTransform().uses_compiled(device) == compiled
-    return {"name": "fastcifar" if default else f"fastcifar-{route}", "route": route, "seconds": seconds,
-            "first_batch_seconds": round(first, 3), "launches": count_launches(step, batches[0], device),
-            "compile_backend": compile_backend if compiled else None}
+    return {
+        "name": "fastcifar" if default else f"fastcifar-{route}",
+        "route": route,
+        "seconds": seconds,
+        "first_batch_seconds": round(first, 3),
+        "launches": count_launches(step, batches[0], device),
+        "compile_backend": compile_backend if compiled else None,
+    }
 
 
 def _torchvision_pil_pipeline():
@@ -193,9 +234,15 @@ def _torchvision_v2_batch_pipeline():
     )
 
 
-def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_images: int = 8192,
-                  pil_images: int | None = None, seed: int = 0, routes: tuple[str, ...] = ("eager", "compiled"),
-                  compile_backend: str = "inductor") -> dict:
+def bench_augment(
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+    n_images: int = 8192,
+    pil_images: int | None = None,
+    seed: int = 0,
+    routes: tuple[str, ...] = ("eager", "compiled"),
+    compile_backend: str = "inductor",
+) -> dict:
     """Measure the augmentation pipelines; returns ``{"config": ..., "results": [...]}``.
 
     Args:
@@ -248,31 +295,55 @@ def bench_augment(device: str | torch.device = "cpu", batch_size: int = 512, n_i
         results.append(("torchvision-pil", torch.device("cpu"), n_pil, time.perf_counter() - start, True))
 
     return {
-        "config": {"device": str(device), "batch_size": batch_size, "n_images": n_batches * batch_size,
-                   "pil_images": n_pil, "seed": seed, "torch_threads": torch.get_num_threads(),
-                   "timed_passes": TIMED_PASSES},
+        "config": {
+            "device": str(device),
+            "batch_size": batch_size,
+            "n_images": n_batches * batch_size,
+            "pil_images": n_pil,
+            "seed": seed,
+            "torch_threads": torch.get_num_threads(),
+            "timed_passes": TIMED_PASSES,
+        },
         "results": [
-            {"pipeline": name, "device": str(dev), "images": n, "seconds": round(s, 4),
-             "images_per_s": round(n / s, 1), "per_sample": per_sample, **extras.get(name, {})}
+            {
+                "pipeline": name,
+                "device": str(dev),
+                "images": n,
+                "seconds": round(s, 4),
+                "images_per_s": round(n / s, 1),
+                "per_sample": per_sample,
+                **extras.get(name, {}),
+            }
             for name, dev, n, s, per_sample in results
         ],
     }
 
 
 def _table(record: dict) -> str:
-    lines = ["| pipeline | route | device | per-sample draws | images | seconds | images/s | launches per batch |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| pipeline | route | device | per-sample draws | images | seconds | images/s | launches per batch |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in record["results"]:
         launches = r["launches"]["kernels_per_batch"] if "launches" in r else "-"
-        lines.append(f"| {r['pipeline']} | {r.get('route', '-')} | {r['device']} "
-                     f"| {'yes' if r['per_sample'] else 'no (one per batch)'} "
-                     f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | {launches} |")
+        lines.append(
+            f"| {r['pipeline']} | {r.get('route', '-')} | {r['device']} "
+            f"| {'yes' if r['per_sample'] else 'no (one per batch)'} "
+            f"| {r['images']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | {launches} |"
+        )
     return "\n".join(lines)
 
 
-def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_images: int | None = None,
-         seed: int = 0, routes: str = "eager,compiled", compile_backend: str = "inductor",
-         out_dir: str = str(RESULTS_DIR)) -> None:
+def main(
+    device: str = "cpu",
+    batch_size: int = 512,
+    n_images: int = 8192,
+    pil_images: int | None = None,
+    seed: int = 0,
+    routes: str = "eager,compiled",
+    compile_backend: str = "inductor",
+    out_dir: str = str(RESULTS_DIR),
+) -> None:
     """Run :func:`bench_augment`, print the table and write ``augment-<device>-<date>.json/.md``.
 
     ``routes``: comma-separated TrainTransform routes ("eager", "compiled").
@@ -289,9 +360,12 @@ def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_i
         "benchmark": "augment",
         "command": "python -m bench.augment " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {**environment(dev), "torchvision": torchvision.__version__,
-                        # the CPU is shared: the 1-minute load average says how contended it was
-                        "load_average_1min_after": round(os.getloadavg()[0], 2)},
+        "environment": {
+            **environment(dev),
+            "torchvision": torchvision.__version__,
+            # the CPU is shared: the 1-minute load average says how contended it was
+            "load_average_1min_after": round(os.getloadavg()[0], 2),
+        },
         **record,
     }
     table = _table(record)
@@ -299,20 +373,22 @@ def main(device: str = "cpu", batch_size: int = 512, n_images: int = 8192, pil_i
     stem = Path(out_dir) / f"augment-{dev.type}-{today}"
     write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     env = record["environment"]
-    md = (f"# Augmentation throughput ({dev.type}, {today})\n\n"
-          f"Command: `{record['command']}`  \n"
-          f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}, "
-          f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, "
-          f"{record['config']['torch_threads']} torch threads, "
-          f"load average {env['load_average_1min_after']} after the run)\n\n"
-          f"{table}\n\n"
-          "The study's train transform (flip, reflect-pad crop, RandAugment(2, 10), normalise) on "
-          "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
-          "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
-          "different work than the per-sample pipelines. Batched rows: the fastest of "
-          f"{TIMED_PASSES} passes over all batches; torchvision-pil: one pass.\n\n"
-          f"Launches per batch ({dev.type}): {COUNTED['cuda' if dev.type == 'cuda' else 'cpu']}; "
-          "the per-name breakdown is in the JSON.\n")
+    md = (
+        f"# Augmentation throughput ({dev.type}, {today})\n\n"
+        f"Command: `{record['command']}`  \n"
+        f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}, "
+        f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, "
+        f"{record['config']['torch_threads']} torch threads, "
+        f"load average {env['load_average_1min_after']} after the run)\n\n"
+        f"{table}\n\n"
+        "The study's train transform (flip, reflect-pad crop, RandAugment(2, 10), normalise) on "
+        "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
+        "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
+        "different work than the per-sample pipelines. Batched rows: the fastest of "
+        f"{TIMED_PASSES} passes over all batches; torchvision-pil: one pass.\n\n"
+        f"Launches per batch ({dev.type}): {COUNTED['cuda' if dev.type == 'cuda' else 'cpu']}; "
+        "the per-name breakdown is in the JSON.\n"
+    )
     write_text_atomic(stem.with_suffix(".md"), md)
     print(f"wrote {stem}.json and {stem}.md")
 

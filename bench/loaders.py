@@ -77,21 +77,30 @@ def bench_loader(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench_loader(kind, root, dataset, device, batch_size, epochs, num_workers, max_batches,
-                             warmup_batches, augment, seed)
+        return _bench_loader(
+            kind, root, dataset, device, batch_size, epochs, num_workers, max_batches, warmup_batches, augment, seed
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _bench_loader(kind, root, dataset, device, batch_size, epochs, num_workers, max_batches, warmup_batches,
-                  augment, seed) -> dict:
+def _bench_loader(
+    kind, root, dataset, device, batch_size, epochs, num_workers, max_batches, warmup_batches, augment, seed
+) -> dict:
     from fastcifar.data import build_loader
 
     device = torch.device(device)
     start = time.perf_counter()
     loader = build_loader(
-        kind, "train", root=root, dataset=dataset, batch_size=batch_size, device=device,
-        augment=augment, seed=seed, num_workers=num_workers,
+        kind,
+        "train",
+        root=root,
+        dataset=dataset,
+        batch_size=batch_size,
+        device=device,
+        augment=augment,
+        seed=seed,
+        num_workers=num_workers,
     )
     build_seconds = time.perf_counter() - start
 
@@ -187,14 +196,26 @@ def run(
         runs += [(kind, False, t) for kind in plain_kinds for t in thread_counts[:1]]
         for kind, augment, count in runs:
             result = bench_loader(
-                kind, root, "synthetic", device, batch_size, epochs=epochs, num_workers=num_workers,
+                kind,
+                root,
+                "synthetic",
+                device,
+                batch_size,
+                epochs=epochs,
+                num_workers=num_workers,
                 max_batches=torch_max_batches if kind == "torch" else max_batches,
-                warmup_batches=warmup_batches, augment=augment, seed=seed, threads=count,
+                warmup_batches=warmup_batches,
+                augment=augment,
+                seed=seed,
+                threads=count,
             )
             results.append(result)
-            print(f"{kind} (augment={augment}, torch threads {result['torch_threads']}): "
-                  f"{result['images_per_s']:,.0f} images/s "
-                  f"(epochs {result['epoch_seconds']} s)", flush=True)
+            print(
+                f"{kind} (augment={augment}, torch threads {result['torch_threads']}): "
+                f"{result['images_per_s']:,.0f} images/s "
+                f"(epochs {result['epoch_seconds']} s)",
+                flush=True,
+            )
 
     dev = torch.device(device)
     return {
@@ -210,10 +231,16 @@ def run(
         },
         "versions": package_versions(("torch", "torchvision", "ffcv", "numba", "numpy", "pillow")),
         "config": {
-            "n_train": n, "epochs": epochs, "batch_size": batch_size, "warmup_batches": warmup_batches,
-            "max_batches": max_batches, "torch_max_batches": torch_max_batches, "seed": seed,
+            "n_train": n,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "warmup_batches": warmup_batches,
+            "max_batches": max_batches,
+            "torch_max_batches": torch_max_batches,
+            "seed": seed,
             "threads": list(thread_counts) if thread_counts != (None,) else None,
-            "data": "prepare(dataset='synthetic') betons", "prepare_seconds": round(prepare_seconds, 1),
+            "data": "prepare(dataset='synthetic') betons",
+            "prepare_seconds": round(prepare_seconds, 1),
             "augmentation": "hflip, RandomCrop(32, padding=4, reflect), RandAugment(2, 10), "
             "Normalize(ImageNet) -> float32",
         },

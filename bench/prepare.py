@@ -38,8 +38,9 @@ def _median_run(fn, repeats: int) -> list[float]:
     return times
 
 
-def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = (1, 2), seed: int = 0,
-                  tmp_dir: str | None = None) -> dict:
+def bench_prepare(
+    n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = (1, 2), seed: int = 0, tmp_dir: str | None = None
+) -> dict:
     """Time beton writes and reads of ``n`` synthetic images; returns ``{"config": ..., "results": [...]}``.
 
     Stages: ``write`` (one per writer process count), ``hash`` (blake2b of the just written file,
@@ -62,27 +63,45 @@ def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = 
 
     def record(stage: str, procs: int | None, times: list[float], size: int, **extra) -> None:
         median = statistics.median(times)
-        results.append({"stage": stage, "writer_processes": procs, "images": n, "seconds": round(median, 5),
-                        "all_seconds": [round(t, 5) for t in times], "images_per_s": round(n / median),
-                        "mib": round(size / 2**20, 1), **extra})
+        results.append(
+            {
+                "stage": stage,
+                "writer_processes": procs,
+                "images": n,
+                "seconds": round(median, 5),
+                "all_seconds": [round(t, 5) for t in times],
+                "images_per_s": round(n / median),
+                "mib": round(size / 2**20, 1),
+                **extra,
+            }
+        )
 
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="bench-prepare-") as scratch:
         path = Path(scratch) / "bench.beton"
         for count in workers:
-            times = _median_run(lambda: write_beton(path, images, fine, coarse, num_workers=count), repeats)
+            times = _median_run(lambda count=count: write_beton(path, images, fine, coarse, num_workers=count), repeats)
             record("write", count, times, path.stat().st_size)
         digest = integrity.content_hash(path)
         record("hash", None, _median_run(lambda: integrity.content_hash(path), repeats), path.stat().st_size)
         integrity.remember(path, digest)
-        record("verify_cached", None, _median_run(lambda: integrity.verify(path, digest, "-"), repeats),
-               path.stat().st_size)
+        record(
+            "verify_cached",
+            None,
+            _median_run(lambda: integrity.verify(path, digest, "-"), repeats),
+            path.stat().st_size,
+        )
         start = time.perf_counter()
         read_images, _, _ = read_beton(path)
         first = time.perf_counter() - start
         if not (read_images == images).all():  # a benchmark of a wrong read would be meaningless
             raise RuntimeError("the beton read back differs from what was written")
-        record("read_beton", None, _median_run(lambda: read_beton(path), repeats), path.stat().st_size,
-               first_call_seconds=round(first, 3))
+        record(
+            "read_beton",
+            None,
+            _median_run(lambda: read_beton(path), repeats),
+            path.stat().st_size,
+            first_call_seconds=round(first, 3),
+        )
         loader, _ = sequential_loader(path)
         for _ in loader:  # warm-up pass: compilation
             pass
@@ -93,25 +112,40 @@ def bench_prepare(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] = 
 
         record("read_epoch", None, _median_run(one_pass, repeats), path.stat().st_size)
     return {
-        "config": {"n": n, "repeats": repeats, "workers": list(workers), "seed": seed,
-                   "data": "fastcifar.data.synthetic.make_arrays (100 classes)"},
+        "config": {
+            "n": n,
+            "repeats": repeats,
+            "workers": list(workers),
+            "seed": seed,
+            "data": "fastcifar.data.synthetic.make_arrays (100 classes)",
+        },
         "results": results,
     }
 
 
 def _table(record: dict) -> str:
-    lines = ["| stage | writer processes | images | median s | images/s | runs (s) | beton MiB |",
-             "|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| stage | writer processes | images | median s | images/s | runs (s) | beton MiB |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
     for r in record["results"]:
         procs = "-" if r["writer_processes"] is None else str(r["writer_processes"])
         runs = ", ".join(f"{t:.3g}" for t in r["all_seconds"])
-        lines.append(f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.3g} | {r['images_per_s']:,} "
-                     f"| {runs} | {r['mib']} |")
+        lines.append(
+            f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.3g} | {r['images_per_s']:,} "
+            f"| {runs} | {r['mib']} |"
+        )
     return "\n".join(lines)
 
 
-def main(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] | int = (1, 2), seed: int = 0,
-         out_dir: str = str(RESULTS_DIR), tmp_dir: str | None = None) -> None:
+def main(
+    n: int = 50_000,
+    repeats: int = 3,
+    workers: tuple[int, ...] | int = (1, 2),
+    seed: int = 0,
+    out_dir: str = str(RESULTS_DIR),
+    tmp_dir: str | None = None,
+) -> None:
     """Run the benchmark, print the table and write bench/results/prepare-cpu-<date>.json and .md.
 
     Args:
@@ -128,8 +162,12 @@ def main(n: int = 50_000, repeats: int = 3, workers: tuple[int, ...] | int = (1,
     record.update(
         command="python -m bench.prepare " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         date=today,
-        device={"kind": "cpu", "cpu": cpu_name(), "cores": os.cpu_count(),
-                "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        device={
+            "kind": "cpu",
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        },
         versions=package_versions(("ffcv", "numpy", "numba", "torch")),
     )
     table = _table(record)

@@ -46,10 +46,19 @@ from fastcifar.models import tiny_overrides
 from fastcifar.variant import VARIANTS, build_model, get_variant, parse_variants, resolve_device
 
 CUDA_VARIANTS = (
-    "eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton", "compiled_bf16_cl_triton_cudagraphs",
+    "eager_fp32",
+    "eager_bf16_cl",
+    "compiled_bf16_cl",
+    "compiled_bf16_cl_triton",
+    "compiled_bf16_cl_triton_cudagraphs",
 )
 CPU_VARIANTS = (
-    "eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_bf16_cl_triton", "eager_bf16", "compiled_bf16",
+    "eager_fp32",
+    "eager_bf16_cl",
+    "compiled_bf16_cl",
+    "compiled_bf16_cl_triton",
+    "eager_bf16",
+    "compiled_bf16",
 )
 CPU_BF16_CL_NOTE = (
     "On CPU (torch 2.14.1 here) the weight gradient of a grouped *and* dilated conv (the SK 5x5 branch: "
@@ -183,8 +192,15 @@ def bench_train(
     for name in names:
         try:
             results[name] = bench_variant(
-                name, device=device, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size, steps=steps,
-                repeats=repeats, warmup_steps=warmup_steps, peak_tflop_per_s=peak_tflop_per_s,
+                name,
+                device=device,
+                arch=arch,
+                model_kwargs=model_kwargs,
+                batch_size=batch_size,
+                steps=steps,
+                repeats=repeats,
+                warmup_steps=warmup_steps,
+                peak_tflop_per_s=peak_tflop_per_s,
                 train_flops_per_step=size["train_flops_per_step"],
             )
         except Exception as err:  # keep the other variants' figures; record why this one failed
@@ -192,8 +208,14 @@ def bench_train(
     base = results.get("eager_fp32", {}).get("images_per_s")
     return {
         "config": {
-            "device": str(device), "arch": arch, "model_kwargs": model_kwargs, "batch_size": batch_size,
-            "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps, **size,
+            "device": str(device),
+            "arch": arch,
+            "model_kwargs": model_kwargs,
+            "batch_size": batch_size,
+            "steps": steps,
+            "repeats": repeats,
+            "warmup_steps": warmup_steps,
+            **size,
             "peak_tflop_per_s": peak_tflop_per_s,
         },
         "variants": results,
@@ -207,7 +229,8 @@ def _versions(device: torch.device) -> dict[str, Any]:
     return {
         **package_versions(("torch", "triton")),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
@@ -258,8 +281,14 @@ def main(
     if variants is None:
         variants = ",".join(CUDA_VARIANTS if cuda else CPU_VARIANTS)
     result = bench_train(
-        device_obj, arch=arch, model_kwargs=model_kwargs, batch_size=batch_size, steps=steps,
-        variants=variants, repeats=repeats, peak_tflop_per_s=peak_tflop_per_s,
+        device_obj,
+        arch=arch,
+        model_kwargs=model_kwargs,
+        batch_size=batch_size,
+        steps=steps,
+        variants=variants,
+        repeats=repeats,
+        peak_tflop_per_s=peak_tflop_per_s,
     )
     date = datetime.date.today().isoformat()
     note = (

@@ -128,8 +128,10 @@ def _payload(path: Path) -> bytes:
     if not newline or len(parts) != 4 or parts[0] != _MAGIC or parts[2] != b"blake2b":
         raise DamagedCheckpoint(f"{path} is not a fastcifar checkpoint (no checkpoint header)")
     if parts[1] != str(FORMAT_VERSION).encode():
-        raise DamagedCheckpoint(f"{path} has checkpoint format {parts[1].decode(errors='replace')}, "
-                                f"this version reads format {FORMAT_VERSION}")
+        raise DamagedCheckpoint(
+            f"{path} has checkpoint format {parts[1].decode(errors='replace')}, "
+            f"this version reads format {FORMAT_VERSION}"
+        )
     payload = data[len(header) + 1 :]
     if hashlib.blake2b(payload, digest_size=32).hexdigest().encode() != parts[3]:
         raise DamagedCheckpoint(f"{path} is damaged: its content does not match the hash stored with it")

@@ -84,36 +84,56 @@ class TrainConfig:
     """A fully resolved and validated run configuration (saved in every checkpoint)."""
 
     arch: str = flag("sk_densenet", "model id (python -m fastcifar.models lists them)", "str")
-    model_kwargs: dict[str, Any] = flag({}, "model options, e.g. '{\"growth_rate\": 12, \"k\": 4}'", "model_kwargs")
+    model_kwargs: dict[str, Any] = flag({}, 'model options, e.g. \'{"growth_rate": 12, "k": 4}\'', "model_kwargs")
     epochs: int = flag(30, "number of epochs (the study: 30)", "int", minimum=1)
     batch_size: int = flag(256, "training batch per process (the study: 256; BatchNorm needs 2)", "int", minimum=2)
     eval_batch_size: int = flag(512, "test batch size (the study: 512)", "int", minimum=1)
     lr: float = flag(0.01, "peak learning rate: OneCycle's max_lr (the study: 0.01)", "float", positive=True)
     weight_decay: float = flag(0.0, "Adam's (coupled, L2) weight decay (the study: 0)", "float", minimum=0.0)
-    schedule: str = flag("onecycle", "learning-rate schedule: onecycle (the study) or constant (max_lr / 25)",
-                         "choice", choices=_schedules)
-    label_smoothing: float = flag(0.0, "cross-entropy label smoothing in [0, 1) (the study: 0)", "float",
-                                  minimum=0.0, below=1.0)
-    randaugment: bool = flag(True, "RandAugment(2, 10) in the train augmentation (--norandaugment: flip + crop only)",
-                             "bool")
-    loader: str = flag("gpu", "data loader: gpu (data on the device), ffcv, torch (the study's DataLoader)",
-                       "choice", choices=_loaders)
-    dataset: str = flag("cifar100", "cifar100, cifar10 or synthetic; missing betons are prepared first",
-                        "choice", choices=_datasets)
+    schedule: str = flag(
+        "onecycle",
+        "learning-rate schedule: onecycle (the study) or constant (max_lr / 25)",
+        "choice",
+        choices=_schedules,
+    )
+    label_smoothing: float = flag(
+        0.0, "cross-entropy label smoothing in [0, 1) (the study: 0)", "float", minimum=0.0, below=1.0
+    )
+    randaugment: bool = flag(
+        True, "RandAugment(2, 10) in the train augmentation (--norandaugment: flip + crop only)", "bool"
+    )
+    loader: str = flag(
+        "gpu", "data loader: gpu (data on the device), ffcv, torch (the study's DataLoader)", "choice", choices=_loaders
+    )
+    dataset: str = flag(
+        "cifar100", "cifar100, cifar10 or synthetic; missing betons are prepared first", "choice", choices=_datasets
+    )
     data_root: str = flag("data", "folder holding <dataset>/{train,test}.beton (stored as an absolute path)", "path")
     device: str | None = flag(None, "cpu, cuda or cuda:N (default: cuda when available)", "device", optional=True)
     compile: bool = flag(False, "torch.compile the model", "bool")
-    compile_mode: str | None = flag(None, "torch.compile mode (default, reduce-overhead, max-autotune, ...)",
-                                    "choice", choices=_compile_modes, optional=True)
+    compile_mode: str | None = flag(
+        None,
+        "torch.compile mode (default, reduce-overhead, max-autotune, ...)",
+        "choice",
+        choices=_compile_modes,
+        optional=True,
+    )
     amp: str = flag("off", "autocast: bf16, fp16 (with a GradScaler) or off", "amp", choices=_amp_modes)
     channels_last: bool = flag(False, "NHWC memory format for model and batches", "bool")
-    kernels: str | None = flag(None, "triton or torch for the SK / Triplet layers (default: the model's choice)",
-                               "choice", choices=_kernel_impls, optional=True)
+    kernels: str | None = flag(
+        None,
+        "triton or torch for the SK / Triplet layers (default: the model's choice)",
+        "choice",
+        choices=_kernel_impls,
+        optional=True,
+    )
     seed: int = flag(0, "seed of weights, shuffle and augmentation (0 .. 2**32-1)", "int", minimum=0, maximum=MAX_SEED)
-    out: str = flag("", "run folder (default runs/<arch>-<timestamp>; stored as an absolute path)", "path",
-                    optional=True)
-    workers: int | None = flag(None, "CPU workers of the ffcv / torch loaders (default: from the cores)", "int",
-                               minimum=0, optional=True)
+    out: str = flag(
+        "", "run folder (default runs/<arch>-<timestamp>; stored as an absolute path)", "path", optional=True
+    )
+    workers: int | None = flag(
+        None, "CPU workers of the ffcv / torch loaders (default: from the cores)", "int", minimum=0, optional=True
+    )
     log_every: int = flag(25, "steps between progress-bar loss updates (each one a host sync)", "int", minimum=1)
 
     @property
@@ -121,8 +141,13 @@ class TrainConfig:
         """How the model runs (:class:`fastcifar.variant.Variant`)."""
         from fastcifar.variant import Variant
 
-        return Variant(compile=self.compile, compile_mode=self.compile_mode, channels_last=self.channels_last,
-                       amp=self.amp, kernels=self.kernels)
+        return Variant(
+            compile=self.compile,
+            compile_mode=self.compile_mode,
+            channels_last=self.channels_last,
+            amp=self.amp,
+            kernels=self.kernels,
+        )
 
 
 def config_fields() -> tuple[Field, ...]:
@@ -224,8 +249,15 @@ def _parse_model_kwargs(name: str, value: Any, spec: dict) -> dict[str, Any]:
 
 
 _PARSERS: dict[str, Callable[[str, Any, dict], Any]] = {
-    "bool": _parse_bool, "int": _parse_int, "float": _parse_float, "choice": _parse_choice, "amp": _parse_amp,
-    "str": _parse_str, "path": _parse_path, "device": _parse_device, "model_kwargs": _parse_model_kwargs,
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "choice": _parse_choice,
+    "amp": _parse_amp,
+    "str": _parse_str,
+    "path": _parse_path,
+    "device": _parse_device,
+    "model_kwargs": _parse_model_kwargs,
 }
 
 
@@ -304,5 +336,6 @@ def resumed_config(saved: dict[str, Any], folder: str, changes: dict[str, Any]) 
     if not isinstance(saved, dict) or not set(saved) <= names:
         raise UserError(f"the checkpoint in {folder} records an unknown config; start a new run.")
     config = TrainConfig(**saved)
-    return replace(config, out=_parse_path("out", folder, {}),
-                   **{name: parse_flag(name, value) for name, value in changes.items()})
+    return replace(
+        config, out=_parse_path("out", folder, {}), **{name: parse_flag(name, value) for name, value in changes.items()}
+    )

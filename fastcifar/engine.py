@@ -72,8 +72,11 @@ class StepSettings:
     def for_variant(cls, variant: Variant, device: torch.device, *, label_smoothing: float = 0.0) -> StepSettings:
         """The step settings of ``variant`` on ``device`` (CUDA graphs exist on CUDA devices only)."""
         return cls(
-            device=device, amp=variant.amp, channels_last=variant.channels_last,
-            label_smoothing=label_smoothing, cudagraphs=variant.uses_cudagraphs and device.type == "cuda",
+            device=device,
+            amp=variant.amp,
+            channels_last=variant.channels_last,
+            label_smoothing=label_smoothing,
+            cudagraphs=variant.uses_cudagraphs and device.type == "cuda",
         )
 
     @property
@@ -341,9 +344,7 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _stop_or_diverged(
-    stop: bool, loss_sum: torch.Tensor, ctx: DistContext, device: torch.device
-) -> tuple[bool, bool]:
+def _stop_or_diverged(stop: bool, loss_sum: torch.Tensor, ctx: DistContext, device: torch.device) -> tuple[bool, bool]:
     """Read back (one sync) whether any rank wants to stop and whether any rank's loss is non-finite."""
     flags = torch.stack(
         [
@@ -392,8 +393,13 @@ def train_one_epoch(
     first_step_seconds = 0.0
     last_lr = current_lr(optimizer)
     bar = tqdm(
-        total=total_steps, initial=skip_steps, desc=description, disable=not (progress and ctx.is_main),
-        leave=False, dynamic_ncols=True, mininterval=0.5,
+        total=total_steps,
+        initial=skip_steps,
+        desc=description,
+        disable=not (progress and ctx.is_main),
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
     )
     synchronize(device)
     start = time.perf_counter()

@@ -105,8 +105,15 @@ def build_batches(
 
     images, fine, _coarse = make_arrays(batch_size * num_batches, num_classes=num_classes, seed=seed)
     loader = GpuLoader.from_arrays(
-        images, fine, device=device, train=True, batch_size=batch_size, augment=True, seed=seed,
-        dtype=torch.float32, channels_last=channels_last,
+        images,
+        fine,
+        device=device,
+        train=True,
+        batch_size=batch_size,
+        augment=True,
+        seed=seed,
+        dtype=torch.float32,
+        channels_last=channels_last,
     )
 
     def endless() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -253,8 +260,13 @@ def profile_variant(
     warm_steps = compile_warmup if variant.compile else 1
     settings = engine.StepSettings.for_variant(variant, device, label_smoothing=label_smoothing)
     optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=lr, epochs=1, steps_per_epoch=warm_steps + steps + wait + warmup + steps,
-        device=device, weight_decay=weight_decay, schedule=schedule,
+        model.parameters(),
+        max_lr=lr,
+        epochs=1,
+        steps_per_epoch=warm_steps + steps + wait + warmup + steps,
+        device=device,
+        weight_decay=weight_decay,
+        schedule=schedule,
     )
     scaler = engine.build_scaler(settings)
     described = engine.describe_step(optimizer, scheduler, scaler, settings)
@@ -404,7 +416,10 @@ def profile_variants(
     kwargs = parse_model_kwargs(model_kwargs)
     dev = resolve_device(device)
     counts = (
-        ("steps", steps, 1), ("batch_size", batch_size, 1), ("wait", wait, 0), ("warmup", warmup, 0),
+        ("steps", steps, 1),
+        ("batch_size", batch_size, 1),
+        ("wait", wait, 0),
+        ("warmup", warmup, 0),
         ("compile_warmup", compile_warmup, 1),
     )
     for label, value, low in counts:
@@ -422,10 +437,24 @@ def profile_variants(
         for name in names:
             bar.set_postfix_str(name)
             results[name] = profile_variant(
-                name, arch=arch, steps=steps, batch_size=batch_size, out=root, model_kwargs=kwargs,
-                device=dev, wait=wait, warmup=warmup, compile_warmup=compile_warmup,
-                num_classes=num_classes, seed=seed, with_stack=with_stack, compile_backend=compile_backend,
-                lr=lr, weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+                name,
+                arch=arch,
+                steps=steps,
+                batch_size=batch_size,
+                out=root,
+                model_kwargs=kwargs,
+                device=dev,
+                wait=wait,
+                warmup=warmup,
+                compile_warmup=compile_warmup,
+                num_classes=num_classes,
+                seed=seed,
+                with_stack=with_stack,
+                compile_backend=compile_backend,
+                lr=lr,
+                weight_decay=weight_decay,
+                schedule=schedule,
+                label_smoothing=label_smoothing,
                 progress=bar,
             )
     return {"out": str(root), "variants": results}
@@ -451,9 +480,21 @@ def main(
 ) -> None:
     """Profile the training step of several variants (fastcifar.variant.VARIANTS); see the module docstring."""
     result = profile_variants(
-        arch, variants, steps, batch_size, out, model_kwargs, device,
-        wait=wait, warmup=warmup, compile_warmup=compile_warmup, with_stack=with_stack,
-        compile_backend=compile_backend, lr=lr, weight_decay=weight_decay, schedule=schedule,
+        arch,
+        variants,
+        steps,
+        batch_size,
+        out,
+        model_kwargs,
+        device,
+        wait=wait,
+        warmup=warmup,
+        compile_warmup=compile_warmup,
+        with_stack=with_stack,
+        compile_backend=compile_backend,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
         label_smoothing=label_smoothing,
     )
     for name, info in result["variants"].items():

@@ -239,8 +239,15 @@ def setup(
             f"{config.data_root} has {num_classes} classes; resume with the data it was started on."
         )
     loader_options = dict(
-        root=config.data_root, dataset=config.dataset, device=device, seed=config.seed, num_workers=config.workers,
-        rank=ctx.rank, world_size=ctx.world_size, dtype=torch.float32, channels_last=config.channels_last,
+        root=config.data_root,
+        dataset=config.dataset,
+        device=device,
+        seed=config.seed,
+        num_workers=config.workers,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        dtype=torch.float32,
+        channels_last=config.channels_last,
     )
     train_loader = build_loader(
         config.loader, "train", batch_size=config.batch_size, randaugment=config.randaugment, **loader_options
@@ -255,8 +262,13 @@ def setup(
     model = _model(config, device, num_classes)
     settings = engine.StepSettings.for_variant(variant, device, label_smoothing=config.label_smoothing)
     optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=config.lr, epochs=config.epochs, steps_per_epoch=len(train_loader),
-        device=device, weight_decay=config.weight_decay, schedule=config.schedule,
+        model.parameters(),
+        max_lr=config.lr,
+        epochs=config.epochs,
+        steps_per_epoch=len(train_loader),
+        device=device,
+        weight_decay=config.weight_decay,
+        schedule=config.schedule,
     )
     eval_model = variant.wrap(model)
     train_model = eval_model
@@ -265,10 +277,22 @@ def setup(
 
         train_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == "cuda" else None)
     training = TrainingRun(
-        config=config, ctx=ctx, device=device, out=Path(config.out), model=model, train_model=train_model,
-        eval_model=eval_model, train_loader=train_loader, test_loader=test_loader, settings=settings,
-        optimizer=optimizer, scheduler=scheduler, scaler=engine.build_scaler(settings),
-        logger=RunLogger(Path(config.out), enabled=ctx.is_main), num_classes=num_classes, batch_hook=batch_hook,
+        config=config,
+        ctx=ctx,
+        device=device,
+        out=Path(config.out),
+        model=model,
+        train_model=train_model,
+        eval_model=eval_model,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        settings=settings,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=engine.build_scaler(settings),
+        logger=RunLogger(Path(config.out), enabled=ctx.is_main),
+        num_classes=num_classes,
+        batch_hook=batch_hook,
     )
     if resume_state is not None:
         _restore(training, resume_state)
@@ -324,15 +348,26 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
     description = f"epoch {epoch + 1}/{config.epochs}"
     try:
         result = engine.train_one_epoch(
-            training.train_model, training.train_loader, training.optimizer, training.scheduler, training.scaler,
-            training.settings, ctx=ctx, stop=stop, skip_steps=partial.step, carried_loss_sum=partial.loss_sum,
-            carried_samples=partial.samples, log_every=config.log_every, description=description,
+            training.train_model,
+            training.train_loader,
+            training.optimizer,
+            training.scheduler,
+            training.scaler,
+            training.settings,
+            ctx=ctx,
+            stop=stop,
+            skip_steps=partial.step,
+            carried_loss_sum=partial.loss_sum,
+            carried_samples=partial.samples,
+            log_every=config.log_every,
+            description=description,
             batch_hook=training.batch_hook,
         )
     except engine.NonFiniteLoss as err:
         kept = (
             f"the last good checkpoint (epoch {training.history[-1]['epoch']}) is kept at {training.checkpoint_file}"
-            if training.history and training.checkpoint_file.is_file() else "no checkpoint was written"
+            if training.history and training.checkpoint_file.is_file()
+            else "no checkpoint was written"
         )
         raise engine.NonFiniteLoss(
             f"training loss became NaN/inf in {description}; {kept}; lower --lr or use --amp bf16 instead of fp16."
@@ -343,7 +378,11 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
 
     distributed.broadcast_buffers(training.model, ctx)
     evaluation = engine.evaluate(
-        training.eval_model, training.test_loader, training.settings, ctx=ctx, pad_last_batch=config.compile,
+        training.eval_model,
+        training.test_loader,
+        training.settings,
+        ctx=ctx,
+        pad_last_batch=config.compile,
         batch_hook=training.batch_hook,
     )
     warmup = result.warmup_seconds + evaluation.warmup_seconds
@@ -376,8 +415,11 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
 
 def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[str, Any]:
     """Stop after Ctrl-C: checkpoint at (``epoch`` done, ``partial`` of the next) and say how to go on."""
-    where = f"in epoch {epoch + 1} after step {partial.step}/{training.steps_per_epoch}" if partial.step else (
-        f"after epoch {epoch}")
+    where = (
+        f"in epoch {epoch + 1} after step {partial.step}/{training.steps_per_epoch}"
+        if partial.step
+        else (f"after epoch {epoch}")
+    )
     if partial.step:  # an epoch boundary was checkpointed when its epoch ended
         # The RNG states of the epoch's start: the resumed run replays that epoch's loader.
         training.save(epoch, partial, training.epoch_rng or ckpt.capture_rng_state())

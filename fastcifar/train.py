@@ -93,7 +93,9 @@ def _command_signature() -> inspect.Signature:
     types = {"str": str, "int": int, "float": float, "bool": bool, "dict[str, Any]": dict}
     parameters = [
         inspect.Parameter(
-            spec.name, inspect.Parameter.KEYWORD_ONLY, default=default_value(spec),
+            spec.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default_value(spec),
             annotation=types[str(spec.type).removesuffix(" | None")],
         )
         for spec in config_fields()

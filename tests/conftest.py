@@ -48,6 +48,13 @@ def tiny_flags(train_data):
     from fastcifar.models import tiny_overrides
 
     return dict(
-        arch="sk_densenet", model_kwargs=tiny_overrides("sk_densenet"), epochs=1, batch_size=16, eval_batch_size=16,
-        dataset="synthetic", data_root=str(train_data), device="cpu", workers=1,
+        arch="sk_densenet",
+        model_kwargs=tiny_overrides("sk_densenet"),
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=16,
+        dataset="synthetic",
+        data_root=str(train_data),
+        device="cpu",
+        workers=1,
     )

@@ -51,7 +51,7 @@ def cpu_step(t0: float, scale: float = 1.0) -> list[dict]:
     """
     s = scale
     return [
-        x("ProfilerStep#%d" % int(t0), t0, 1000 * s, cat="user_annotation"),
+        x(f"ProfilerStep#{int(t0)}", t0, 1000 * s, cat="user_annotation"),
         x("train_step", t0 + 1 * s, 998 * s, cat="user_annotation"),
         x("data", t0 + 2 * s, 98 * s, cat="user_annotation"),
         x("aten::index_select", t0 + 10 * s, 50 * s),

@@ -85,8 +85,10 @@ def tv_op(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
 def apply_op(x: torch.Tensor, name: str, sign: float, magnitude: int = 10) -> torch.Tensor:
     """Our RandAugment step with every sample drawing op ``name`` and sign ``sign`` (fixed-shape route)."""
     n = x.shape[0]
-    step = StepDraw(torch.full((n,), RAND_AUGMENT_OPS.index(name), device=x.device),
-                    torch.full((n,), 0.25 if sign < 0 else 0.75, device=x.device))  # negated where <= 0.5
+    step = StepDraw(
+        torch.full((n,), RAND_AUGMENT_OPS.index(name), device=x.device),
+        torch.full((n,), 0.25 if sign < 0 else 0.75, device=x.device),
+    )  # negated where <= 0.5
     return _apply_step(x, step, step_tables(magnitude, 31, x.shape[-2], x.shape[-1], x.device), subsets=False)
 
 

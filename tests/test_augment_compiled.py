@@ -84,8 +84,9 @@ def test_compiled_route_gives_the_eager_bytes_inductor() -> None:
     eager, compiled = run_both(x, "inductor", seed=5, dtype=torch.float32, channels_last=True)
     assert torch.equal(eager, compiled)
     # A second batch reuses the graph (static shapes) and still agrees.
-    eager, compiled = run_both(images(48, seed=3), "inductor", seed=6, fresh=False, dtype=torch.float32,
-                               channels_last=True)
+    eager, compiled = run_both(
+        images(48, seed=3), "inductor", seed=6, fresh=False, dtype=torch.float32, channels_last=True
+    )
     assert torch.equal(eager, compiled)
 
 
@@ -155,8 +156,9 @@ def test_cuda_routes_agree_with_the_cpu_reference() -> None:
     draws = t.draw(x, torch.Generator().manual_seed(9))
     ref = tr._train_pipeline(x, draws, t._tables(x), t.scale, t.shift, t.padding, t.dtype, True, True)
     xc = x.cuda()
-    to_cuda = TrainDraws(draws.flip_u.cuda(), draws.offsets.cuda(),
-                         [ra.StepDraw(s.op.cuda(), s.sign_u.cuda()) for s in draws.steps])
+    to_cuda = TrainDraws(
+        draws.flip_u.cuda(), draws.offsets.cuda(), [ra.StepDraw(s.op.cuda(), s.sign_u.cuda()) for s in draws.steps]
+    )
     tc = t.cuda()
     args = (xc, to_cuda, tc._tables(xc), tc.scale, tc.shift, t.padding, t.dtype, True, False)
     one_level = 1.0 / (255.0 * min(tr.IMAGENET_STD)) + 1e-5

@@ -63,7 +63,10 @@ def test_cifar100_archive_has_the_official_layout(tmp_path):
     assert synthetic.write_archive(tmp_path / "b.tar.gz", 30, 12, seed=1) == md5  # same bytes again
     with tarfile.open(path) as tar:
         assert sorted(tar.getnames()) == [
-            "cifar-100-python", "cifar-100-python/meta", "cifar-100-python/test", "cifar-100-python/train"
+            "cifar-100-python",
+            "cifar-100-python/meta",
+            "cifar-100-python/test",
+            "cifar-100-python/train",
         ]
     train = _load_member(path, "cifar-100-python/train")
     assert set(train) == {b"data", b"fine_labels", b"coarse_labels", b"filenames", b"batch_label"}
@@ -295,8 +298,11 @@ def test_offline_download_says_how_to_place_the_archive(tmp_path, monkeypatch):
 def test_pickles_with_numpy1_module_names_load(tmp_path):
     # The official pickles name numpy 1.x's module (numpy.core.multiarray); numpy 2 renamed it.
     images, fine, coarse = synthetic.make_arrays(6, 100, seed=0)
-    record = {b"data": images.transpose(0, 3, 1, 2).reshape(6, 3072), b"fine_labels": fine.tolist(),
-              b"coarse_labels": coarse.tolist()}
+    record = {
+        b"data": images.transpose(0, 3, 1, 2).reshape(6, 3072),
+        b"fine_labels": fine.tolist(),
+        b"coarse_labels": coarse.tolist(),
+    }
     payload = pickle.dumps(record, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     assert b"numpy.core.multiarray" in payload
     folder = tmp_path / "cifar-100-python"

@@ -44,8 +44,9 @@ def _copy(prepared: Path, tmp_path: Path) -> Path:
 def _run(args: list[str], prelude: str = "", timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """``python -m fastcifar.data <args>`` after running ``prelude`` (Python) in the same process."""
     script = prelude + "\nfrom fastcifar.data.__main__ import main\nmain()\n"
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def _assert_one_line_error(run: subprocess.CompletedProcess, words: str) -> str:
@@ -82,8 +83,11 @@ _DISK_FULL = textwrap.dedent("""
 
 def test_disk_full_during_write_exits_with_one_line_and_leaves_nothing(tmp_path):
     root = tmp_path / "data"
-    run = _run(["prepare", "--dataset", "synthetic", "--root", str(root), "--n_train", "6000", "--n_test", "50"],
-               prelude=_DISK_FULL, timeout=150)
+    run = _run(
+        ["prepare", "--dataset", "synthetic", "--root", str(root), "--n_train", "6000", "--n_test", "50"],
+        prelude=_DISK_FULL,
+        timeout=150,
+    )
     line = _assert_one_line_error(run, "No space left on device")
     assert "train.beton" in line and "free some space" in line
     assert list((root / "synthetic").iterdir()) == []  # no beton, no temporary file, no meta.json
@@ -137,8 +141,13 @@ def test_next_run_removes_what_a_killed_run_left(tmp_path, capsys):
     root = tmp_path / "data"
     args = ["prepare", "--dataset", "synthetic", "--root", str(root), "--n_train", "1000", "--n_test", "50"]
     script = _STALL + "\nfrom fastcifar.data.__main__ import main\nmain()\n"
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((root / "synthetic").glob(".train.beton.*.tmp")):
@@ -160,7 +169,11 @@ def test_next_run_removes_what_a_killed_run_left(tmp_path, capsys):
     assert "removed 3 temporary file(s) left by an interrupted run" in out
     assert _hidden(root) == []
     assert sorted(p.name for p in (root / "synthetic").iterdir()) == [
-        integrity.CACHE_NAME, "meta.json", "test.beton", "train.beton"]
+        integrity.CACHE_NAME,
+        "meta.json",
+        "test.beton",
+        "train.beton",
+    ]
 
 
 def test_leftovers_in_use_by_a_live_run_are_kept(tmp_path):
@@ -217,8 +230,11 @@ def test_damaged_beton_is_detected_by_loader_and_rebuilt_by_prepare(region, synt
     root = _copy(synthetic_root, tmp_path)
     path = root / "synthetic" / "test.beton"
     _flip(path, REGIONS[region](path))
-    rebuild = f"rebuild it with `python -m fastcifar.data prepare --dataset synthetic --root {root} " + " ".join(
-        SYNTHETIC_FLAGS) + "`"
+    rebuild = (
+        f"rebuild it with `python -m fastcifar.data prepare --dataset synthetic --root {root} "
+        + " ".join(SYNTHETIC_FLAGS)
+        + "`"
+    )
     with pytest.raises(UserError) as caught:
         build_loader("gpu", "test", root=root, dataset="synthetic")
     damaged = f"{path} is damaged: its content differs from what was written (hash in meta.json)"
@@ -272,7 +288,8 @@ BAD_INPUT = {
     "fine label too large": ({b"fine_labels": [100] + [0] * 19}, "holds the label 100, outside 0..99"),
     "fine label negative": ({b"fine_labels": [-1] + [0] * 19}, "holds the label -1, outside 0..99"),
     "coarse label too large": (
-        {b"coarse_labels": [0] * 19 + [20]}, "key 'coarse_labels') holds the label 20, outside 0..19"
+        {b"coarse_labels": [0] * 19 + [20]},
+        "key 'coarse_labels') holds the label 20, outside 0..19",
     ),
     "float labels": ({b"fine_labels": [1.0] * 20}, "holds a label 1.0 of type float; labels must be integers"),
     "bool labels": ({b"fine_labels": [True] * 20}, "holds a label True of type bool"),
@@ -304,10 +321,13 @@ def test_bad_labels_through_the_command_line(tmp_path):
     _assert_one_line_error(run, "outside 0..19")
 
 
-@pytest.mark.parametrize("field, values, words", [
-    ("label", (150, 0), "(field label) holds the label 150, outside 0..99"),
-    ("coarse_label", (0, 20), "(field coarse_label) holds the label 20, outside 0..19"),
-])
+@pytest.mark.parametrize(
+    "field, values, words",
+    [
+        ("label", (150, 0), "(field label) holds the label 150, outside 0..99"),
+        ("coarse_label", (0, 20), "(field coarse_label) holds the label 20, outside 0..19"),
+    ],
+)
 def test_labels_out_of_range_inside_a_beton(field, values, words, synthetic_root, tmp_path):
     """A beton written elsewhere (its hash recorded) with labels the model has no class for."""
     from fastcifar.data.loaders import build_loader
@@ -345,7 +365,8 @@ def _meta_cases(meta: dict) -> dict[str, str]:
         "classes not matching": (changed(classes=["a"]), "num_classes 100 does not match the 1 class names"),
         "no hashes": (json.dumps(without_hashes), "the key 'hashes' is missing"),
         "hash not a digest": (
-            changed(hashes={"train.beton": 5, "test.beton": 5}), "hashes['train.beton'] is 5, not a blake2b digest"
+            changed(hashes={"train.beton": 5, "test.beton": 5}),
+            "hashes['train.beton'] is 5, not a blake2b digest",
         ),
         "counts wrong": (changed(counts={"train": "many", "test": 3}), "counts['train'] is 'many'"),
         "mean wrong": (changed(mean=[0.5, None, 0.5]), "'mean' is [0.5, None, 0.5], not three numbers"),
@@ -362,8 +383,10 @@ def test_damaged_meta_json_is_one_line_everywhere(synthetic_root, tmp_path):
     good = json.loads(path.read_text())
     for case, (text, words) in _meta_cases(good).items():
         path.write_bytes(text.encode(errors="surrogateescape"))
-        for call in (lambda: prep.load_meta(root, "synthetic"),
-                     lambda: build_loader("gpu", "test", root=root, dataset="synthetic")):
+        for call in (
+            lambda: prep.load_meta(root, "synthetic"),
+            lambda: build_loader("gpu", "test", root=root, dataset="synthetic"),
+        ):
             with pytest.raises(UserError) as caught:
                 call()
             message = str(caught.value)
@@ -387,13 +410,18 @@ def test_prepare_rebuilds_over_a_damaged_meta_json(synthetic_root, tmp_path, cap
 # ---------------------------------------------------------------- flags
 
 
-@pytest.mark.parametrize("args, words", [
-    (["prepare", "--dataset", "synthetic", "--ntrain", "5"],
-     "unknown flag --ntrain for prepare; valid flags: --dataset"),
-    (["prepare", "--dataset", "synthetic", "--n_train=40", "7"], "unexpected argument '7'"),
-    (["prepare", "--dataset", "synthetic", "--", "--n_train", "40"], "nothing may follow --"),
-    (["info", "--dataset", "synthetic", "--verbose"], "unknown flag --verbose for info"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["prepare", "--dataset", "synthetic", "--ntrain", "5"],
+            "unknown flag --ntrain for prepare; valid flags: --dataset",
+        ),
+        (["prepare", "--dataset", "synthetic", "--n_train=40", "7"], "unexpected argument '7'"),
+        (["prepare", "--dataset", "synthetic", "--", "--n_train", "40"], "nothing may follow --"),
+        (["info", "--dataset", "synthetic", "--verbose"], "unknown flag --verbose for info"),
+    ],
+)
 def test_flag_mistakes_are_rejected_before_any_work(args, words, tmp_path):
     root = tmp_path / "data"
     started = time.monotonic()
@@ -404,8 +432,9 @@ def test_flag_mistakes_are_rejected_before_any_work(args, words, tmp_path):
 
 
 def test_flags_that_fire_accepts_still_work(tmp_path):
-    run = _run(["prepare", "--dataset=synthetic", "--root", str(tmp_path), "--n-train", "40", "--n_test=10",
-                "--nodownload"])
+    run = _run(
+        ["prepare", "--dataset=synthetic", "--root", str(tmp_path), "--n-train", "40", "--n_test=10", "--nodownload"]
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert prep.load_meta(tmp_path, "synthetic")["counts"] == {"train": 40, "test": 10}
 

@@ -82,14 +82,34 @@ def test_second_run_is_a_no_op(prepared, capsys):
 def test_cli_second_run_and_info(prepared):
     cmd = [sys.executable, "-m", "fastcifar.data"]
     run = subprocess.run(
-        [*cmd, "prepare", "--dataset", "synthetic", "--root", str(prepared), "--n_train", str(N_TRAIN),
-         "--n_test", str(N_TEST), "--seed", str(SEED)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            *cmd,
+            "prepare",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(prepared),
+            "--n_train",
+            str(N_TRAIN),
+            "--n_test",
+            str(N_TEST),
+            "--seed",
+            str(SEED),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "nothing to do" in run.stdout
-    info = subprocess.run([*cmd, "info", "--dataset", "synthetic", "--root", str(prepared)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    info = subprocess.run(
+        [*cmd, "info", "--dataset", "synthetic", "--root", str(prepared)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert info.returncode == 0, info.stderr
     assert "SYNTHETIC" in info.stdout and f"train {N_TRAIN}, test {N_TEST}" in info.stdout
 
@@ -325,5 +345,6 @@ def test_cli_errors_are_one_line(tmp_path):
     cut = _truncated(tmp_path)
     _cli_error(["prepare", "--root", root, "--archive", str(cut)], "truncated or corrupt", md5=archives.md5sum(cut))
     evil = _traversal(tmp_path)
-    _cli_error(["prepare", "--root", root, "--archive", str(evil)], "escapes the target folder",
-               md5=archives.md5sum(evil))
+    _cli_error(
+        ["prepare", "--root", root, "--archive", str(evil)], "escapes the target folder", md5=archives.md5sum(evil)
+    )

@@ -115,7 +115,7 @@ def test_batch_larger_than_split_is_a_user_error():
     with pytest.raises(UserError, match="batch_size 16 is larger than the 10 train images"):
         GpuLoader.from_arrays(images, np.arange(10), train=True, batch_size=16)
     # test keeps the partial batch: one batch of all 10 images is fine
-    (x, y), = list(GpuLoader.from_arrays(images, np.arange(10), train=False, batch_size=16))
+    ((x, y),) = list(GpuLoader.from_arrays(images, np.arange(10), train=False, batch_size=16))
     assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
 
 
@@ -167,8 +167,14 @@ def test_test_epoch_is_every_image_once_in_order(kind, synthetic_root, split_arr
 @pytest.mark.parametrize("kind", KINDS)
 def test_augmented_epochs_are_deterministic_and_differ(kind, synthetic_root, split_arrays):
     loader = make(
-        kind, "train", synthetic_root, split_arrays["train"],
-        batch_size=128, seed=3, dtype=torch.bfloat16, channels_last=True,
+        kind,
+        "train",
+        synthetic_root,
+        split_arrays["train"],
+        batch_size=128,
+        seed=3,
+        dtype=torch.bfloat16,
+        channels_last=True,
     )
     first = run_epoch(loader, max_batches=2)
     x, y = first
@@ -191,6 +197,7 @@ def _colours_come_from_a_stored_image(images: np.ndarray, labels: np.ndarray, re
     Flip and reflect-padded crop only move pixels, so without RandAugment this holds for every
     image; RandAugment's colour operations (and its affine fills) break it for most.
     """
+
     def triples(img: np.ndarray) -> set[bytes]:
         return set(map(bytes, img.reshape(-1, 3)))
 
@@ -208,11 +215,27 @@ def test_randaugment_off_keeps_flip_and_crop_only(kind, synthetic_root, split_ar
     kept = {}
     for randaugment in (False, True):
         if kind == "torch" or randaugment:
-            loader = make(kind, "train", synthetic_root, split_arrays["train"], batch_size=64, seed=5,
-                          randaugment=randaugment, **extra)
+            loader = make(
+                kind,
+                "train",
+                synthetic_root,
+                split_arrays["train"],
+                batch_size=64,
+                seed=5,
+                randaugment=randaugment,
+                **extra,
+            )
         else:  # build_loader's plumbing of the flag, for the kinds whose construction is cheap enough
-            loader = build_loader(kind, "train", root=synthetic_root, dataset="synthetic", batch_size=64, seed=5,
-                                  randaugment=False, num_workers=WORKERS[kind])
+            loader = build_loader(
+                kind,
+                "train",
+                root=synthetic_root,
+                dataset="synthetic",
+                batch_size=64,
+                seed=5,
+                randaugment=False,
+                num_workers=WORKERS[kind],
+            )
         x, y = run_epoch(loader, max_batches=2)
         images = to_uint8_nhwc(x)
         assert sum(img.tobytes() not in stored for img in images) > len(images) // 4  # augmented
@@ -259,8 +282,16 @@ def test_rank_shards_disjoint_equal_train_and_covering_test(kind, split_arrays):
         images, labels = split_arrays[split]
         n = len(labels)
         loaders = [
-            build(images, labels, train=split == "train", batch_size=batch, augment=False,
-                  rank=r, world_size=world, **extra)
+            build(
+                images,
+                labels,
+                train=split == "train",
+                batch_size=batch,
+                augment=False,
+                rank=r,
+                world_size=world,
+                **extra,
+            )
             for r in range(world)
         ]
         shards = shard_records(loaders, images, labels)

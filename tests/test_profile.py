@@ -31,8 +31,14 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict
     # aot_eager: the whole torch.compile path (Dynamo + AOTAutograd) without C++ code generation,
     # which takes minutes on 2 cores; the analysis does not depend on the backend.
     result = profile_variants(
-        "sk_densenet", f"{EAGER},{COMPILED}", steps=STEPS, batch_size=4, out=out, model_kwargs=TINY,
-        device="cpu", compile_backend="aot_eager",
+        "sk_densenet",
+        f"{EAGER},{COMPILED}",
+        steps=STEPS,
+        batch_size=4,
+        out=out,
+        model_kwargs=TINY,
+        device="cpu",
+        compile_backend="aot_eager",
     )
     return out, result, analyze(out)
 
@@ -100,8 +106,7 @@ def test_report_matches_raw_trace(profiled) -> None:
         assert sum(m["category_pct"].values()) == pytest.approx(100.0)
         # CPU trace: operator self times add up to the time covered by operators within the steps.
         in_step = [
-            e for e in events
-            if e["cat"] == "cpu_op" and any(s["ts"] <= e["ts"] < s["ts"] + s["dur"] for s in steps)
+            e for e in events if e["cat"] == "cpu_op" and any(s["ts"] <= e["ts"] < s["ts"] + s["dur"] for s in steps)
         ]
         covered = union_length([(e["ts"], e["ts"] + e["dur"]) for e in in_step]) / 1e3
         assert m["kernel_total_ms"] == pytest.approx(covered, rel=1e-3)
@@ -189,7 +194,8 @@ def test_profile_user_errors(tmp_path: Path, kwargs: dict, message: str) -> None
 def test_profile_cli_error_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fastcifar.profile", "--variants", "turbo", "--out", str(tmp_path), "--device", "cpu"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("fastcifar.profile: error: unknown variant")
@@ -225,24 +231,44 @@ def test_profile_and_training_run_the_same_step(profiled, synthetic_root: Path, 
     profile_run = json.loads((out / EAGER / "run.json").read_text())
     variant = VARIANTS[EAGER]
     train(
-        arch="sk_densenet", model_kwargs=TINY, epochs=1, batch_size=128, eval_batch_size=150, dataset="synthetic",
-        data_root=str(synthetic_root), device="cpu", out=str(tmp_path / "run"), loader="gpu", lr=profile_run["lr"],
-        compile=variant.compile, amp=variant.amp, channels_last=variant.channels_last, kernels=variant.kernels,
+        arch="sk_densenet",
+        model_kwargs=TINY,
+        epochs=1,
+        batch_size=128,
+        eval_batch_size=150,
+        dataset="synthetic",
+        data_root=str(synthetic_root),
+        device="cpu",
+        out=str(tmp_path / "run"),
+        loader="gpu",
+        lr=profile_run["lr"],
+        compile=variant.compile,
+        amp=variant.amp,
+        channels_last=variant.channels_last,
+        kernels=variant.kernels,
     )
     # What the training run used, from its checkpoint: the optimiser's and scheduler's saved state
     # (every hyper-parameter, the schedule's fixed points) loaded into fresh objects.
     state = load_checkpoint(checkpoint_path(tmp_path / "run"))
     config = state["config"]
     trained_variant = Variant(
-        compile=config["compile"], compile_mode=config["compile_mode"], channels_last=config["channels_last"],
-        amp=config["amp"], kernels=config["kernels"],
+        compile=config["compile"],
+        compile_mode=config["compile_mode"],
+        channels_last=config["channels_last"],
+        amp=config["amp"],
+        kernels=config["kernels"],
     )
     assert trained_variant == variant
     device = torch.device("cpu")
     model = build_model(config["arch"], config["model_kwargs"], trained_variant, device)
     optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=config["lr"], epochs=config["epochs"], steps_per_epoch=1, device=device,
-        weight_decay=config.get("weight_decay", 0.0), schedule=config.get("schedule", "onecycle"),
+        model.parameters(),
+        max_lr=config["lr"],
+        epochs=config["epochs"],
+        steps_per_epoch=1,
+        device=device,
+        weight_decay=config.get("weight_decay", 0.0),
+        schedule=config.get("schedule", "onecycle"),
     )
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

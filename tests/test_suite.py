@@ -120,7 +120,7 @@ def test_a_small_budget_skips_later_sections_and_keeps_results(tmp_path: Path) -
     skipped = [name for name, e in sections.items() if e["status"] == "skipped" and e["reason"] == "budget"]
     # kernels and profile need more than the whole budget; which earlier ones fit depends on the machine.
     assert {"kernels", "profile"} <= set(skipped)
-    for name, entry in sections.items():
+    for entry in sections.values():
         if entry["status"] == "skipped" and entry["reason"] == "budget":
             assert entry["needs_s"] <= entry["estimate_s"] and "of the budget left" in entry["detail"]
     assert all(e["status"] != "pending" for e in sections.values())

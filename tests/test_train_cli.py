@@ -22,9 +22,7 @@ def tiny(tiny_flags) -> str:
 
 def launch(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "fastcifar.train", *args], cwd=cwd, env=env, text=True, **kwargs
-    )
+    return subprocess.Popen([sys.executable, "-m", "fastcifar.train", *args], cwd=cwd, env=env, text=True, **kwargs)
 
 
 BAD_INPUTS = {
@@ -69,13 +67,19 @@ def test_every_bad_input_is_one_clear_line(train_data, tiny, tmp_path, capsys, m
     existing = tmp_path / "existing"  # holds a run: a (minimal) checkpoint and metrics
     save_checkpoint(existing / "checkpoint.pt", {"epoch": 1, "config": {}})
     (existing / "metrics.jsonl").write_text("{}\n")
-    cases = {name: ([a.replace("{existing}", str(existing)) for a in args], expected)
-             for name, (args, expected) in BAD_INPUTS.items()}
+    cases = {
+        name: ([a.replace("{existing}", str(existing)) for a in args], expected)
+        for name, (args, expected) in BAD_INPUTS.items()
+    }
     if torch.cuda.is_available():
         del cases["cuda without cuda"]
     common = {
-        "--data_root": str(train_data), "--model_kwargs": tiny, "--out": str(tmp_path / "run"),
-        "--dataset": "synthetic", "--device": "cpu", "--batch_size": "16",
+        "--data_root": str(train_data),
+        "--model_kwargs": tiny,
+        "--out": str(tmp_path / "run"),
+        "--dataset": "synthetic",
+        "--device": "cpu",
+        "--batch_size": "16",
     }
     monkeypatch.setattr(sys, "argv", ["fastcifar.train"])
     monkeypatch.chdir(tmp_path)
@@ -109,8 +113,12 @@ def test_help_lists_every_flag_with_its_description(tmp_path):
     from fastcifar.config import flag_help
 
     done = subprocess.run(
-        [sys.executable, "-m", "fastcifar.train", "--help"], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PAGER": "cat"}, timeout=120,
+        [sys.executable, "-m", "fastcifar.train", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PAGER": "cat"},
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     text = " ".join((done.stdout + done.stderr).split())  # fire wraps long lines
@@ -139,7 +147,11 @@ def test_flags_on_the_command_line():
     from fastcifar.train import given_flag_names
 
     assert given_flag_names(["--lr", "0.1", "--compile", "--noamp", "--out=x", "-o", "y"]) == [
-        "lr", "compile", "amp", "out", "out"
+        "lr",
+        "compile",
+        "amp",
+        "out",
+        "out",
     ]
     assert given_flag_names(["--lr", "-0.5"]) == ["lr"]  # a negative number is a value, not a flag
     for argv, message in (
@@ -206,9 +218,29 @@ def test_ctrl_c_saves_a_resumable_checkpoint(train_data, tiny, tmp_path):
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = launch(
-            ["--arch", "sk_densenet", "--model_kwargs", tiny, "--dataset", "synthetic", "--data_root", str(train_data),
-             "--device", "cpu", "--epochs", "200", "--batch_size", "16", "--eval_batch_size", "40", "--out", str(out)],
-            tmp_path, stdout=stdout, stderr=stderr,
+            [
+                "--arch",
+                "sk_densenet",
+                "--model_kwargs",
+                tiny,
+                "--dataset",
+                "synthetic",
+                "--data_root",
+                str(train_data),
+                "--device",
+                "cpu",
+                "--epochs",
+                "200",
+                "--batch_size",
+                "16",
+                "--eval_batch_size",
+                "40",
+                "--out",
+                str(out),
+            ],
+            tmp_path,
+            stdout=stdout,
+            stderr=stderr,
         )
         deadline = time.monotonic() + 120
         # Wait until training runs (the progress bar of an epoch has appeared), then press Ctrl-C.

@@ -26,8 +26,13 @@ def free_port() -> int:
 @pytest.mark.slow
 def torchrun(*args: str) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        *args,
     ]
 
 
@@ -45,9 +50,24 @@ def test_two_ranks_on_gloo(train_data, tiny_flags, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
         *torchrun(str(ENTRY), str(seen)),
-        "--arch", "sk_densenet", "--model_kwargs", json.dumps(tiny), "--dataset", "synthetic",
-        "--data_root", str(train_data), "--device", "cpu", "--epochs", "1", "--batch_size", "16",
-        "--eval_batch_size", "16", "--out", str(out),
+        "--arch",
+        "sk_densenet",
+        "--model_kwargs",
+        json.dumps(tiny),
+        "--dataset",
+        "synthetic",
+        "--data_root",
+        str(train_data),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--eval_batch_size",
+        "16",
+        "--out",
+        str(out),
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -94,9 +114,22 @@ def test_unwritable_out_is_one_line_from_rank_zero(train_data, tiny_flags, tmp_p
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
         *torchrun("-m", "fastcifar.train"),
-        "--arch", "sk_densenet", "--model_kwargs", json.dumps(tiny_flags["model_kwargs"]), "--dataset", "synthetic",
-        "--data_root", str(train_data), "--device", "cpu", "--epochs", "1", "--batch_size", "16",
-        "--out", str(blocker / "run"),
+        "--arch",
+        "sk_densenet",
+        "--model_kwargs",
+        json.dumps(tiny_flags["model_kwargs"]),
+        "--dataset",
+        "synthetic",
+        "--data_root",
+        str(train_data),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--out",
+        str(blocker / "run"),
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0

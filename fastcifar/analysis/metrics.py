@@ -21,8 +21,8 @@ import bisect
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from fastcifar.analysis.categories import CATEGORIES, categorise, is_inductor_kernel_range
 from fastcifar.analysis.trace import Event, Trace
@@ -67,7 +67,7 @@ class Intervals:
     by_tid: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, events: Iterable[Event]) -> "Intervals":
+    def of(cls, events: Iterable[Event]) -> Intervals:
         grouped: dict = defaultdict(list)
         for e in events:
             grouped[e.tid].append((e.ts, e.end))

@@ -202,8 +202,9 @@ def affine_source_index(theta: torch.Tensor, height: int, width: int) -> torch.T
     rescaled = torch.stack([rescaled[..., 0] / (0.5 * width), rescaled[..., 1] / (0.5 * height)], dim=-1)
     grid = _base_grid(height, width, theta.device).expand(n, pixels, 3).bmm(rescaled).view(n, height, width, 2)
     index_image = torch.arange(1, pixels + 1, dtype=torch.float32, device=theta.device).view(1, 1, height, width)
-    picked = F.grid_sample(index_image.expand(n, 1, height, width), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
+    picked = F.grid_sample(
+        index_image.expand(n, 1, height, width), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     source = picked.view(n, pixels).round_().to(torch.int64) - 1
     return torch.where(source < 0, pixels, source)
 
