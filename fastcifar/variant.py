@@ -168,15 +168,9 @@ def resolve_overrides(arch: str, overrides: dict[str, Any], variant: Variant) ->
     from fastcifar.models import get_entry
 
     entry = get_entry(arch)  # unknown id: UserError listing the valid ones
-    valid = entry.override_names()
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise UserError(
-            f"model {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"valid model options: {', '.join(valid) or '(none)'}."
-        )
+    entry.check_overrides(overrides, what="model options")
     kwargs = dict(overrides)
-    if variant.kernels is not None and "impl" in valid and "impl" not in kwargs:
+    if variant.kernels is not None and "impl" in entry.override_names() and "impl" not in kwargs:
         kwargs["impl"] = variant.kernels
     return kwargs
 

@@ -32,6 +32,11 @@ def _check_config(growth_rate: int, block_config: Sequence[int], compression: fl
         raise UserError(f"compression must be in (0, 1], got {compression!r}.")
 
 
+def _check_sk_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"k (SK in every n//k-th layer) must be a positive integer, got {k!r}.")
+
+
 def sk_layer_indices(num_layers: int, k: int) -> set[int]:
     """Layers of a block of ``num_layers`` that carry an SKConv: i with i mod max(1, n // k) == 0.
 
@@ -119,6 +124,8 @@ class PreActDenseNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(growth_rate, block_config, compression)
+        if concat_sk_k is not None:
+            _check_sk_k(concat_sk_k)
         sk_kwargs = sk_kwargs or {}
         channels = 2 * growth_rate
         stem: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1, bias=False)]
@@ -199,8 +206,7 @@ class PostActDenseNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(growth_rate, block_config, compression)
-        if not isinstance(k, int) or k < 1:
-            raise UserError(f"k (SK in every n//k-th layer) must be a positive integer, got {k!r}.")
+        _check_sk_k(k)
         sk_kwargs = sk_kwargs or {}
         channels = 2 * growth_rate
         self.stem = nn.Sequential(conv_bn_act(3, channels, 3), SKConv(channels, **sk_kwargs))
@@ -303,8 +309,51 @@ def densenet_triplet(
     )
 
 
-@register_model(
+def _sk_dense_post(num_classes: int, *, k: int, sk_kwargs: dict, **common) -> nn.Module:
+    """sk_densenet's network: post-activation, stem SK, SK inside every n//k-th bottleneck."""
+    return PostActDenseNet(num_classes, k=k, sk_kwargs=sk_kwargs, **common)
+
+
+def _sk_dense_catsk(num_classes: int, *, k: int, sk_kwargs: dict, **common) -> nn.Module:
+    """sk_densenet_catsk's network: pre-activation, stem SK, SK after every n//k-th concat."""
+    return PreActDenseNet(num_classes, stem_sk=True, concat_sk_k=k, sk_kwargs=sk_kwargs, **common)
+
+
+def _register_sk_densenet(
+    name: str,
+    network: Callable[..., nn.Module],
+    *,
+    summary: str,
+    study: tuple[StudyResult, ...],
+    tiny: dict,
+    k: int,
+    sk_groups: int,
+    sk_reduction: int,
+) -> None:
+    """Register one SK DenseNet reading; ``k``, ``sk_groups`` and ``sk_reduction`` are its defaults."""
+
+    @register_model(name, summary=summary, study=study, tiny=tiny)
+    def build(
+        num_classes: int = 100,
+        *,
+        growth_rate: int = 20,
+        block_config: Sequence[int] = _DEFAULT_BLOCKS,
+        compression: float = 0.5,
+        k: int = k,
+        sk_groups: int = sk_groups,
+        sk_reduction: int = sk_reduction,
+        sk_min_dim: int = 32,
+        sk_branches: int = 2,
+        impl: str | None = None,
+    ) -> nn.Module:
+        sk_kwargs = dict(groups=sk_groups, reduction=sk_reduction, min_dim=sk_min_dim, branches=sk_branches, impl=impl)
+        common = dict(growth_rate=growth_rate, block_config=block_config, compression=compression)
+        return network(num_classes, k=k, sk_kwargs=sk_kwargs, **common)
+
+
+_register_sk_densenet(
     "sk_densenet",
+    _sk_dense_post,
     summary="post-activation DenseNet-BC + stem SK + SK (G=2, r=8) in every n//k-th layer",
     study=(
         StudyResult(
@@ -330,69 +379,17 @@ def densenet_triplet(
         ),
     ),
     tiny={**_TINY, "k": 2},
+    k=5,
+    sk_groups=2,
+    sk_reduction=8,
 )
-def sk_densenet(
-    num_classes: int = 100,
-    *,
-    growth_rate: int = 20,
-    block_config: Sequence[int] = _DEFAULT_BLOCKS,
-    compression: float = 0.5,
-    k: int = 5,
-    sk_groups: int = 2,
-    sk_reduction: int = 8,
-    sk_min_dim: int = 32,
-    sk_branches: int = 2,
-    impl: str | None = None,
-) -> nn.Module:
-    return PostActDenseNet(
-        num_classes,
-        growth_rate=growth_rate,
-        block_config=block_config,
-        compression=compression,
-        k=k,
-        sk_kwargs=dict(
-            groups=sk_groups,
-            reduction=sk_reduction,
-            min_dim=sk_min_dim,
-            branches=sk_branches,
-            impl=impl,
-        ),
-    )
-
-
-@register_model(
+_register_sk_densenet(
     "sk_densenet_catsk",
+    _sk_dense_catsk,
     summary="pre-activation DenseNet-BC + stem SK + SK (G=4, r=16) after the concat, n//2 rule",
     study=(StudyResult("5.9M", 74.68, 94.15, method="DenseNet+SK Conv(//2, Conv2->Cat->SK Conv)", source="Table 2"),),
     tiny=_TINY,
+    k=2,
+    sk_groups=4,
+    sk_reduction=16,
 )
-def sk_densenet_catsk(
-    num_classes: int = 100,
-    *,
-    growth_rate: int = 20,
-    block_config: Sequence[int] = _DEFAULT_BLOCKS,
-    compression: float = 0.5,
-    k: int = 2,
-    sk_groups: int = 4,
-    sk_reduction: int = 16,
-    sk_min_dim: int = 32,
-    sk_branches: int = 2,
-    impl: str | None = None,
-) -> nn.Module:
-    if not isinstance(k, int) or k < 1:
-        raise UserError(f"k (SK in every n//k-th layer) must be a positive integer, got {k!r}.")
-    return PreActDenseNet(
-        num_classes,
-        growth_rate=growth_rate,
-        block_config=block_config,
-        compression=compression,
-        stem_sk=True,
-        concat_sk_k=k,
-        sk_kwargs=dict(
-            groups=sk_groups,
-            reduction=sk_reduction,
-            min_dim=sk_min_dim,
-            branches=sk_branches,
-            impl=impl,
-        ),
-    )

@@ -1,4 +1,5 @@
-"""Reusable attention layers of the study: SK, Coordinate Attention, Triplet, LKA, GC block.
+"""Reusable layers of the study: SK, Coordinate Attention, Triplet, LKA, GC block, and the small
+building blocks (conv-BN-act, stem, init, config checks) the model families share.
 
 Every layer keeps the study's parameterisation (see docs/models.md), so parameter counts match
 exactly. SKConv and TripletAttention have two implementations of their memory-bound inner steps,
@@ -15,6 +16,7 @@ changes parameters or state-dict keys, so checkpoints move freely between the tw
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
 
 import torch
@@ -105,6 +107,23 @@ def conv_bn_act(
     if act is not None:
         layers.append(act(inplace=True) if act in (nn.ReLU, nn.ReLU6) else act())
     return nn.Sequential(*layers)
+
+
+def imagenet_stem(width: int, kernel_size: int = 7) -> nn.Sequential:
+    """ImageNet-style stem: conv kxk/2-BN-ReLU -> 3x3/2 max-pool, ``(N, 3, 32, 32) -> (N, width, 8, 8)``."""
+    return nn.Sequential(conv_bn_act(3, width, kernel_size, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
+
+
+def check_stage_lists(**lists: Sequence[int]) -> None:
+    """Raise :class:`UserError` unless the per-stage lists are non-empty, equally long and positive.
+
+    Example: ``check_stage_lists(widths=widths, depths=depths)``; the message names each list.
+    """
+    values = list(lists.values())
+    if values[0] and all(len(v) == len(values[0]) for v in values) and all(min(v) >= 1 for v in values):
+        return
+    named = [f"{name} {tuple(v)!r}" for name, v in lists.items()]
+    raise UserError(f"{', '.join(named[:-1])} and {named[-1]} must be equally long lists of positive integers.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,24 +428,3 @@ def init_kaiming_fan_out(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-__all__ = [
-    "IMPLS",
-    "LKA",
-    "AttentionGate",
-    "CoordinateAttention",
-    "GCBlock",
-    "HSwish",
-    "SKConv",
-    "SKSelect",
-    "TripletAttention",
-    "ZPool",
-    "branch_sum_mean",
-    "conv_bn_act",
-    "init_kaiming_fan_out",
-    "resolve_impl",
-    "sk_select_torch",
-    "triton_available",
-    "zpool_torch",
-]

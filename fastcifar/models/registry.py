@@ -60,6 +60,16 @@ class ModelEntry:
         params = inspect.signature(self.builder).parameters
         return [p for p in params if p != "num_classes"]
 
+    def check_overrides(self, overrides: dict[str, Any], *, what: str = "options") -> None:
+        """Raise :class:`UserError` naming the valid ``what`` when ``overrides`` has an unknown name."""
+        valid = self.override_names()
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise UserError(
+                f"model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"valid {what}: {', '.join(valid) or '(none)'}."
+            )
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
@@ -142,13 +152,7 @@ def create_model(name: str, num_classes: int = 100, **overrides: Any) -> nn.Modu
     Raises :class:`UserError` for an unknown id, an unknown override or an invalid value.
     """
     entry = get_entry(name)
-    valid = entry.override_names()
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise UserError(
-            f"model {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(valid) or '(none)'}."
-        )
+    entry.check_overrides(overrides)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
     return entry.builder(num_classes=num_classes, **overrides)

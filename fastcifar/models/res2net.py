@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastcifar.errors import UserError
-from fastcifar.models.layers import conv_bn_act, init_kaiming_fan_out
+from fastcifar.models.layers import check_stage_lists, conv_bn_act, imagenet_stem, init_kaiming_fan_out
 from fastcifar.models.registry import StudyResult, register_model
 
 
@@ -80,14 +80,10 @@ class Res2Net(nn.Module):
         scale: int = 4,
     ) -> None:
         super().__init__()
-        if not layers or len(layers) != len(planes) or min(layers) < 1 or min(planes) < 1:
-            raise UserError(
-                f"layers {tuple(layers)!r} and planes {tuple(planes)!r} must be equally long "
-                "lists of positive integers."
-            )
+        check_stage_lists(layers=layers, planes=planes)
         if scale < 2 or min(planes) * base_width // 64 < 1:
             raise UserError("scale must be >= 2 and planes * base_width // 64 at least 1.")
-        self.stem = nn.Sequential(conv_bn_act(3, stem_width, 3, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = imagenet_stem(stem_width, kernel_size=3)
         blocks: list[nn.Module] = []
         channels = stem_width
         for s, (depth, plane) in enumerate(zip(layers, planes)):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fastcifar.errors import UserError
-from fastcifar.models.layers import GCBlock, TripletAttention, conv_bn_act
+from fastcifar.models.layers import GCBlock, TripletAttention, check_stage_lists, conv_bn_act, imagenet_stem
 from fastcifar.models.registry import StudyResult, register_model
 
 STEMS = ("imagenet", "cifar")
@@ -68,16 +68,12 @@ class ResNet(nn.Module):
         super().__init__()
         if stem not in STEMS:
             raise UserError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}.")
-        if not widths or len(widths) != len(depths) or min(depths) < 1 or min(widths) < 1:
-            raise UserError(
-                f"widths {tuple(widths)!r} and depths {tuple(depths)!r} must be equally long "
-                "lists of positive integers."
-            )
+        check_stage_lists(widths=widths, depths=depths)
         if gc_stage is not None and not 0 <= gc_stage < len(widths):
             raise UserError(f"gc_stage must be a stage index below {len(widths)}, got {gc_stage!r}.")
         stem_width = stem_width or widths[0]
         if stem == "imagenet":
-            self.stem = nn.Sequential(conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
+            self.stem = imagenet_stem(stem_width)
         else:
             self.stem = conv_bn_act(3, stem_width, 3)
         stages = []

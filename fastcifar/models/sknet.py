@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from fastcifar.errors import UserError
-from fastcifar.models.layers import CoordinateAttention, SKConv, conv_bn_act, init_kaiming_fan_out
+from fastcifar.models.layers import (
+    CoordinateAttention,
+    SKConv,
+    check_stage_lists,
+    conv_bn_act,
+    imagenet_stem,
+    init_kaiming_fan_out,
+)
 from fastcifar.models.registry import StudyResult, register_model
 
 CA_PLACES = (None, "post", "pre")
@@ -83,14 +90,10 @@ class SKNet(nn.Module):
         sk_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        if not widths or not len(widths) == len(mids) == len(depths) or min(depths) < 1:
-            raise UserError(
-                f"widths {tuple(widths)!r}, mids {tuple(mids)!r} and depths {tuple(depths)!r} must "
-                "be equally long lists of positive integers."
-            )
+        check_stage_lists(widths=widths, mids=mids, depths=depths)
         if ca not in CA_PLACES:
             raise UserError(f"unknown CA placement {ca!r}; choose 'post', 'pre' or None.")
-        self.stem = nn.Sequential(conv_bn_act(3, stem_width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = imagenet_stem(stem_width)
         units: list[nn.Module] = []
         channels = stem_width
         for s, (width, mid, depth) in enumerate(zip(widths, mids, depths)):

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fastcifar.errors import UserError
-from fastcifar.models.layers import LKA
+from fastcifar.models.layers import LKA, check_stage_lists
 from fastcifar.models.registry import StudyResult, register_model
 
 
@@ -93,11 +92,7 @@ class VAN(nn.Module):
         mlp_ratios: Sequence[int] = (8, 8, 4, 4),
     ) -> None:
         super().__init__()
-        if not embed_dims or not len(embed_dims) == len(depths) == len(mlp_ratios) or min(depths) < 1:
-            raise UserError(
-                f"embed_dims {tuple(embed_dims)!r}, depths {tuple(depths)!r} and mlp_ratios "
-                f"{tuple(mlp_ratios)!r} must be equally long lists of positive integers."
-            )
+        check_stage_lists(embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios)
         self.embeds = nn.ModuleList()
         self.stages = nn.ModuleList()
         self.norms = nn.ModuleList()
