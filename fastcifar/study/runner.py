@@ -220,6 +220,73 @@ def build_executor(
     return executors.RayExecutor(str(out), ray_address, device, *callbacks)
 
 
+def _check_run_arguments(seeds: Any, executor: str, recipe: str, tiny: Any) -> None:
+    """UserError for a bad ``--seeds``, ``--executor``, ``--recipe`` or ``--tiny``."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be a positive integer, got {seeds!r}.")
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}.")
+    if recipe not in RECIPES:
+        raise UserError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
+    if not isinstance(tiny, bool):
+        raise UserError(f"--tiny takes true or false, got {tiny!r}.")
+
+
+def _record_plan(
+    out_dir: Path, experiment: str, rows: list[Row], seeds: int, recipe: str, tiny: bool, flags: dict[str, Any]
+) -> list[RunSpec]:
+    """Merge this call into ``<out_dir>/study-plan.json``, claim every run folder; return the runs."""
+    from fastcifar.study.executors import check_writable
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problem = check_writable(str(out_dir))
+    if problem is not None:
+        raise UserError(problem)
+    identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
+    plan = merge_plan(
+        out_dir,
+        {
+            "experiments": [experiment],
+            "rows": [r.id for r in rows],
+            "seeds": seeds,
+            "recipe": recipe,
+            "tiny": tiny,
+            "flags": identity,
+        },
+    )
+    specs = plan_specs(out_dir, rows, seeds, recipe, flags, tiny)
+    for spec in specs:
+        runs.claim(spec)
+    write_json_atomic(out_dir / PLAN_NAME, plan)
+    return specs
+
+
+def _execute(
+    todo: list[RunSpec],
+    executor: str,
+    out_dir: Path,
+    flags: dict[str, Any],
+    devices: Any,
+    ray_address: str | None,
+    print_fn: Callable[[str], None] | None,
+) -> None:
+    """Train ``todo`` on the chosen executor; Ctrl-C stops it and raises :class:`Interrupted`."""
+    progress = Progress(len(todo), print_fn)
+    scheduler = Scheduler(progress)
+    pool = build_executor(executor, out_dir, flags.get("device"), devices, ray_address, scheduler)
+    progress.line(pool.describe())
+    try:
+        scheduler.execute(todo, pool)
+    except KeyboardInterrupt:
+        progress.close()
+        pool.close()
+        raise Interrupted(
+            "interrupted; the trainings saved their checkpoints: re-run the same command to continue."
+        ) from None
+    progress.close()
+    pool.close()
+
+
 def run(
     experiment: str = "all",
     seeds: int = 3,
@@ -240,39 +307,11 @@ def run(
     """
     from fastcifar.study.report import write_report
 
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise UserError(f"--seeds must be a positive integer, got {seeds!r}.")
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}.")
-    if recipe not in RECIPES:
-        raise UserError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
-    if not isinstance(tiny, bool):
-        raise UserError(f"--tiny takes true or false, got {tiny!r}.")
+    _check_run_arguments(seeds, executor, recipe, tiny)
     selected = select_rows(experiment, rows)
     flags = normalise_train_flags(train_flags)
     out_dir = Path(out or f"runs/study-{experiment}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from fastcifar.study.executors import check_writable
-
-    problem = check_writable(str(out_dir))
-    if problem is not None:
-        raise UserError(problem)
-    identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
-    plan = merge_plan(
-        out_dir,
-        {
-            "experiments": [experiment],
-            "rows": [r.id for r in selected],
-            "seeds": seeds,
-            "recipe": recipe,
-            "tiny": tiny,
-            "flags": identity,
-        },
-    )
-    specs = plan_specs(out_dir, selected, seeds, recipe, flags, tiny)
-    for spec in specs:
-        runs.claim(spec)
-    write_json_atomic(out_dir / PLAN_NAME, plan)
+    specs = _record_plan(out_dir, experiment, selected, seeds, recipe, tiny, flags)
 
     states = {spec.name: runs.state(spec.folder) for spec in specs}
     todo = [spec for spec in specs if states[spec.name] != "finished"]
@@ -285,20 +324,7 @@ def run(
     )
     start = time.monotonic()
     if todo:
-        progress = Progress(len(todo), print_fn)
-        scheduler = Scheduler(progress)
-        pool = build_executor(executor, out_dir, flags.get("device"), devices, ray_address, scheduler)
-        progress.line(pool.describe())
-        try:
-            scheduler.execute(todo, pool)
-        except KeyboardInterrupt:
-            progress.close()
-            pool.close()
-            raise Interrupted(
-                "interrupted; the trainings saved their checkpoints: re-run the same command to continue."
-            ) from None
-        progress.close()
-        pool.close()
+        _execute(todo, executor, out_dir, flags, devices, ray_address, print_fn)
     report = write_report(out_dir)
     failed = [r for r in report["runs"] if r["status"] != "finished"]
     say(
