@@ -79,8 +79,7 @@ def make(kind: str, split: str, root, arrays=None, **kwargs):
     from fastcifar.data.loaders.torch_loader import TorchLoader
 
     images, labels = arrays
-    if kind == "gpu":
-        kwargs.pop("num_workers")
+    if kind == "gpu":  # num_workers is accepted and ignored: nothing runs on workers
         return GpuLoader.from_arrays(images, labels, train=split == "train", **kwargs)
     return TorchLoader(images, labels, train=split == "train", **kwargs)
 
@@ -96,6 +95,8 @@ def test_registry_and_user_errors(tmp_path, monkeypatch):
         build_loader("gpu", "val", root=tmp_path, dataset="synthetic")
     with pytest.raises(UserError, match="rank 2 and world_size 2"):
         build_loader("gpu", "train", root=tmp_path, dataset="synthetic", rank=2, world_size=2)
+    with pytest.raises(TypeError, match="batchsize"):  # a misspelt option, before any file is read
+        build_loader("gpu", "train", root=tmp_path, dataset="synthetic", batchsize=64)
     missing = r"does not exist; run `python -m fastcifar.data prepare --dataset synthetic --root "
     with pytest.raises(UserError, match=missing):
         build_loader("ffcv", "train", root=tmp_path, dataset="synthetic")

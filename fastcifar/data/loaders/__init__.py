@@ -11,43 +11,39 @@ Backends are imported on first use, so ``gpu`` over in-memory arrays needs neith
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fastcifar.data.loaders import gpu
-from fastcifar.data.loaders.base import Loader, LoaderBase, check_rank, check_split, default_num_workers
+from fastcifar.data.loaders.base import Loader, LoaderBase, LoaderOptions, check_split, default_num_workers
 from fastcifar.data.loaders.gpu import GpuLoader
 from fastcifar.errors import UserError
 
-__all__ = ["GpuLoader", "Loader", "LoaderBase", "build_loader", "default_num_workers", "gpu", "list_loaders"]
+__all__ = [
+    "GpuLoader",
+    "Loader",
+    "LoaderBase",
+    "LoaderOptions",
+    "build_loader",
+    "default_num_workers",
+    "gpu",
+    "list_loaders",
+]
 
 
-def _gpu(path: Path, train: bool, opts: dict[str, Any]) -> Loader:
-    opts.pop("num_workers")  # nothing runs on workers
-    device = opts.pop("device")
-    return GpuLoader.from_beton(path, device=device, train=train, **opts)
-
-
-def _ffcv(path: Path, train: bool, opts: dict[str, Any]) -> Loader:
-    from fastcifar.data.loaders.ffcv_loader import FfcvLoader
-
-    return FfcvLoader(path, train=train, **opts)
-
-
-def _torch(path: Path, train: bool, opts: dict[str, Any]) -> Loader:
-    from fastcifar.data.loaders.torch_loader import TorchLoader
-
-    return TorchLoader.from_beton(path, train=train, **opts)
-
-
-_KINDS: dict[str, Callable[[Path, bool, dict[str, Any]], Loader]] = {
-    "ffcv": _ffcv,
-    "gpu": _gpu,
-    "torch": _torch,
+# kind -> (module, class); the module is imported on first use.
+_KINDS: dict[str, tuple[str, str]] = {
+    "ffcv": ("fastcifar.data.loaders.ffcv_loader", "FfcvLoader"),
+    "gpu": ("fastcifar.data.loaders.gpu", "GpuLoader"),
+    "torch": ("fastcifar.data.loaders.torch_loader", "TorchLoader"),
 }
+
+
+def loader_class(kind: str) -> type[LoaderBase]:
+    """The class that implements loader ``kind`` (one of :func:`list_loaders`)."""
+    module, name = _KINDS[kind]
+    return getattr(importlib.import_module(module), name)
 
 
 def list_loaders() -> list[str]:
@@ -91,38 +87,17 @@ def beton_path(root: str | Path, dataset: str, split: str) -> Path:
 
 
 def build_loader(
-    kind: str,
-    split: str,
-    *,
-    root: str | Path = "data",
-    dataset: str = "cifar100",
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    augment: bool = True,
-    randaugment: bool = True,
-    seed: int = 0,
-    num_workers: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
-    drop_last: bool | None = None,
+    kind: str, split: str, *, root: str | Path = "data", dataset: str = "cifar100", **options: Any
 ) -> Loader:
     """Build a loader over ``<root>/<dataset>/<split>.beton``.
 
     Args:
         kind: ``"ffcv"``, ``"gpu"`` or ``"torch"`` (see :func:`list_loaders`).
         split: ``"train"`` or ``"test"``.
-        batch_size: images per batch (per rank).
-        device: where batches are delivered (and, for ``gpu``, where the split is stored).
-        augment: train only: the study's augmentation; ``False`` normalises only.
-        randaugment: with ``augment``: include RandAugment(2, 10); ``False``: flip + crop only.
-        seed: shuffle and augmentation seed; epochs and ranks derive theirs from it.
-        num_workers: CPU workers (``ffcv``: numba threads, ``torch``: DataLoader processes);
-            ``None`` picks from the available cores; ignored by ``gpu``.
-        rank, world_size: data-parallel sharding (``ffcv`` also needs torch.distributed initialised).
-        dtype, channels_last: dtype and memory format of the images.
-        drop_last: default: ``True`` for train, ``False`` for test.
+        root, dataset: the data folder and the dataset ``prepare`` wrote into it.
+        **options: the fields of :class:`LoaderOptions` (``batch_size``, ``device``, ``augment``,
+            ``randaugment``, ``seed``, ``num_workers``, ``rank``, ``world_size``, ``dtype``,
+            ``channels_last``, ``drop_last``), passed on whole; their defaults and meaning are there.
     Returns:
         A :class:`Loader`: iterable of ``(images, labels)`` with ``len()``, ``num_samples`` and
         ``set_epoch(epoch)``.
@@ -130,19 +105,6 @@ def build_loader(
     if kind not in _KINDS:
         raise UserError(f"unknown loader kind {kind!r}; choose one of: {', '.join(list_loaders())}.")
     check_split(split)
-    check_rank(rank, world_size)
+    LoaderOptions(**options)  # names and rank checked before any file is read
     path = beton_path(root, dataset, split)
-    opts: dict[str, Any] = dict(
-        batch_size=int(batch_size),
-        device=device,
-        augment=augment,
-        randaugment=bool(randaugment),
-        seed=int(seed),
-        num_workers=num_workers,
-        rank=int(rank),
-        world_size=int(world_size),
-        dtype=dtype,
-        channels_last=channels_last,
-        drop_last=drop_last,
-    )
-    return _KINDS[kind](path, split == "train", opts)
+    return loader_class(kind).from_beton(path, train=split == "train", **options)

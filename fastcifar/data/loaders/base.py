@@ -23,7 +23,9 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -142,51 +144,94 @@ def default_num_workers(kind: str) -> int:
     return max(1, cores if cap is None else min(cap, cores))
 
 
-def build_transform(
-    train: bool, augment: bool, dtype: torch.dtype, channels_last: bool, randaugment: bool = True
-) -> torch.nn.Module:
+@dataclass
+class LoaderOptions:
+    """What every loader is asked for besides its data and split: the one declaration of those options.
+
+    :func:`~fastcifar.data.loaders.build_loader` and every loader's constructor take these fields as
+    keyword arguments and pass them on whole; :class:`LoaderBase` builds this object from them, so
+    a misspelt name is a ``TypeError`` and an impossible rank a ``UserError`` wherever they enter.
+
+    Attributes:
+        batch_size: images per batch (per rank).
+        device: where batches are delivered (and, for ``gpu``, where the split is stored).
+        augment: train only: the study's augmentation; ``False`` normalises only.
+        randaugment: with ``augment``: include RandAugment(2, 10); ``False``: flip + crop only.
+        seed: shuffle and augmentation seed; epochs and ranks derive theirs from it.
+        num_workers: CPU workers (``ffcv``: numba threads, ``torch``: DataLoader processes);
+            ``None`` picks from the available cores; ignored by ``gpu``.
+        rank, world_size: data-parallel sharding (``ffcv`` also needs torch.distributed initialised).
+        dtype, channels_last: dtype and memory format of the images.
+        drop_last: default: ``True`` for train, ``False`` for test.
+    """
+
+    batch_size: int = 256
+    device: torch.device | str = "cpu"
+    augment: bool = True
+    randaugment: bool = True
+    seed: int = 0
+    num_workers: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    drop_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_rank(self.rank, self.world_size)
+        self.device = torch.device(self.device)
+        self.batch_size, self.seed = int(self.batch_size), int(self.seed)
+        self.rank, self.world_size = int(self.rank), int(self.world_size)
+        self.randaugment = bool(self.randaugment)
+
+
+def build_transform(train: bool, options: LoaderOptions) -> torch.nn.Module:
     """Our batched transform: the study's train augmentation (RandAugment optional), or normalise-only.
 
     Normalisation uses ImageNet mean/std, as the study does.
     """
     from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform
 
-    if train and augment:
-        return TrainTransform(
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last, randaugment=randaugment
-        )
-    return TestTransform(mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=dtype, channels_last=channels_last)
+    # Normalisation, dtype and memory format: the same for both.
+    output = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=options.dtype, channels_last=options.channels_last)
+    if train and options.augment:
+        return TrainTransform(**output, randaugment=options.randaugment)
+    return TestTransform(**output)
+
+
+def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A whole beton decoded once into memory: uint8 images ``(N, 32, 32, 3)`` and fine labels ``(N,)``."""
+    from fastcifar.data.beton import read_beton
+
+    with keep_torch_threads():
+        images, fine, _coarse = read_beton(path)
+    return images, fine
 
 
 class LoaderBase(ABC):
     """What every loader's constructor does, epoch bookkeeping and ``len()``.
 
-    Subclasses call ``super().__init__(...)`` with the arguments they share, then
-    :meth:`_set_num_items` once they know how many samples this rank gets, and implement
-    :meth:`_iter_epoch`.
+    Subclasses call ``super().__init__(train=..., **options)`` with the :class:`LoaderOptions`
+    keywords they were given, then :meth:`_set_num_items` once they know how many samples this
+    rank gets, and implement :meth:`from_beton` and :meth:`_iter_epoch`.
     """
 
     kind: str  # the registry name ("ffcv", "gpu", "torch"), used in messages
     num_items: int
 
-    def __init__(
-        self,
-        *,
-        train: bool,
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool | None,
-    ) -> None:
-        check_rank(rank, world_size)
+    def __init__(self, *, train: bool, **options: Any) -> None:
+        self.options = LoaderOptions(**options)
         self.epoch = 0
         self.train = bool(train)
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.device = self.options.device
+        self.batch_size = self.options.batch_size
+        self.drop_last = self.train if self.options.drop_last is None else bool(self.options.drop_last)
+        self.seed, self.rank, self.world_size = self.options.seed, self.options.rank, self.options.world_size
+
+    @classmethod
+    @abstractmethod
+    def from_beton(cls, path: str | Path, *, train: bool, **options: Any) -> LoaderBase:
+        """A loader over a beton written by ``prepare``; ``options``: :class:`LoaderOptions` fields."""
 
     def _set_num_items(self, num_items: int) -> None:
         """Samples this rank gets per epoch before batching; a UserError if that makes no batch."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,26 +65,9 @@ class FfcvLoader(LoaderBase):
 
     kind = "ffcv"
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        train: bool,
-        batch_size: int = 256,
-        device: torch.device | str = "cpu",
-        augment: bool = True,
-        randaugment: bool = True,
-        seed: int = 0,
-        num_workers: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-        batches_ahead: int = 3,
-    ) -> None:
-        super().__init__(train=train, batch_size=batch_size, device=device, seed=seed, rank=rank,
-                         world_size=world_size, drop_last=drop_last)
+    def __init__(self, path: str | Path, *, train: bool, batches_ahead: int = 3, **options: Any) -> None:
+        """``options``: the :class:`.base.LoaderOptions`; ``batches_ahead``: FFCV's read-ahead depth."""
+        super().__init__(train=train, **options)
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader as FfcvBaseLoader
         from ffcv.loader import OrderOption
@@ -106,7 +90,7 @@ class FfcvLoader(LoaderBase):
             self._ffcv = FfcvBaseLoader(
                 str(path),
                 batch_size=self.batch_size,
-                num_workers=num_workers or default_num_workers(self.kind),
+                num_workers=self.options.num_workers or default_num_workers(self.kind),
                 order=order,
                 distributed=distributed,
                 seed=derive_seed(self.seed) % 2**31,
@@ -116,7 +100,12 @@ class FfcvLoader(LoaderBase):
             )
         # Samples this rank gets per epoch before batching (DistributedSampler pads to ceil(N/W)).
         self._set_num_items(len(self._ffcv.first_traversal_order))
-        self.transform = build_transform(train, augment, dtype, channels_last, randaugment).to(self.device)
+        self.transform = build_transform(self.train, self.options).to(self.device)
+
+    @classmethod
+    def from_beton(cls, path: str | Path, *, train: bool, **options: Any) -> FfcvLoader:
+        """FFCV reads the beton itself, batch by batch."""
+        return cls(path, train=train, **options)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # FFCV's __iter__ (and its producer thread, before the first batch) call

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from fastcifar.data.checks import as_images, as_labels
 from fastcifar.data.loaders.base import (
     LoaderBase,
     build_transform,
-    keep_torch_threads,
     make_generator,
+    read_split,
     shard_size,
     shard_slice,
 )
@@ -34,38 +35,23 @@ class GpuLoader(LoaderBase):
         images: uint8 ``(N, 3, 32, 32)`` on ``device``.
         labels: int64 ``(N,)`` on ``device``.
         train: shuffle, augment (when ``augment``) and drop the last partial batch by default.
-        randaugment: train with ``augment`` only: include RandAugment (``False``: flip + crop).
+        **options: the :class:`.base.LoaderOptions` fields but ``device`` (the images' device);
+            ``num_workers`` is ignored: nothing runs on workers.
     """
 
     kind = "gpu"
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        train: bool,
-        batch_size: int = 256,
-        augment: bool = True,
-        randaugment: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool, **options: Any) -> None:
         as_images(images, "GpuLoader images", (3, None, None))
         if labels.shape != (images.shape[0],):
             raise UserError(f"GpuLoader labels must be (N,) = ({images.shape[0]},), got {tuple(labels.shape)}")
-        super().__init__(train=train, batch_size=batch_size, device=images.device, seed=seed, rank=rank,
-                         world_size=world_size, drop_last=drop_last)
+        super().__init__(train=train, device=images.device, **options)
         self.images = images
         self.labels = labels.to(device=images.device, dtype=torch.int64)
         # Train shards are equal-sized (fixed shapes for DDP); test shards cover every image.
         self._equal_shards = self.train
         self._set_num_items(shard_size(images.shape[0], self.rank, self.world_size, equal=self._equal_shards))
-        self.transform = build_transform(train, augment, dtype, channels_last, randaugment).to(self.device)
+        self.transform = build_transform(self.train, self.options).to(self.device)
 
     @classmethod
     def from_arrays(
@@ -74,7 +60,7 @@ class GpuLoader(LoaderBase):
         labels: np.ndarray | torch.Tensor,
         *,
         device: torch.device | str = "cpu",
-        **kwargs,
+        **kwargs: Any,
     ) -> GpuLoader:
         """Build from in-memory arrays (no FFCV needed).
 
@@ -92,20 +78,14 @@ class GpuLoader(LoaderBase):
         return cls(images, labels.to(device), **kwargs)
 
     @classmethod
-    def from_beton(cls, path: str | Path, *, device: torch.device | str = "cpu", **kwargs) -> GpuLoader:
+    def from_beton(cls, path: str | Path, *, device: torch.device | str = "cpu", **kwargs: Any) -> GpuLoader:
         """Decode a whole beton once (through FFCV) and keep it on ``device``."""
-        from fastcifar.data.beton import read_beton
-
-        with keep_torch_threads():
-            images, fine, _coarse = read_beton(path)
-        return cls.from_arrays(images, fine, device=device, **kwargs)
+        return cls.from_arrays(*read_split(path), device=device, **kwargs)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.images.shape[0]
         if self.train:
-            order = torch.randperm(
-                n, generator=make_generator(self.device, self.seed, epoch), device=self.device
-            )
+            order = torch.randperm(n, generator=make_generator(self.device, self.seed, epoch), device=self.device)
         else:
             order = torch.arange(n, device=self.device)
         order = order[shard_slice(n, self.rank, self.world_size, equal=self._equal_shards)]

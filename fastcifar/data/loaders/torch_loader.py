@@ -19,19 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fastcifar.data.checks import as_images, as_labels
-from fastcifar.data.loaders.base import (
-    LoaderBase,
-    default_num_workers,
-    keep_torch_threads,
-    make_generator,
-    shard_slice,
-)
+from fastcifar.data.loaders.base import LoaderBase, default_num_workers, make_generator, read_split, shard_slice
 
 
 def study_transform(train: bool, augment: bool, randaugment: bool = True):
@@ -73,32 +68,16 @@ class TorchLoader(LoaderBase):
 
     kind = "torch"
 
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        *,
-        train: bool,
-        batch_size: int = 256,
-        device: torch.device | str = "cpu",
-        augment: bool = True,
-        randaugment: bool = True,
-        seed: int = 0,
-        num_workers: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
-        drop_last: bool | None = None,
-    ) -> None:
-        super().__init__(train=train, batch_size=batch_size, device=device, seed=seed, rank=rank,
-                         world_size=world_size, drop_last=drop_last)
-        self.dtype = dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.num_workers = default_num_workers(self.kind) if num_workers is None else int(num_workers)
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, train: bool, **options: Any) -> None:
+        """Serve uint8 ``(N, 32, 32, 3)`` images and ``(N,)`` labels; ``options``: the :class:`.base.LoaderOptions`."""
+        super().__init__(train=train, **options)
+        opts = self.options
+        self.dtype = opts.dtype
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.num_workers = default_num_workers(self.kind) if opts.num_workers is None else int(opts.num_workers)
         images = as_images(images, "TorchLoader images", (32, 32, 3))
-        self.dataset = ArrayImageDataset(images, as_labels(labels, "TorchLoader labels"),
-                                         study_transform(train, augment, randaugment))
+        transform = study_transform(train, opts.augment, opts.randaugment)
+        self.dataset = ArrayImageDataset(images, as_labels(labels, "TorchLoader labels"), transform)
         n = len(self.dataset)
         self.sampler: DistributedSampler | Sequence[int]
         if self.train:
@@ -110,13 +89,9 @@ class TorchLoader(LoaderBase):
         self._set_num_items(len(self.sampler))
 
     @classmethod
-    def from_beton(cls, path: str | Path, *, train: bool, **kwargs) -> TorchLoader:
+    def from_beton(cls, path: str | Path, *, train: bool, **options: Any) -> TorchLoader:
         """Decode the beton once into numpy and serve PIL images from it."""
-        from fastcifar.data.beton import read_beton
-
-        with keep_torch_threads():
-            images, fine, _coarse = read_beton(path)
-        return cls(images, fine, train=train, **kwargs)
+        return cls(*read_split(path), train=train, **options)
 
     def _iter_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.sampler, DistributedSampler):
