@@ -212,8 +212,11 @@ def _remove_leftovers(root: Path, out: Path) -> None:
     )
     removed += scratch.remove_stale(root / "downloads", locked=(".*.part",))
     if removed:
-        print(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
-              + ", ".join(p.name for p in removed), flush=True)
+        print(
+            f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+            + ", ".join(p.name for p in removed),
+            flush=True,
+        )
 
 
 def _ensure_writable(root: Path) -> None:
@@ -259,23 +262,22 @@ def _resolve_official_source(
             return "folder", folder, archives.folder_md5(folder, spec)
         if not path.is_file():
             raise UserError(f"--archive {path} does not exist; pass the path of {spec.filename}")
-        md5 = archives.md5sum(path)
-        if md5 != spec.md5:
-            raise UserError(
-                f"checksum mismatch: {path} has md5 {md5}, the official {spec.filename} has {spec.md5}; "
-                f"the file is truncated or altered, download it again from {spec.url}"
-            )
-        return "archive", path, md5
+        given = f"the official {spec.filename} has {spec.md5}"
+        return "archive", path, _official_md5(path, spec, given, f"download it again from {spec.url}")
     path = root / "downloads" / spec.filename
     if path.is_file():
-        md5 = archives.md5sum(path)
-        if md5 != spec.md5:
-            raise UserError(
-                f"checksum mismatch: {path} has md5 {md5}, expected {spec.md5}; "
-                f"the file is truncated or altered, delete it and run prepare again"
-            )
-        return "archive", path, md5
+        return "archive", path, _official_md5(path, spec, f"expected {spec.md5}", "delete it and run prepare again")
     return "download", None, spec.md5
+
+
+def _official_md5(path: Path, spec: archives.DatasetSpec, expected: str, advice: str) -> str:
+    """md5 of an archive file, which must be the official one; ``expected`` and ``advice`` word the error."""
+    md5 = archives.md5sum(path)
+    if md5 != spec.md5:
+        raise UserError(
+            f"checksum mismatch: {path} has md5 {md5}, {expected}; the file is truncated or altered, {advice}"
+        )
+    return md5
 
 
 def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) -> None:
@@ -402,8 +404,10 @@ def prepare(
             raise
         where = err.filename or out
         advice = "free some space or pass another --root" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it"
-        raise UserError(f"preparing {out} failed: {where}: {err.strerror}; nothing half-written was kept, "
-                        f"{advice} and run prepare again") from None
+        raise UserError(
+            f"preparing {out} failed: {where}: {err.strerror}; nothing half-written was kept, "
+            f"{advice} and run prepare again"
+        ) from None
 
 
 def _prepare_official(root: Path, out: Path, dataset: str, archive: str | os.PathLike | None, download: bool) -> Path:
