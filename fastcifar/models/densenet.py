@@ -19,6 +19,8 @@ from fastcifar.errors import UserError
 from fastcifar.models.layers import CoordinateAttention, SKConv, TripletAttention, conv_bn_act
 from fastcifar.models.registry import StudyResult, register_model
 
+# Layers per dense block of the study's "DenseNet121" (DenseNet-121 depths at growth 20).
+_DEFAULT_BLOCKS = (6, 12, 24, 16)
 # A factory for the attention module placed after each bottleneck's 1x1 conv: channels -> module.
 AttentionFactory = Callable[[int], nn.Module]
 
@@ -115,7 +117,7 @@ class PreActDenseNet(nn.Module):
         num_classes: int = 100,
         *,
         growth_rate: int = 20,
-        block_config: Sequence[int] = (6, 12, 24, 16),
+        block_config: Sequence[int] = _DEFAULT_BLOCKS,
         compression: float = 0.5,
         attention: AttentionFactory | None = None,
         stem_sk: bool = False,
@@ -199,7 +201,7 @@ class PostActDenseNet(nn.Module):
         num_classes: int = 100,
         *,
         growth_rate: int = 20,
-        block_config: Sequence[int] = (6, 12, 24, 16),
+        block_config: Sequence[int] = _DEFAULT_BLOCKS,
         compression: float = 0.5,
         k: int = 5,
         sk_kwargs: dict | None = None,
@@ -235,7 +237,6 @@ class PostActDenseNet(nn.Module):
 # Registry entries
 # --------------------------------------------------------------------------------------------
 
-_DEFAULT_BLOCKS = (6, 12, 24, 16)
 _DEAD_CA_NOTE = "report count includes 823,198 dead CA params"
 # Two dense blocks of two layers at growth 4: a transition, and (for the SK variants) the stem SK
 # plus SK in every layer, in a few thousand parameters.

@@ -11,6 +11,10 @@ from fastcifar.errors import UserError
 from fastcifar.models.layers import check_stage_lists, conv_bn_act, imagenet_stem, init_kaiming_fan_out
 from fastcifar.models.registry import StudyResult, register_model
 
+# Res2Net-26: blocks per stage and their planes (output channels are planes * 4).
+_LAYERS = (2, 2, 2, 2)
+_PLANES = (64, 128, 256, 512)
+
 
 class Bottle2neck(nn.Module):
     """Res2Net bottleneck: 1x1 -> hierarchical 3x3 convs over ``scale`` splits -> 1x1, + shortcut.
@@ -73,8 +77,8 @@ class Res2Net(nn.Module):
         self,
         num_classes: int = 100,
         *,
-        layers: Sequence[int] = (2, 2, 2, 2),
-        planes: Sequence[int] = (64, 128, 256, 512),
+        layers: Sequence[int] = _LAYERS,
+        planes: Sequence[int] = _PLANES,
         stem_width: int = 64,
         base_width: int = 26,
         scale: int = 4,
@@ -120,8 +124,8 @@ class Res2Net(nn.Module):
 def res2net(
     num_classes: int = 100,
     *,
-    layers: Sequence[int] = (2, 2, 2, 2),
-    planes: Sequence[int] = (64, 128, 256, 512),
+    layers: Sequence[int] = _LAYERS,
+    planes: Sequence[int] = _PLANES,
     base_width: int = 26,
     scale: int = 4,
 ) -> nn.Module:

@@ -17,6 +17,9 @@ from fastcifar.models.layers import GCBlock, TripletAttention, check_stage_lists
 from fastcifar.models.registry import StudyResult, register_model
 
 STEMS = ("imagenet", "cifar")
+# ResNet-18: BasicBlocks per stage and their widths.
+_WIDTHS = (64, 128, 256, 512)
+_DEPTHS = (2, 2, 2, 2)
 
 
 class BasicBlock(nn.Module):
@@ -57,8 +60,8 @@ class ResNet(nn.Module):
         self,
         num_classes: int = 100,
         *,
-        widths: Sequence[int] = (64, 128, 256, 512),
-        depths: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = _WIDTHS,
+        depths: Sequence[int] = _DEPTHS,
         stem: str = "imagenet",
         stem_width: int | None = None,
         triplet: bool = False,
@@ -115,8 +118,8 @@ _TINY = {"widths": (8, 16), "depths": (1, 1)}
 def resnet18(
     num_classes: int = 100,
     *,
-    widths: Sequence[int] = (64, 128, 256, 512),
-    depths: Sequence[int] = (2, 2, 2, 2),
+    widths: Sequence[int] = _WIDTHS,
+    depths: Sequence[int] = _DEPTHS,
     stem: str = "imagenet",
 ) -> nn.Module:
     return ResNet(num_classes, widths=widths, depths=depths, stem=stem)
@@ -135,8 +138,8 @@ def resnet18(
 def triplet_resnet(
     num_classes: int = 100,
     *,
-    widths: Sequence[int] = (64, 128, 256, 512),
-    depths: Sequence[int] = (2, 2, 2, 2),
+    widths: Sequence[int] = _WIDTHS,
+    depths: Sequence[int] = _DEPTHS,
     stem: str = "imagenet",
     impl: str | None = None,
 ) -> nn.Module:
@@ -154,8 +157,8 @@ def triplet_resnet(
 def gcnet(
     num_classes: int = 100,
     *,
-    widths: Sequence[int] = (64, 128, 256, 512),
-    depths: Sequence[int] = (2, 2, 2, 2),
+    widths: Sequence[int] = _WIDTHS,
+    depths: Sequence[int] = _DEPTHS,
     stem: str = "cifar",
     gc_stage: int = 2,
 ) -> nn.Module:

@@ -31,6 +31,10 @@ from fastcifar.models.layers import (
 from fastcifar.models.registry import StudyResult, register_model
 
 CA_PLACES = (None, "post", "pre")
+# SKNet-26: output and SK channels per stage, units per stage.
+_WIDTHS = (256, 384, 512, 1024)
+_MIDS = (128, 256, 384, 512)
+_DEPTHS = (2, 2, 2, 2)
 
 
 class SKUnit(nn.Module):
@@ -81,9 +85,9 @@ class SKNet(nn.Module):
         self,
         num_classes: int = 100,
         *,
-        widths: Sequence[int] = (256, 384, 512, 1024),
-        mids: Sequence[int] = (128, 256, 384, 512),
-        depths: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = _WIDTHS,
+        mids: Sequence[int] = _MIDS,
+        depths: Sequence[int] = _DEPTHS,
         stem_width: int = 64,
         stride_bug: bool = False,
         ca: str | None = None,
@@ -146,11 +150,6 @@ def _sknet(
         ca=ca,
         sk_kwargs=dict(groups=sk_groups, reduction=sk_reduction, impl=impl),
     )
-
-
-_WIDTHS = (256, 384, 512, 1024)
-_MIDS = (128, 256, 384, 512)
-_DEPTHS = (2, 2, 2, 2)
 
 
 # Two stages of one unit each, 32 groups -> 8: every SKNet reading (bug, CA) at a few thousand params.

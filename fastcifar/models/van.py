@@ -15,6 +15,11 @@ from torch import nn
 from fastcifar.models.layers import LKA, check_stage_lists
 from fastcifar.models.registry import StudyResult, register_model
 
+# Per stage: embedding width, blocks and MLP ratio of the 11.06M configuration.
+_EMBED_DIMS = (64, 128, 320, 512)
+_DEPTHS = (2, 2, 2, 2)
+_MLP_RATIOS = (8, 8, 4, 4)
+
 
 class SpatialAttention(nn.Module):
     """1x1 -> GELU -> LKA -> 1x1, plus the input: ``(N, D, H, W) -> (N, D, H, W)``."""
@@ -87,9 +92,9 @@ class VAN(nn.Module):
         self,
         num_classes: int = 100,
         *,
-        embed_dims: Sequence[int] = (64, 128, 320, 512),
-        depths: Sequence[int] = (2, 2, 2, 2),
-        mlp_ratios: Sequence[int] = (8, 8, 4, 4),
+        embed_dims: Sequence[int] = _EMBED_DIMS,
+        depths: Sequence[int] = _DEPTHS,
+        mlp_ratios: Sequence[int] = _MLP_RATIOS,
     ) -> None:
         super().__init__()
         check_stage_lists(embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios)
@@ -139,8 +144,8 @@ class VAN(nn.Module):
 def van(
     num_classes: int = 100,
     *,
-    embed_dims: Sequence[int] = (64, 128, 320, 512),
-    depths: Sequence[int] = (2, 2, 2, 2),
-    mlp_ratios: Sequence[int] = (8, 8, 4, 4),
+    embed_dims: Sequence[int] = _EMBED_DIMS,
+    depths: Sequence[int] = _DEPTHS,
+    mlp_ratios: Sequence[int] = _MLP_RATIOS,
 ) -> nn.Module:
     return VAN(num_classes, embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios)
