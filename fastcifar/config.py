@@ -79,6 +79,11 @@ def flag(default: Any, help: str, kind: str, **checks: Any) -> Any:
     return field(default=default, metadata=metadata)
 
 
+def choice(default: str | None, help: str, choices: Callable[[], tuple[str, ...]], **checks: Any) -> Any:
+    """A TrainConfig field taking one of the names ``choices()`` returns (``optional``: or ``None``)."""
+    return flag(default, help, "choice", choices=choices, **checks)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A fully resolved and validated run configuration (saved in every checkpoint)."""
@@ -90,11 +95,8 @@ class TrainConfig:
     eval_batch_size: int = flag(512, "test batch size (the study: 512)", "int", minimum=1)
     lr: float = flag(0.01, "peak learning rate: OneCycle's max_lr (the study: 0.01)", "float", positive=True)
     weight_decay: float = flag(0.0, "Adam's (coupled, L2) weight decay (the study: 0)", "float", minimum=0.0)
-    schedule: str = flag(
-        "onecycle",
-        "learning-rate schedule: onecycle (the study) or constant (max_lr / 25)",
-        "choice",
-        choices=_schedules,
+    schedule: str = choice(
+        "onecycle", "learning-rate schedule: onecycle (the study) or constant (max_lr / 25)", _schedules
     )
     label_smoothing: float = flag(
         0.0, "cross-entropy label smoothing in [0, 1) (the study: 0)", "float", minimum=0.0, below=1.0
@@ -102,30 +104,18 @@ class TrainConfig:
     randaugment: bool = flag(
         True, "RandAugment(2, 10) in the train augmentation (--norandaugment: flip + crop only)", "bool"
     )
-    loader: str = flag(
-        "gpu", "data loader: gpu (data on the device), ffcv, torch (the study's DataLoader)", "choice", choices=_loaders
-    )
-    dataset: str = flag(
-        "cifar100", "cifar100, cifar10 or synthetic; missing betons are prepared first", "choice", choices=_datasets
-    )
+    loader: str = choice("gpu", "data loader: gpu (data on the device), ffcv, torch (the study's DataLoader)", _loaders)
+    dataset: str = choice("cifar100", "cifar100, cifar10 or synthetic; missing betons are prepared first", _datasets)
     data_root: str = flag("data", "folder holding <dataset>/{train,test}.beton (stored as an absolute path)", "path")
     device: str | None = flag(None, "cpu, cuda or cuda:N (default: cuda when available)", "device", optional=True)
     compile: bool = flag(False, "torch.compile the model", "bool")
-    compile_mode: str | None = flag(
-        None,
-        "torch.compile mode (default, reduce-overhead, max-autotune, ...)",
-        "choice",
-        choices=_compile_modes,
-        optional=True,
+    compile_mode: str | None = choice(
+        None, "torch.compile mode (default, reduce-overhead, max-autotune, ...)", _compile_modes, optional=True
     )
     amp: str = flag("off", "autocast: bf16, fp16 (with a GradScaler) or off", "amp", choices=_amp_modes)
     channels_last: bool = flag(False, "NHWC memory format for model and batches", "bool")
-    kernels: str | None = flag(
-        None,
-        "triton or torch for the SK / Triplet layers (default: the model's choice)",
-        "choice",
-        choices=_kernel_impls,
-        optional=True,
+    kernels: str | None = choice(
+        None, "triton or torch for the SK / Triplet layers (default: the model's choice)", _kernel_impls, optional=True
     )
     seed: int = flag(0, "seed of weights, shuffle and augmentation (0 .. 2**32-1)", "int", minimum=0, maximum=MAX_SEED)
     out: str = flag(

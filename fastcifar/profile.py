@@ -30,6 +30,7 @@ Examples::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from torch.profiler import ProfilerActivity, record_function
 from fastcifar import engine
 from fastcifar.atomic import write_json_atomic
 from fastcifar.errors import UserError
-from fastcifar.variant import build_model, get_variant, parse_variants, resolve_device
+from fastcifar.variant import Variant, build_model, get_variant, parse_variants, resolve_device
 
 PROG = "fastcifar.profile"
 DEFAULT_VARIANTS = ("eager_fp32", "compiled_bf16_cl", "compiled_bf16_cl_triton")
@@ -218,141 +220,173 @@ def _enable_inductor_cpu_kernel_ranges(device: torch.device, compile_backend: st
 # ---------------------------------------------------------------------------------------------
 
 
-def profile_variant(
-    name: str,
-    *,
-    arch: str,
-    steps: int,
-    batch_size: int,
-    out: Path,
-    model_kwargs: dict,
-    device: torch.device,
-    wait: int = 1,
-    warmup: int = 1,
-    compile_warmup: int = 2,
-    num_classes: int = 100,
-    seed: int = 0,
-    with_stack: bool = False,
-    compile_backend: str = "inductor",
-    lr: float = 0.01,
-    weight_decay: float = 0.0,
-    schedule: str = "onecycle",
-    label_smoothing: float = 0.0,
-    progress: Any = None,
-) -> dict:
-    """Time and profile one variant; write its trace and ``run.json``; return the run.json dict.
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What every variant of one profile shares: :func:`profile_variants`' arguments, checked."""
 
-    The model, optimiser, schedule and step are built as training builds them; the schedule spans
-    exactly the steps run here (warm-up, timed and profiled), so ``lr`` is its peak.
-    """
-    variant = get_variant(name)
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.pt.trace.json*"):  # a re-run replaces the variant's trace
-        old.unlink()
+    arch: str
+    steps: int
+    batch_size: int
+    model_kwargs: dict
+    device: torch.device
+    wait: int
+    warmup: int
+    compile_warmup: int
+    num_classes: int
+    seed: int
+    with_stack: bool
+    compile_backend: str
+    lr: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
 
-    torch.manual_seed(seed)
-    model = build_model(arch, model_kwargs, variant, device, num_classes=num_classes)
-    model.train()
-    impl = model_impl(model)
-    inductor_kernel_ranges = variant.compile and _enable_inductor_cpu_kernel_ranges(device, compile_backend)
-    forward = variant.wrap(model, backend=compile_backend)
-    warm_steps = compile_warmup if variant.compile else 1
-    settings = engine.StepSettings.for_variant(variant, device, label_smoothing=label_smoothing)
-    optimizer, scheduler = engine.build_optimizer(
-        model.parameters(),
-        max_lr=lr,
-        epochs=1,
-        steps_per_epoch=warm_steps + steps + wait + warmup + steps,
-        device=device,
-        weight_decay=weight_decay,
-        schedule=schedule,
-    )
-    scaler = engine.build_scaler(settings)
-    described = engine.describe_step(optimizer, scheduler, scaler, settings)
-    batches = engine.batches_in_ranges(build_batches(device, batch_size, num_classes, variant.channels_last, seed))
+    def check(self) -> None:
+        """UserError for a count out of range, an unknown schedule or an unknown model."""
+        from fastcifar.models import list_models
 
-    def timed(n: int) -> list[float]:
+        for label, low in (("steps", 1), ("batch_size", 1), ("wait", 0), ("warmup", 0), ("compile_warmup", 1)):
+            value = getattr(self, label)
+            if not isinstance(value, int) or value < low:
+                raise UserError(f"--{label} must be an integer >= {low}, got {value!r}.")
+        if self.schedule not in engine.SCHEDULES:
+            raise UserError(f"unknown --schedule {self.schedule!r}; choose one of: {', '.join(engine.SCHEDULES)}.")
+        if self.arch not in list_models(include_aliases=True):
+            raise UserError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(list_models())}.")
+
+    def warm_steps(self, variant: Variant) -> int:
+        """Untimed steps first: compilation happens in them when the variant compiles."""
+        return self.compile_warmup if variant.compile else 1
+
+    def total_steps(self, variant: Variant) -> int:
+        """Every step a variant runs: warm-up, timed, then the profiler's wait + warmup + active."""
+        return self.warm_steps(variant) + self.steps + self.wait + self.warmup + self.steps
+
+
+@dataclass
+class StepTimer:
+    """Runs the training step one step at a time, each in a ``train_step`` range, and times it."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    settings: engine.StepSettings
+    device: torch.device
+    progress: Any = None
+
+    def run(self, n: int) -> list[float]:
+        """Run ``n`` steps; return each one's wall time in ms."""
         times = []
         for _ in range(n):
             start = time.perf_counter()
             with record_function("train_step"):
-                images, labels = next(batches)
-                engine.train_step(forward, images, labels, optimizer, scheduler, scaler, settings)
+                images, labels = next(self.batches)
+                engine.train_step(
+                    self.forward, images, labels, self.optimizer, self.scheduler, self.scaler, self.settings
+                )
             # One sync per step: the step's range then covers its device work, and wall times are real.
-            engine.synchronize(device)
+            engine.synchronize(self.device)
             times.append((time.perf_counter() - start) * 1e3)
-            if progress is not None:
-                progress.update(1)
+            if self.progress is not None:
+                self.progress.update(1)
         return times
 
-    ranges_ctx = layer_ranges(model) if not variant.compile else contextlib.nullcontext(0)
-    with ranges_ctx as wrapped_layers:
-        start = time.perf_counter()
-        warm_ms = timed(warm_steps)
-        warmup_s = time.perf_counter() - start
-        wall_ms = timed(steps)
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        written: list[str] = []
+@dataclass(frozen=True)
+class StepTimes:
+    """A variant's step times: untimed warm-up (ms each, and s in all), wall-clock and profiled (ms)."""
 
-        def on_trace_ready(prof: torch.profiler.profile) -> None:
-            # The TensorBoard handler writes into a private folder; the rename publishes it whole.
-            with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp:
-                torch.profiler.tensorboard_trace_handler(tmp, worker_name=name)(prof)
-                for produced in Path(tmp).iterdir():
-                    os.replace(produced, folder / produced.name)
-                    written.append(produced.name)
+    warmup_ms: list[float]
+    warmup_s: float
+    wall_ms: list[float]
+    profiled_ms: list[float]
 
-        with torch.profiler.profile(
-            activities=activities,
-            schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
-            on_trace_ready=on_trace_ready,
-            record_shapes=True,
-            profile_memory=True,
-            with_stack=with_stack,
-        ) as prof:
-            profiled_ms = []
-            for _ in range(wait + warmup + steps):
-                profiled_ms += timed(1)
-                prof.step()
+
+def record_trace(timer: StepTimer, folder: Path, name: str, settings: ProfileSettings) -> tuple[list[float], list[str]]:
+    """Run wait + warmup + active steps under ``torch.profiler`` and publish the trace in ``folder``.
+
+    Returns the active steps' times (ms) and the names of the trace files written.
+    """
+    device = settings.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    written: list[str] = []
+
+    def on_trace_ready(prof: torch.profiler.profile) -> None:
+        # The TensorBoard handler writes into a private folder; the rename publishes it whole.
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp:
+            torch.profiler.tensorboard_trace_handler(tmp, worker_name=name)(prof)
+            for produced in Path(tmp).iterdir():
+                os.replace(produced, folder / produced.name)
+                written.append(produced.name)
+
+    skipped = settings.wait + settings.warmup
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=torch.profiler.schedule(wait=settings.wait, warmup=settings.warmup, active=settings.steps, repeat=1),
+        on_trace_ready=on_trace_ready,
+        record_shapes=True,
+        profile_memory=True,
+        with_stack=settings.with_stack,
+    ) as prof:
+        profiled_ms = []
+        for _ in range(skipped + settings.steps):
+            profiled_ms += timer.run(1)
+            prof.step()
     if not written:
         raise RuntimeError(f"the profiler wrote no trace for variant {name!r}")
+    return profiled_ms[skipped:], sorted(written)
 
+
+def run_record(
+    name: str,
+    variant: Variant,
+    settings: ProfileSettings,
+    times: StepTimes,
+    *,
+    impl: str | None,
+    wrapped_layers: int,
+    inductor_kernel_ranges: bool,
+    trace_files: list[str],
+    described: dict,
+) -> dict:
+    """The ``run.json`` of one profiled variant (``described``: :func:`fastcifar.engine.describe_step`)."""
     from fastcifar.environment import versions
 
-    info = {
+    device = settings.device
+    return {
         "variant": name,
         "spec": variant.describe(),
-        "arch": arch,
-        "model_kwargs": model_kwargs,
+        "arch": settings.arch,
+        "model_kwargs": settings.model_kwargs,
         "impl": impl,
         "triton_kernels": triton_mode(device, impl),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "batch_size": batch_size,
-        "profiler_schedule": {"wait": wait, "warmup": warmup, "active": steps},
-        "compile_backend": compile_backend if variant.compile else None,
-        "compile_warmup_steps": warm_steps,
-        "warmup_s": warmup_s,
-        "warmup_step_ms": warm_ms,
-        "wall_step_ms": wall_ms,
-        "wall_median_step_ms": _median(wall_ms),
-        "profiled_step_ms": profiled_ms[wait + warmup :],
-        "profiled_median_step_ms": _median(profiled_ms[wait + warmup :]),
-        "images_per_s": batch_size / (_median(wall_ms) / 1e3) if wall_ms else None,
+        "batch_size": settings.batch_size,
+        "profiler_schedule": {"wait": settings.wait, "warmup": settings.warmup, "active": settings.steps},
+        "compile_backend": settings.compile_backend if variant.compile else None,
+        "compile_warmup_steps": settings.warm_steps(variant),
+        "warmup_s": times.warmup_s,
+        "warmup_step_ms": times.warmup_ms,
+        "wall_step_ms": times.wall_ms,
+        "wall_median_step_ms": _median(times.wall_ms),
+        "profiled_step_ms": times.profiled_ms,
+        "profiled_median_step_ms": _median(times.profiled_ms),
+        "images_per_s": settings.batch_size / (_median(times.wall_ms) / 1e3) if times.wall_ms else None,
         "memory": _peak_memory(device),
         "layer_ranges": wrapped_layers,
         "layer_ranges_note": "eager only: ranges would split the torch.compile graph" if variant.compile else "",
         "inductor_cpp_kernel_ranges": inductor_kernel_ranges,
         "record_shapes": True,
         "profile_memory": True,
-        "with_stack": with_stack,
-        "trace_files": sorted(written),
+        "with_stack": settings.with_stack,
+        "trace_files": trace_files,
         "data": "gpu loader over synthetic arrays (fastcifar.data.synthetic.make_arrays), augmented",
-        "lr": lr,
+        "lr": settings.lr,
         # engine.describe_step: what the step does, read from the objects that ran it.
         "optimizer": described["optimizer"],
         "schedule": described["schedule"],
@@ -360,6 +394,61 @@ def profile_variant(
         "versions": versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def profile_variant(name: str, settings: ProfileSettings, out: Path, progress: Any = None) -> dict:
+    """Time and profile one variant; write its trace and ``run.json`` into ``out/name``; return the latter.
+
+    The model, optimiser, schedule and step are built as training builds them; the schedule spans
+    exactly the steps run here (warm-up, timed and profiled), so ``settings.lr`` is its peak.
+    """
+    variant = get_variant(name)
+    device = settings.device
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.pt.trace.json*"):  # a re-run replaces the variant's trace
+        old.unlink()
+
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.arch, settings.model_kwargs, variant, device, num_classes=settings.num_classes)
+    model.train()
+    impl = model_impl(model)
+    inductor_kernel_ranges = variant.compile and _enable_inductor_cpu_kernel_ranges(device, settings.compile_backend)
+    forward = variant.wrap(model, backend=settings.compile_backend)
+    step_settings = engine.StepSettings.for_variant(variant, device, label_smoothing=settings.label_smoothing)
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(),
+        max_lr=settings.lr,
+        epochs=1,
+        steps_per_epoch=settings.total_steps(variant),
+        device=device,
+        weight_decay=settings.weight_decay,
+        schedule=settings.schedule,
+    )
+    scaler = engine.build_scaler(step_settings)
+    described = engine.describe_step(optimizer, scheduler, scaler, step_settings)
+    images = build_batches(device, settings.batch_size, settings.num_classes, variant.channels_last, settings.seed)
+    batches = engine.batches_in_ranges(images)
+    timer = StepTimer(forward, batches, optimizer, scheduler, scaler, step_settings, device, progress)
+
+    with layer_ranges(model) if not variant.compile else contextlib.nullcontext(0) as wrapped_layers:
+        start = time.perf_counter()
+        warmup_ms = timer.run(settings.warm_steps(variant))
+        warmup_s = time.perf_counter() - start
+        wall_ms = timer.run(settings.steps)
+        profiled_ms, trace_files = record_trace(timer, folder, name, settings)
+
+    info = run_record(
+        name,
+        variant,
+        settings,
+        StepTimes(warmup_ms, warmup_s, wall_ms, profiled_ms),
+        impl=impl,
+        wrapped_layers=wrapped_layers,
+        inductor_kernel_ranges=inductor_kernel_ranges,
+        trace_files=trace_files,
+        described=described,
+    )
     write_json_atomic(folder / "run.json", info)
     return info
 
@@ -410,86 +499,18 @@ def profile_variants(
     """
     from tqdm import tqdm
 
-    from fastcifar.models import list_models
-
     names = parse_variants(variants)
-    kwargs = parse_model_kwargs(model_kwargs)
-    dev = resolve_device(device)
-    counts = (
-        ("steps", steps, 1),
-        ("batch_size", batch_size, 1),
-        ("wait", wait, 0),
-        ("warmup", warmup, 0),
-        ("compile_warmup", compile_warmup, 1),
-    )
-    for label, value, low in counts:
-        if not isinstance(value, int) or value < low:
-            raise UserError(f"--{label} must be an integer >= {low}, got {value!r}.")
-    if schedule not in engine.SCHEDULES:
-        raise UserError(f"unknown --schedule {schedule!r}; choose one of: {', '.join(engine.SCHEDULES)}.")
-    if arch not in list_models(include_aliases=True):
-        raise UserError(f"unknown --arch {arch!r}; choose one of: {', '.join(list_models())}.")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    per_variant = {n: (compile_warmup if get_variant(n).compile else 1) + 2 * steps + wait + warmup for n in names}
-    results = {}
-    with tqdm(total=sum(per_variant.values()), desc="profile", unit="step") as bar:
-        for name in names:
-            bar.set_postfix_str(name)
-            results[name] = profile_variant(
-                name,
-                arch=arch,
-                steps=steps,
-                batch_size=batch_size,
-                out=root,
-                model_kwargs=kwargs,
-                device=dev,
-                wait=wait,
-                warmup=warmup,
-                compile_warmup=compile_warmup,
-                num_classes=num_classes,
-                seed=seed,
-                with_stack=with_stack,
-                compile_backend=compile_backend,
-                lr=lr,
-                weight_decay=weight_decay,
-                schedule=schedule,
-                label_smoothing=label_smoothing,
-                progress=bar,
-            )
-    return {"out": str(root), "variants": results}
-
-
-def main(
-    arch: str = "sk_densenet",
-    variants: str = ",".join(DEFAULT_VARIANTS),
-    steps: int = 5,
-    batch_size: int = 256,
-    out: str = "runs/profile",
-    model_kwargs: str | dict | None = None,
-    device: str | None = None,
-    wait: int = 1,
-    warmup: int = 1,
-    compile_warmup: int = 2,
-    with_stack: bool = False,
-    compile_backend: str = "inductor",
-    lr: float = 0.01,
-    weight_decay: float = 0.0,
-    schedule: str = "onecycle",
-    label_smoothing: float = 0.0,
-) -> None:
-    """Profile the training step of several variants (fastcifar.variant.VARIANTS); see the module docstring."""
-    result = profile_variants(
-        arch,
-        variants,
-        steps,
-        batch_size,
-        out,
-        model_kwargs,
-        device,
+    settings = ProfileSettings(
+        arch=arch,
+        steps=steps,
+        batch_size=batch_size,
+        model_kwargs=parse_model_kwargs(model_kwargs),
+        device=resolve_device(device),
         wait=wait,
         warmup=warmup,
         compile_warmup=compile_warmup,
+        num_classes=num_classes,
+        seed=seed,
         with_stack=with_stack,
         compile_backend=compile_backend,
         lr=lr,
@@ -497,6 +518,21 @@ def main(
         schedule=schedule,
         label_smoothing=label_smoothing,
     )
+    settings.check()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    total = sum(settings.total_steps(get_variant(name)) for name in names)
+    results = {}
+    with tqdm(total=total, desc="profile", unit="step") as bar:
+        for name in names:
+            bar.set_postfix_str(name)
+            results[name] = profile_variant(name, settings, root, progress=bar)
+    return {"out": str(root), "variants": results}
+
+
+def main(**flags: Any) -> None:
+    """Profile the training step of several variants (fastcifar.variant.VARIANTS); see the module docstring."""
+    result = profile_variants(**flags)
     for name, info in result["variants"].items():
         print(
             f"{name:24s} wall median {info['wall_median_step_ms']:.2f} ms/step "
@@ -505,6 +541,16 @@ def main(
         )
     print(f"next: python -m fastcifar.analyze {result['out']}   |   tensorboard --logdir {result['out']}")
 
+
+def _keyword_only(function: Callable[..., Any]) -> inspect.Signature:
+    """``function``'s signature with every parameter keyword-only: a flag, never a positional word."""
+    signature = inspect.signature(function)
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+    return signature.replace(parameters=parameters)
+
+
+# The command line's flags are profile_variants' parameters: fire and run_cli read main's signature.
+main.__signature__ = _keyword_only(profile_variants)  # type: ignore[attr-defined]
 
 if __name__ == "__main__":
     from fastcifar.cli import run_cli

@@ -278,16 +278,15 @@ def peak_memory(trace: Trace) -> dict:
     }
 
 
-def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
-    """Every figure of one variant (see the module docstring for the two modes)."""
+def temporal_breakdown(trace: Trace, work: list[Work]) -> dict:
+    """Busy and idle time per step.
+
+    Busy = the union of the work intervals of every stream (GPU) or thread (CPU) in each step's
+    window, so it never exceeds the window. On a GPU the window runs on to the last kernel the step
+    launched; on a CPU work cannot outlive the step's range.
+    """
     steps = trace.steps
     n = len(steps)
-    work = collect_work(trace)
-    step_ms = [s.dur / 1e3 for s in steps]
-
-    # Temporal breakdown: busy = the union of the work intervals of every stream (GPU) or thread
-    # (CPU) in each step's window, so it never exceeds the window. On a GPU the window runs on to
-    # the last kernel the step launched; on a CPU work cannot outlive the step's range.
     spans: list[list[tuple[float, float]]] = [[] for _ in range(n)]
     for w in work:
         spans[w.step].append((w.ts, w.end))
@@ -298,10 +297,27 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
         window_us[i] = end - s.ts
         busy_us[i] = _union_length([(max(a, s.ts), min(b, end)) for a, b in spans[i] if min(b, end) > max(a, s.ts)])
     idle_us = [max(wi - b, 0.0) for wi, b in zip(window_us, busy_us)]
+    return {
+        "window_ms": sum(window_us) / 1e3,
+        "busy_ms": sum(busy_us) / 1e3,
+        "idle_ms": sum(idle_us) / 1e3,
+        "busy_ms_per_step": sum(busy_us) / 1e3 / n,
+        "busy_ms_by_step": [b / 1e3 for b in busy_us],
+        "window_ms_by_step": [w / 1e3 for w in window_us],
+        "idle_ms_per_step": sum(idle_us) / 1e3 / n,
+        "busy_pct": 100.0 * sum(busy_us) / sum(window_us) if sum(window_us) else None,
+        "source": "fastcifar",
+        "definition": "busy = union over "
+        + ("streams of GPU kernels/memcpy/memset" if trace.device_kind == "cuda" else "threads of CPU operators")
+        + " in the step window; idle = the rest of the window",
+    }
 
+
+def device_time(work: list[Work], n_steps: int, top_n: int) -> dict:
+    """Work time by category and by name (the ``top_n`` largest), and launches per step."""
     by_category = {c: 0.0 for c in CATEGORIES}
     by_name: dict[str, list[float]] = {}
-    launches = [0] * n
+    launches = [0] * n_steps
     for w in work:
         by_category[w.category] += w.dur
         entry = by_name.setdefault(w.name, [0.0, 0])
@@ -311,46 +327,7 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
             launches[w.step] += 1
     total_us = sum(by_category.values())
     top = sorted(by_name.items(), key=lambda kv: kv[1][0], reverse=True)[:top_n]
-
-    # Host side: data ranges, launch API calls (GPU), operator time on the host threads.
-    data_ranges = Intervals.of(e for e in trace.host if e.name == "data" and e.cat == "user_annotation")
-    data_host_ms = data_ranges.total() / 1e3
-    data_device_us = sum(w.dur for w in work if data_ranges.contains(w.tid, w.host_ts))
-    starts = [s.ts for s in steps]
-    launch_api_us = sum(
-        r.dur for r in trace.runtime if LAUNCH_API.search(r.name) and _step_index(starts, steps, r.ts) >= 0
-    )
-    if trace.device_kind == "cuda":
-        host_spans = [(e.ts, e.end) for e in trace.host if e.cat == "cpu_op" and _step_index(starts, steps, e.ts) >= 0]
-        host_ms_per_step = _union_length(host_spans) / 1e3 / n
-        host_definition = (
-            "host time inside CPU operators per step, on any thread (dispatch + launches); "
-            "the device idles when this exceeds its busy time"
-        )
-    else:
-        host_ms_per_step = sum(idle_us) / 1e3 / n
-        host_definition = "step time outside any CPU operator (Python and framework overhead)"
-
     return {
-        "device_kind": trace.device_kind,
-        "trace": trace.path.name,
-        "steps": n,
-        "step_ms": step_ms,
-        "median_step_ms": _median(step_ms),
-        "temporal": {
-            "window_ms": sum(window_us) / 1e3,
-            "busy_ms": sum(busy_us) / 1e3,
-            "idle_ms": sum(idle_us) / 1e3,
-            "busy_ms_per_step": sum(busy_us) / 1e3 / n,
-            "busy_ms_by_step": [b / 1e3 for b in busy_us],
-            "window_ms_by_step": [w / 1e3 for w in window_us],
-            "idle_ms_per_step": sum(idle_us) / 1e3 / n,
-            "busy_pct": 100.0 * sum(busy_us) / sum(window_us) if sum(window_us) else None,
-            "source": "fastcifar",
-            "definition": "busy = union over "
-            + ("streams of GPU kernels/memcpy/memset" if trace.device_kind == "cuda" else "threads of CPU operators")
-            + " in the step window; idle = the rest of the window",
-        },
         "kernel_total_ms": total_us / 1e3,
         "category_ms": {c: v / 1e3 for c, v in by_category.items()},
         "category_pct": {c: (100.0 * v / total_us if total_us else 0.0) for c, v in by_category.items()},
@@ -366,15 +343,60 @@ def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
         ],
         "launches_per_step": _median([float(x) for x in launches]),
         "launches": launches,
-        "host": {
-            "overhead_ms_per_step": host_ms_per_step,
-            "launch_api_ms_per_step": launch_api_us / 1e3 / n if trace.device_kind == "cuda" else None,
-            "definition": host_definition,
-        },
-        "data": {
-            "wait_ms_per_step": data_host_ms / n,
-            "device_ms_per_step": data_device_us / 1e3 / n,
-        },
+    }
+
+
+def host_overhead(trace: Trace, idle_ms: float) -> dict:
+    """Host time per step: operators on any thread and launch API calls (GPU), or the idle time (CPU)."""
+    steps = trace.steps
+    n = len(steps)
+    starts = [s.ts for s in steps]
+    launch_api_us = sum(
+        r.dur for r in trace.runtime if LAUNCH_API.search(r.name) and _step_index(starts, steps, r.ts) >= 0
+    )
+    if trace.device_kind == "cuda":
+        host_spans = [(e.ts, e.end) for e in trace.host if e.cat == "cpu_op" and _step_index(starts, steps, e.ts) >= 0]
+        host_ms_per_step = _union_length(host_spans) / 1e3 / n
+        host_definition = (
+            "host time inside CPU operators per step, on any thread (dispatch + launches); "
+            "the device idles when this exceeds its busy time"
+        )
+    else:
+        host_ms_per_step = idle_ms / n
+        host_definition = "step time outside any CPU operator (Python and framework overhead)"
+    return {
+        "overhead_ms_per_step": host_ms_per_step,
+        "launch_api_ms_per_step": launch_api_us / 1e3 / n if trace.device_kind == "cuda" else None,
+        "definition": host_definition,
+    }
+
+
+def data_wait(trace: Trace, work: list[Work], n_steps: int) -> dict:
+    """Host time in the ``data`` ranges and the device work launched inside them, per step."""
+    data_ranges = Intervals.of(e for e in trace.host if e.name == "data" and e.cat == "user_annotation")
+    data_device_us = sum(w.dur for w in work if data_ranges.contains(w.tid, w.host_ts))
+    return {
+        "wait_ms_per_step": data_ranges.total() / 1e3 / n_steps,
+        "device_ms_per_step": data_device_us / 1e3 / n_steps,
+    }
+
+
+def variant_metrics(trace: Trace, top_n: int = 10) -> dict:
+    """Every figure of one variant (see the module docstring for the two modes)."""
+    n = len(trace.steps)
+    work = collect_work(trace)
+    step_ms = [s.dur / 1e3 for s in trace.steps]
+    temporal = temporal_breakdown(trace, work)
+    return {
+        "device_kind": trace.device_kind,
+        "trace": trace.path.name,
+        "steps": n,
+        "step_ms": step_ms,
+        "median_step_ms": _median(step_ms),
+        "temporal": temporal,
+        **device_time(work, n, top_n),
+        "host": host_overhead(trace, temporal["idle_ms"]),
+        "data": data_wait(trace, work, n),
         "memory": peak_memory(trace),
         "regions": {name: region_time(trace, work, name, n) for name in REGIONS},
         "layers": layer_time(trace, work, n),

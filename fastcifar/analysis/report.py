@@ -165,22 +165,20 @@ def _short(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def render_markdown(report: dict) -> str:
-    """The report as Markdown tables (every figure also in report.json)."""
-    names = report["variant_order"]
-    v = report["variants"]
-    base = report["baseline"]
-    kind = {v[n]["device_kind"] for n in names}
-    unit = "kernel" if kind == {"cuda"} else "op"
+def _device_unit(report: dict) -> tuple[bool, str]:
+    """Whether every variant ran on a GPU, and what its device work is called ("kernel" or "op")."""
+    on_gpu = {m["device_kind"] for m in report["variants"].values()} == {"cuda"}
+    return on_gpu, "kernel" if on_gpu else "op"
+
+
+def _summary_section(report: dict) -> list[str]:
+    names, v = report["variant_order"], report["variants"]
+    on_gpu, unit = _device_unit(report)
     lines = [
         f"# Profile report: {report['folder']}",
         "",
-        f"Generated {report['generated']}. Baseline for speedups: `{base}`. Device work = "
-        + (
-            "GPU kernels/memcpy/memset."
-            if kind == {"cuda"}
-            else "CPU operator self time (no CUDA kernels in the traces)."
-        ),
+        f"Generated {report['generated']}. Baseline for speedups: `{report['baseline']}`. Device work = "
+        + ("GPU kernels/memcpy/memset." if on_gpu else "CPU operator self time (no CUDA kernels in the traces)."),
         "",
         "## Summary (per step, medians over the profiled steps)",
         "",
@@ -201,54 +199,76 @@ def render_markdown(report: dict) -> str:
             f"| {_fmt(m['host']['overhead_ms_per_step'])} "
             f"| {_fmt(m['data']['wait_ms_per_step'])} | {_mib(m['memory']['peak_allocated_bytes'])} |"
         )
-    lines += [
+    return lines + [
         "",
         "Step ms (trace) is the `ProfilerStep#` range (each step ends with a device synchronisation); step ms (wall) "
         "is timed without the profiler (run.json). Busy = union of device work in the step over all "
-        + ("streams" if kind == {"cuda"} else "threads")
+        + ("streams" if on_gpu else "threads")
         + " (never more than the step); idle = the rest. "
         "Host overhead: " + "; ".join(sorted({v[n]["host"]["definition"] for n in names})) + ". "
         "Data wait = host time in the `data` range.",
+    ]
+
+
+def _category_section(report: dict) -> list[str]:
+    on_gpu, unit = _device_unit(report)
+    categories = report["categories"]
+    lines = [
         "",
         f"## {unit.capitalize()} time by category (ms per step, share of {unit} time"
-        + ("; summed over threads, so it can exceed the step)" if kind != {"cuda"} else ")"),
+        + (")" if on_gpu else "; summed over threads, so it can exceed the step)"),
         "",
-        "| variant | " + " | ".join(report["categories"]) + " | total |",
-        "|---|" + "---|" * (len(report["categories"]) + 1),
+        "| variant | " + " | ".join(categories) + " | total |",
+        "|---|" + "---|" * (len(categories) + 1),
     ]
-    for n in names:
-        m = v[n]
-        cells = [f"{m['category_ms'][c] / m['steps']:.2f} ({m['category_pct'][c]:.0f}%)" for c in report["categories"]]
+    for n in report["variant_order"]:
+        m = report["variants"][n]
+        cells = [f"{m['category_ms'][c] / m['steps']:.2f} ({m['category_pct'][c]:.0f}%)" for c in categories]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {m['kernel_total_ms'] / m['steps']:.2f} |")
-    lines += ["", "## SK select and Z-pool (the steps the Triton kernels replace), ms per step", ""]
-    lines += [
+    return lines
+
+
+def _regions_section(report: dict) -> list[str]:
+    lines = [
+        "",
+        "## SK select and Z-pool (the steps the Triton kernels replace), ms per step",
+        "",
         "| variant | region | calls / step | forward | backward | by kernel name | total | source |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for n in names:
+    for n in report["variant_order"]:
         for region in REGIONS:
-            r = v[n]["regions"][region]
+            r = report["variants"][n]["regions"][region]
             lines.append(
                 f"| {n} | {region} | {_fmt(r['calls_per_step'], 1)} | {_fmt(r['forward_ms_per_step'], 3)} "
                 f"| {_fmt(r['backward_ms_per_step'], 3)} | {_fmt(r['by_kernel_name_ms_per_step'], 3)} "
                 f"| {_fmt(r['total_ms_per_step'], 3)} | {r['source']} |"
             )
-    layer_rows = [(n, k, s) for n in names for k, s in v[n]["layers"].items()]
-    if layer_rows:
-        lines += [
-            "",
-            "## Attention and dense layers (forward ranges, eager runs only; nested kinds overlap)",
-            "",
-            "| variant | layer kind | calls / step | host ms / step | device ms / step |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {k} | {_fmt(s['calls_per_step'], 1)} | {_fmt(s['host_ms_per_step'])} "
-            f"| {_fmt(s['device_ms_per_step'])} |"
-            for n, k, s in layer_rows
-        ]
-    for n in names:
-        m = v[n]
+    return lines
+
+
+def _layers_section(report: dict) -> list[str]:
+    rows = [(n, k, s) for n in report["variant_order"] for k, s in report["variants"][n]["layers"].items()]
+    if not rows:
+        return []
+    return [
+        "",
+        "## Attention and dense layers (forward ranges, eager runs only; nested kinds overlap)",
+        "",
+        "| variant | layer kind | calls / step | host ms / step | device ms / step |",
+        "|---|---|---|---|---|",
+    ] + [
+        f"| {n} | {k} | {_fmt(s['calls_per_step'], 1)} | {_fmt(s['host_ms_per_step'])} "
+        f"| {_fmt(s['device_ms_per_step'])} |"
+        for n, k, s in rows
+    ]
+
+
+def _top_kernels_section(report: dict) -> list[str]:
+    _, unit = _device_unit(report)
+    lines = []
+    for n in report["variant_order"]:
+        m = report["variants"][n]
         lines += [
             "",
             f"## Top {unit}s: {n}",
@@ -261,26 +281,50 @@ def render_markdown(report: dict) -> str:
             f"| {k['share_pct']:.1f}% |"
             for k in m["top_kernels"]
         ]
-    lines += ["", "## HolisticTraceAnalysis", ""]
+    return lines
+
+
+def _hta_section(report: dict) -> list[str]:
     hta = report["hta"]
-    lines.append(
+    lines = [
+        "",
+        "## HolisticTraceAnalysis",
+        "",
         f"Installed: {'yes' if hta['installed'] else 'no'}. "
-        f"Computed here: {', '.join(hta['computed']) or 'nothing'}. {hta['note']}"
-    )
-    for n in names:
-        h = v[n]["hta"]
+        f"Computed here: {', '.join(hta['computed']) or 'nothing'}. {hta['note']}",
+    ]
+    for n in report["variant_order"]:
+        h = report["variants"][n]["hta"]
         if not h.get("used"):
             lines.append(f"- {n}: not used ({h.get('reason')}).")
             continue
         lines.append(f"- {n}: " + _hta_summary(h))
-        for key, err in h.get("errors", {}).items():
-            lines.append(f"  - {key} failed: {err}")
-    warnings = [(n, w) for n in names for w in v[n]["warnings"]]
-    if warnings:
-        lines += ["", "## Warnings", ""] + [f"- {n}: {w}" for n, w in warnings]
+        lines += [f"  - {key} failed: {err}" for key, err in h.get("errors", {}).items()]
+    return lines
+
+
+def _closing_sections(report: dict) -> list[str]:
+    warnings = [(n, w) for n in report["variant_order"] for w in report["variants"][n]["warnings"]]
+    lines = ["", "## Warnings", ""] + [f"- {n}: {w}" for n, w in warnings] if warnings else []
     if report["charts"]:
         lines += ["", "## Charts", ""] + [f"![{Path(c).stem}]({c})" for c in report["charts"]]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+MARKDOWN_SECTIONS = (
+    _summary_section,
+    _category_section,
+    _regions_section,
+    _layers_section,
+    _top_kernels_section,
+    _hta_section,
+    _closing_sections,
+)
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown tables (every figure also in report.json), section by section."""
+    return "\n".join(line for section in MARKDOWN_SECTIONS for line in section(report)) + "\n"
 
 
 def _hta_summary(h: dict) -> str:
@@ -313,30 +357,9 @@ def _hta_summary(h: dict) -> str:
     return "; ".join(parts) or "no figures"
 
 
-def write_charts(report: dict, root: Path) -> list[str]:
-    """Bar charts (matplotlib Agg); returns the file names written into ``root``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = report["variant_order"]
-    v = report["variants"]
-    written = []
-
-    def save(fig: Any, filename: str) -> None:
-        tmp = root / f".{filename}.tmp.png"
-        try:
-            fig.tight_layout()
-            fig.savefig(tmp, dpi=110)
-            os.replace(tmp, root / filename)
-        finally:
-            plt.close(fig)
-            tmp.unlink(missing_ok=True)
-        written.append(filename)
-
+def _step_time_bars(ax: Any, report: dict) -> None:
+    names, v = report["variant_order"], report["variants"]
     x = range(len(names))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     trace_ms = [v[n]["median_step_ms"] for n in names]
     wall_ms = [v[n]["run"].get("wall_median_step_ms") or 0.0 for n in names]
     ax.bar([i - 0.2 for i in x], trace_ms, width=0.4, label="profiled (trace)")
@@ -344,43 +367,63 @@ def write_charts(report: dict, root: Path) -> list[str]:
     for i, n in enumerate(names):
         s = v[n]["speedup_vs_baseline"]
         ax.annotate(f"{s:.2f}×" if s else "", (i - 0.2, trace_ms[i]), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("median step (ms)")
-    ax.set_title("Step time")
-    ax.legend()
-    save(fig, "step_time.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+
+def _temporal_bars(ax: Any, report: dict) -> None:
+    names, v = report["variant_order"], report["variants"]
     busy = [v[n]["temporal"]["busy_ms_per_step"] for n in names]
     idle = [v[n]["temporal"]["idle_ms_per_step"] for n in names]
-    ax.bar(list(x), busy, label="busy")
-    ax.bar(list(x), idle, bottom=busy, label="idle")
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("ms per step")
-    ax.set_title("Device busy vs idle")
-    ax.legend()
-    save(fig, "temporal.png")
+    ax.bar(range(len(names)), busy, label="busy")
+    ax.bar(range(len(names)), idle, bottom=busy, label="idle")
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def _category_bars(ax: Any, report: dict) -> None:
+    names, v = report["variant_order"], report["variants"]
     bottom = [0.0] * len(names)
     for cat in report["categories"]:
         values = [v[n]["category_ms"][cat] / v[n]["steps"] for n in names]
-        ax.bar(list(x), values, bottom=bottom, label=cat)
+        ax.bar(range(len(names)), values, bottom=bottom, label=cat)
         bottom = [b + val for b, val in zip(bottom, values)]
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("ms per step")
-    ax.set_title("Device time by category")
-    ax.legend(fontsize=7)
-    save(fig, "categories.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+
+def _region_bars(ax: Any, report: dict) -> None:
+    names, v = report["variant_order"], report["variants"]
     width = 0.8 / max(len(REGIONS), 1)
     for j, region in enumerate(REGIONS):
         values = [v[n]["regions"][region]["total_ms_per_step"] or 0.0 for n in names]
-        ax.bar([i - 0.4 + width * (j + 0.5) for i in x], values, width=width, label=region)
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("ms per step (forward + backward)")
-    ax.set_title("SK select and Z-pool")
-    ax.legend()
-    save(fig, "regions.png")
-    return written
+        ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(names))], values, width=width, label=region)
+
+
+# file name -> (draw the bars, y label, title, figure size, legend font size)
+CHARTS = {
+    "step_time.png": (_step_time_bars, "median step (ms)", "Step time", (6, 3.5), None),
+    "temporal.png": (_temporal_bars, "ms per step", "Device busy vs idle", (6, 3.5), None),
+    "categories.png": (_category_bars, "ms per step", "Device time by category", (7, 4), 7),
+    "regions.png": (_region_bars, "ms per step (forward + backward)", "SK select and Z-pool", (6, 3.5), None),
+}
+
+
+def write_charts(report: dict, root: Path) -> list[str]:
+    """Bar charts (matplotlib Agg), one per :data:`CHARTS` entry; returns the file names written into ``root``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["variant_order"]
+    for filename, (draw, ylabel, title, size, legend_fontsize) in CHARTS.items():
+        fig, ax = plt.subplots(figsize=size)
+        tmp = root / f".{filename}.tmp.png"
+        try:
+            draw(ax, report)
+            ax.set_xticks(list(range(len(names))), names)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.legend(fontsize=legend_fontsize)
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, root / filename)  # a chart appears whole or not at all
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
+    return list(CHARTS)

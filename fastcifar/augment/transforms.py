@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -87,14 +87,18 @@ def normalize(
 
 
 class _NormalizingTransform(nn.Module):
-    """Holds the normalisation coefficients as buffers so ``.to(device)`` moves them once."""
+    """Holds the normalisation coefficients as buffers so ``.to(device)`` moves them once.
+
+    ``mean``, ``std``: per-channel statistics on the 0..1 scale; ``dtype``, ``channels_last``: the
+    output's dtype and memory format (as :func:`normalize` takes them).
+    """
 
     def __init__(
         self,
-        mean: Sequence[float] | torch.Tensor,
-        std: Sequence[float] | torch.Tensor,
-        dtype: torch.dtype,
-        channels_last: bool,
+        mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
+        std: Sequence[float] | torch.Tensor = IMAGENET_STD,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         scale, shift = _affine_coefficients(mean, std)
@@ -123,15 +127,6 @@ class TestTransform(_NormalizingTransform):
     """
 
     __test__ = False  # not a pytest test class despite the name
-
-    def __init__(
-        self,
-        mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
-        std: Sequence[float] | torch.Tensor = IMAGENET_STD,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = True,
-    ) -> None:
-        super().__init__(mean, std, dtype, channels_last)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._normalize(x)
@@ -206,22 +201,21 @@ class TrainTransform(_NormalizingTransform):
     generator and give the same bytes on the CPU (see docs/augment.md for CUDA). The compiled graph
     has static shapes: each new batch shape, dtype or layout compiles once more.
     ``compile_backend``: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` in tests).
+    ``normalization``: ``mean``, ``std``, ``dtype``, ``channels_last`` by keyword, as
+    :class:`TestTransform` takes them (same defaults).
     """
 
     def __init__(
         self,
-        mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
-        std: Sequence[float] | torch.Tensor = IMAGENET_STD,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = True,
         randaugment: bool = True,
         num_ops: int = 2,
         magnitude: int = 10,
         padding: int = 4,
         compiled: bool | None = None,
         compile_backend: str = "inductor",
+        **normalization: Any,
     ) -> None:
-        super().__init__(mean, std, dtype, channels_last)
+        super().__init__(**normalization)
         self.randaugment = randaugment
         self.num_ops = num_ops
         self.magnitude = magnitude
