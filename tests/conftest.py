@@ -45,16 +45,32 @@ def train_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_flags(train_data):
     """Flags of a one-epoch CPU run of the tiny ``sk_densenet`` on ``train_data`` (4 steps of 16)."""
+    from tiny_runs import one_epoch_flags
+
     from fastcifar.models import tiny_overrides
 
-    return dict(
-        arch="sk_densenet",
-        model_kwargs=tiny_overrides("sk_densenet"),
-        epochs=1,
-        batch_size=16,
-        eval_batch_size=16,
-        dataset="synthetic",
-        data_root=str(train_data),
-        device="cpu",
-        workers=1,
-    )
+    return dict(arch="sk_densenet", model_kwargs=tiny_overrides("sk_densenet"), **one_epoch_flags(train_data))
+
+
+@pytest.fixture
+def call_compiling_triton():
+    """``call(test_file, function)``: run a module-level function of a test file in a fresh Python
+    with ``TRITON_INTERPRET=0`` and return its result (JSON round-tripped: tuples come back as lists).
+
+    For checks that compile the Triton kernels for real without a GPU: this process runs them
+    through the interpreter, and Triton reads the variable once, when it is imported.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def call(test_file: str, function: str):
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        script = f"import json, runpy; print(json.dumps(runpy.run_path({test_file!r})[{function!r}]()))"
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return call

@@ -5,24 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import signal
 
 import pytest
+from tiny_runs import InterruptAtStep
 
 from fastcifar.errors import UserError
-
-
-class InterruptAtStep:
-    """Batch hook: Ctrl-C (SIGINT to this process) during train step ``at`` (counted over the run)."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.steps = at, 0
-
-    def __call__(self, split, images, labels) -> None:
-        if split == "train":
-            self.steps += 1
-            if self.steps == self.at:
-                signal.raise_signal(signal.SIGINT)
 
 
 def run(tiny_flags, out, **flags):

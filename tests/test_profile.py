@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import one_epoch_flags
 
 from fastcifar.errors import UserError
 from fastcifar.models import tiny_overrides
@@ -231,14 +232,9 @@ def test_profile_and_training_run_the_same_step(profiled, synthetic_root: Path, 
     profile_run = json.loads((out / EAGER / "run.json").read_text())
     variant = VARIANTS[EAGER]
     train(
+        **{**one_epoch_flags(synthetic_root), "batch_size": 128, "eval_batch_size": 150},
         arch="sk_densenet",
         model_kwargs=TINY,
-        epochs=1,
-        batch_size=128,
-        eval_batch_size=150,
-        dataset="synthetic",
-        data_root=str(synthetic_root),
-        device="cpu",
         out=str(tmp_path / "run"),
         loader="gpu",
         lr=profile_run["lr"],

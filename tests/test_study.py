@@ -252,19 +252,9 @@ ROWS_UNDER_TEST = "densenet,dense_ca"  # Table 2 rows with a claim between them 
 
 
 def study_flags(train_data) -> dict:
-    return dict(
-        experiment="table2",
-        rows=ROWS_UNDER_TEST,
-        seeds=2,
-        tiny=True,
-        epochs=1,
-        batch_size=16,
-        eval_batch_size=16,
-        dataset="synthetic",
-        data_root=str(train_data),
-        device="cpu",
-        workers=1,
-    )
+    from tiny_runs import one_epoch_flags
+
+    return dict(experiment="table2", rows=ROWS_UNDER_TEST, seeds=2, tiny=True, **one_epoch_flags(train_data))
 
 
 def without_timing(value):

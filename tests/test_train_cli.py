@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_runs import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,31 +214,12 @@ def test_paths_are_stored_absolute_with_home_expanded(tmp_path, monkeypatch):
     assert config.out == str(tmp_path / "runs" / "a")
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(train_data, tiny, tmp_path):
+def test_ctrl_c_saves_a_resumable_checkpoint(tiny_flags, tmp_path):
     out = tmp_path / "run"
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = launch(
-            [
-                "--arch",
-                "sk_densenet",
-                "--model_kwargs",
-                tiny,
-                "--dataset",
-                "synthetic",
-                "--data_root",
-                str(train_data),
-                "--device",
-                "cpu",
-                "--epochs",
-                "200",
-                "--batch_size",
-                "16",
-                "--eval_batch_size",
-                "40",
-                "--out",
-                str(out),
-            ],
+            command_line({**tiny_flags, "epochs": 200, "eval_batch_size": 40, "out": out}),
             tmp_path,
             stdout=stdout,
             stderr=stderr,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = Path(__file__).with_name("seen_recorder.py")  # fastcifar.train with a recording batch hook
@@ -48,27 +49,7 @@ def test_two_ranks_on_gloo(train_data, tiny_flags, tmp_path):
     tiny = tiny_flags["model_kwargs"]
     out, seen = tmp_path / "run", tmp_path / "seen"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [
-        *torchrun(str(ENTRY), str(seen)),
-        "--arch",
-        "sk_densenet",
-        "--model_kwargs",
-        json.dumps(tiny),
-        "--dataset",
-        "synthetic",
-        "--data_root",
-        str(train_data),
-        "--device",
-        "cpu",
-        "--epochs",
-        "1",
-        "--batch_size",
-        "16",
-        "--eval_batch_size",
-        "16",
-        "--out",
-        str(out),
-    ]
+    command = [*torchrun(str(ENTRY), str(seen)), *command_line({**tiny_flags, "out": out})]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("epoch   1/1") == 1  # one summary line: rank 0 prints, rank 1 does not
@@ -112,25 +93,7 @@ def test_unwritable_out_is_one_line_from_rank_zero(train_data, tiny_flags, tmp_p
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [
-        *torchrun("-m", "fastcifar.train"),
-        "--arch",
-        "sk_densenet",
-        "--model_kwargs",
-        json.dumps(tiny_flags["model_kwargs"]),
-        "--dataset",
-        "synthetic",
-        "--data_root",
-        str(train_data),
-        "--device",
-        "cpu",
-        "--epochs",
-        "1",
-        "--batch_size",
-        "16",
-        "--out",
-        str(blocker / "run"),
-    ]
+    command = [*torchrun("-m", "fastcifar.train"), *command_line({**tiny_flags, "out": blocker / "run"})]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     ours = [line for line in done.stderr.splitlines() if line.startswith("fastcifar.train:")]

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
+from tiny_runs import InterruptAtStep
 
 EXACT_FIELDS = ("epoch", "test_loss", "top1", "top5", "lr", "train_images")
-
-
-class InterruptAtStep:
-    """A batch hook that sends this process SIGINT (Ctrl-C) during train step ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        self.train_steps = 0
-
-    def __call__(self, split, images, labels) -> None:
-        if split == "train":
-            self.train_steps += 1
-            if self.train_steps == self.at:
-                signal.raise_signal(signal.SIGINT)
 
 
 def run(tiny_flags, out, **flags):
