@@ -383,6 +383,8 @@ def train_one_epoch(
 
     Raises NonFiniteLoss when the loss becomes NaN/inf (checked every ``log_every`` steps).
     """
+    # One loop on purpose (~90 lines): timing, Ctrl-C, NaN checks and the progress bar all read and
+    # update the same per-step state; split apart, each piece would take all of it as arguments.
     device = settings.device
     model.train()
     total_steps = len(loader)  # type: ignore[arg-type]
