@@ -127,6 +127,33 @@ def test_bad_override_values_raise_user_error(name, overrides):
         create_model(name, **overrides)
 
 
+@pytest.mark.parametrize(
+    "name, overrides, named",
+    [
+        (
+            "sknet26",
+            {"widths": (32, 0), "mids": (32, 32), "depths": (1, 1)},
+            "widths (32, 0), mids (32, 32) and depths",
+        ),
+        (
+            "van",
+            {"mlp_ratios": (8, 8, 4)},
+            "embed_dims (64, 128, 320, 512), depths (2, 2, 2, 2) and mlp_ratios (8, 8, 4)",
+        ),
+        ("resnet18", {"depths": ()}, "widths (64, 128, 256, 512) and depths ()"),
+    ],
+)
+def test_stage_list_errors_name_every_list(name, overrides, named):
+    with pytest.raises(UserError, match="must be equally long lists of positive integers") as err:
+        create_model(name, **overrides)
+    assert named in str(err.value)
+
+
+def test_catsk_rejects_a_non_positive_k():
+    with pytest.raises(UserError, match="k \\(SK in every n//k-th layer\\)"):
+        create_model("sk_densenet_catsk", **{**tiny_overrides("sk_densenet_catsk"), "k": 0})
+
+
 def test_default_impl_rule():
     expected = "triton" if torch.cuda.is_available() and triton_available() else "torch"
     assert resolve_impl(None) == expected

@@ -130,7 +130,10 @@ def test_build_model_injects_the_variants_kernels_unless_overridden() -> None:
 
 @pytest.mark.parametrize(
     "arch, overrides, message",
-    [("no_such_net", {}, "unknown model"), ("sk_densenet", {"growth": 4}, "no option 'growth'")],
+    [
+        ("no_such_net", {}, "unknown model"),
+        ("sk_densenet", {"growth": 4}, "no option 'growth'; valid model options: growth_rate, block_config"),
+    ],
 )
 def test_build_model_rejects_unknown_names(arch: str, overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
