@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from fastcifar.atomic import write_text_atomic
@@ -17,6 +18,7 @@ __all__ = [
     "RESULTS_DIR",
     "Deadline",
     "cpu_name",
+    "markdown_table",
     "package_version",
     "package_versions",
     "sync",
@@ -33,6 +35,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; ``align`` has one ``l`` or ``r`` per column (numbers read best right-aligned)."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 class Deadline:

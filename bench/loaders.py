@@ -36,6 +36,7 @@ import torch
 from bench.common import (
     RESULTS_DIR,
     cpu_name,
+    markdown_table,
     package_versions,
     sync,
     write_text_atomic,
@@ -145,21 +146,24 @@ def _bench_loader(
 
 def _table(results: list[dict]) -> str:
     baseline = next((r["images_per_s"] for r in results if r["kind"] == "torch" and r["augment"]), None)
-    lines = [
-        "| loader | augmentation | device | workers | torch threads | batch | images timed/epoch | epoch s "
-        "| images/s | vs torch |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for r in results:
-        ratio = f"{r['images_per_s'] / baseline:.2f}x" if baseline else "-"
-        epochs = ", ".join(f"{t:.1f}" for t in r["epoch_seconds"])
-        workers = r["num_workers"] if r["num_workers"] is not None else "-"
-        lines.append(
-            f"| {r['kind']} | {'full' if r['augment'] else 'none (normalise only)'} | {r['device']} | {workers} "
-            f"| {'1 per worker' if r['kind'] == 'torch' else r['torch_threads']} | {r['batch_size']} "
-            f"| {r['images_per_epoch']:,} | {epochs} | {r['images_per_s']:,.0f} | {ratio} |"
+    header = ("loader", "augmentation", "device", "workers", "torch threads", "batch", "images timed/epoch")
+    header += ("epoch s", "images/s", "vs torch")
+    rows = [
+        (
+            r["kind"],
+            "full" if r["augment"] else "none (normalise only)",
+            r["device"],
+            r["num_workers"] if r["num_workers"] is not None else "-",
+            "1 per worker" if r["kind"] == "torch" else r["torch_threads"],
+            r["batch_size"],
+            f"{r['images_per_epoch']:,}",
+            ", ".join(f"{t:.1f}" for t in r["epoch_seconds"]),
+            f"{r['images_per_s']:,.0f}",
+            f"{r['images_per_s'] / baseline:.2f}x" if baseline else "-",
         )
-    return "\n".join(lines)
+        for r in results
+    ]
+    return markdown_table(header, "lllrrrrlrr", rows)
 
 
 def run(

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, cpu_name, package_versions
+from bench.common import RESULTS_DIR, cpu_name, markdown_table, package_versions
 from fastcifar.errors import UserError
 
 
@@ -124,18 +124,20 @@ def bench_prepare(
 
 
 def _table(record: dict) -> str:
-    lines = [
-        "| stage | writer processes | images | median s | images/s | runs (s) | beton MiB |",
-        "|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for r in record["results"]:
-        procs = "-" if r["writer_processes"] is None else str(r["writer_processes"])
-        runs = ", ".join(f"{t:.3g}" for t in r["all_seconds"])
-        lines.append(
-            f"| {r['stage']} | {procs} | {r['images']} | {r['seconds']:.3g} | {r['images_per_s']:,} "
-            f"| {runs} | {r['mib']} |"
+    header = ("stage", "writer processes", "images", "median s", "images/s", "runs (s)", "beton MiB")
+    rows = [
+        (
+            r["stage"],
+            "-" if r["writer_processes"] is None else r["writer_processes"],
+            r["images"],
+            f"{r['seconds']:.3g}",
+            f"{r['images_per_s']:,}",
+            ", ".join(f"{t:.3g}" for t in r["all_seconds"]),
+            r["mib"],
         )
-    return "\n".join(lines)
+        for r in record["results"]
+    ]
+    return markdown_table(header, "lrrrrlr", rows)
 
 
 def main(
