@@ -188,42 +188,20 @@ def trace_cuda_decomposition() -> list[tuple[str, int, bool]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the cuda tests trace the kernels for real")
-def test_cuda_decomposition_traces_without_a_gpu():
+def test_cuda_decomposition_traces_without_a_gpu(call_compiling_triton):
     """What Inductor sees on CUDA: each op becomes its Triton kernel, writing its outputs and no input
     (a kernel found to write an input would make Inductor copy that input before every launch)."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    script = f"import runpy; print(runpy.run_path({__file__!r})['trace_cuda_decomposition']())"
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(
-        [
-            ("_sk_select_fwd_kernel", 1, False),  # out
-            ("_sk_fuse_mean_kernel", 1, False),  # s
-            ("_sk_select_bwd_kernel", 3, False),  # dF_0, dF_1, dlogits
-            ("_zpool_fwd_kernel", 2, False),  # out, argmax
-            ("_zpool_bwd_kernel", 1, False),  # dx
-        ]
-    )
+    assert call_compiling_triton(__file__, "trace_cuda_decomposition") == [
+        ["_sk_select_fwd_kernel", 1, False],  # out
+        ["_sk_fuse_mean_kernel", 1, False],  # s
+        ["_sk_select_bwd_kernel", 3, False],  # dF_0, dF_1, dlogits
+        ["_zpool_fwd_kernel", 2, False],  # out, argmax
+        ["_zpool_bwd_kernel", 1, False],  # dx
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the cuda tests compile the kernels for real")
-def test_kernels_compile_to_sm90_cubin_without_a_gpu():
+def test_kernels_compile_to_sm90_cubin_without_a_gpu(call_compiling_triton):
     """The interpreter accepts code the compiler rejects: compile every kernel for real (no device needed)."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    script = f"import runpy; print(runpy.run_path({__file__!r})['compile_all_kernels_for_sm90']())"
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "12"
+    assert call_compiling_triton(__file__, "compile_all_kernels_for_sm90") == 12

@@ -1,10 +1,5 @@
 """kernels.static: the sm_90 static report's arithmetic, and its verdicts on the models' channels_last shapes."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -55,14 +50,8 @@ def analyse_model_shapes() -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the static report is for machines without a GPU")
-def test_model_shapes_compile_without_spills_and_with_128_bit_accesses():
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    script = f"import json, runpy; print(json.dumps(runpy.run_path({__file__!r})['analyse_model_shapes']()))"
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(done.stdout.strip().splitlines()[-1])
+def test_model_shapes_compile_without_spills_and_with_128_bit_accesses(call_compiling_triton):
+    rows = call_compiling_triton(__file__, "analyse_model_shapes")
     assert len(rows) == 10
     for r in rows:
         assert r["spill_bytes"] == 0, r
