@@ -103,7 +103,9 @@ def run_cli(component: Any, prog: str, *, argv: Sequence[str] | None = None, che
     try:
         if check:
             _check_component(component, args)
-        result = fire.Fire(component, command=args, name=prog)
+        # Every command prints its own output; what a function returns (a summary dict, a folder)
+        # is for Python callers, so fire is told to print nothing of it.
+        fire.Fire(component, command=args, name=prog, serialize=lambda _result: None)
     except UserError as err:
         if _reports_errors():
             print(f"{prog}: error: {err}", file=sys.stderr)
@@ -111,4 +113,3 @@ def run_cli(component: Any, prog: str, *, argv: Sequence[str] | None = None, che
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    del result

@@ -13,41 +13,13 @@ from __future__ import annotations
 import json
 
 from fastcifar.cli import run_cli
+from fastcifar.data.prepare import dataset_dir, load_meta, prepare
 
 PROG = "python -m fastcifar.data"
 
 
-def prepare(
-    dataset: str = "cifar100",
-    root: str = "data",
-    archive: str | None = None,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    download: bool = True,
-) -> None:
-    """Write <root>/<dataset>/{train,test}.beton and meta.json (datasets: cifar100, cifar10, synthetic).
-
-    Args:
-        dataset: cifar100, cifar10 or synthetic.
-        root: data folder; downloads are kept in <root>/downloads/.
-        archive: the official .tar.gz, or an extracted cifar-100-python/ folder; default: download.
-        n_train: synthetic only: number of training images (default 5000).
-        n_test: synthetic only: number of test images (default 1000).
-        seed: synthetic only: seed of the generated images.
-        download: allow downloading the official archive (--nodownload forbids it).
-    """
-    from fastcifar.data.prepare import prepare as run_prepare
-
-    run_prepare(
-        dataset=dataset, root=root, archive=archive, n_train=n_train, n_test=n_test, seed=seed, download=download
-    )
-
-
 def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> None:
     """Print a summary of <root>/<dataset>/meta.json (--full prints all of it as JSON)."""
-    from fastcifar.data.prepare import dataset_dir, load_meta
-
     meta = load_meta(root, dataset)
     if full:
         print(json.dumps(meta, indent=2))

@@ -377,9 +377,10 @@ def prepare(
         root: data folder; downloads go to ``<root>/downloads/``.
         archive: the official ``.tar.gz`` or an extracted ``cifar-100-python/`` (or
             ``cifar-10-batches-py/``) folder, or a folder holding one; default: download.
-        n_train, n_test: sizes of the synthetic splits (default 5000 / 1000); synthetic only.
-        seed: seed of the synthetic data; synthetic only.
-        download: whether the official archive may be downloaded when absent.
+        n_train: synthetic only: number of training images (default 5000).
+        n_test: synthetic only: number of test images (default 1000).
+        seed: synthetic only: seed of the generated images.
+        download: allow downloading the official archive when absent (--nodownload forbids it).
 
     Returns:
         the dataset folder. Does nothing (and says so) when it is already prepared from the same inputs.
