@@ -18,6 +18,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._runtime import Launch, keep_opaque_when_interpreted, memory_format_of, new_output
+from ._tiles import tile_mask
 
 MAX_BRANCHES = 4
 VECTOR = 8  # elements of a 16-byte access at 2-byte storage: the alignment the host checks and hints
@@ -48,21 +49,6 @@ def _tile_offsets(
         else:
             off = tl.multiple_of(off, [1, 8])
     return off
-
-
-@triton.jit
-def _tile_mask(offs_c, offs_p, C, HW, EVEN_C: tl.constexpr, EVEN_HW: tl.constexpr):
-    """(BLOCK_C, BLOCK_HW) bounds mask; a dimension the block divides exactly gets no runtime test,
-    which keeps the mask constant along the contiguous axis (a condition for vector accesses)."""
-    if EVEN_C:
-        mask_c = tl.full(offs_c.shape, 1, tl.int1)
-    else:
-        mask_c = offs_c < C
-    if EVEN_HW:
-        mask_p = tl.full(offs_p.shape, 1, tl.int1)
-    else:
-        mask_p = offs_p < HW
-    return mask_c[:, None] & mask_p[None, :]
 
 
 @triton.jit
@@ -138,7 +124,7 @@ def _sk_select_fwd_kernel(
     n = pid // (num_c * num_p)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_p = pid_p * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
+    mask = tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
 
     off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
     f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
@@ -175,7 +161,7 @@ def _sk_select_bwd_kernel(
     g = tl.zeros([BLOCK_C, M_PAD], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
-        mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
+        mask = tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
         mask3 = _branch_mask(mask, M, M_PAD)
         off = _tile_offsets(n, offs_c, offs_p, W, sg_n, sg_c, sg_h, sg_w, FLAT_HW, ALIGNED, VEC_C)
         dv = tl.load(dv_ptr + off, mask=mask, other=0.0).to(tl.float32)
@@ -217,7 +203,7 @@ def _sk_fuse_mean_kernel(
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK_HW):
         offs_p = p0 + tl.arange(0, BLOCK_HW)
-        mask = _tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
+        mask = tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
         off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
         f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
                     mask=_branch_mask(mask, M, M_PAD), other=0.0)  # fmt: skip

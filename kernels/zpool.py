@@ -15,6 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._runtime import Launch, keep_opaque_when_interpreted, memory_format_of, new_output
+from ._tiles import tile_mask
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -46,21 +47,6 @@ def _tile(q, r, base, s_r, ALIGNED: tl.constexpr, VEC_R: tl.constexpr):
 
 
 @triton.jit
-def _bounds(q, r, Q, R, EVEN_Q: tl.constexpr, EVEN_R: tl.constexpr):
-    """(BLOCK_R, BLOCK_Q) mask; an axis the block divides exactly gets no runtime test (vector accesses
-    need a mask that is constant along the contiguous axis)."""
-    if EVEN_Q:
-        mask_q = tl.full(q.shape, 1, tl.int1)
-    else:
-        mask_q = q < Q
-    if EVEN_R:
-        mask_r = tl.full(r.shape, 1, tl.int1)
-    else:
-        mask_r = r < R
-    return mask_r[:, None] & mask_q[None, :]
-
-
-@triton.jit
 def _zpool_fwd_kernel(
     x_ptr, out_ptr, idx_ptr,
     Q, R, K1, K2, inv_r,
@@ -78,7 +64,7 @@ def _zpool_fwd_kernel(
     total = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        mask = _bounds(q, r, Q, R, EVEN_Q, EVEN_R)
+        mask = tile_mask(r, q, R, Q, EVEN_R, EVEN_Q)
         v = tl.load(x_ptr + _tile(q, r, x_base, sx_r, ALIGNED, VEC_R), mask=mask, other=float("-inf"))
         v = v.to(tl.float32)
         total += tl.sum(tl.where(mask, v, 0.0), axis=0)
@@ -114,7 +100,7 @@ def _zpool_bwd_kernel(
     dx_base = _kept_offsets(q, K1, K2, sd0, sd1, sd2)
     for r0 in range(0, R, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        mask = _bounds(q, r, Q, R, EVEN_Q, EVEN_R)
+        mask = tile_mask(r, q, R, Q, EVEN_R, EVEN_Q)
         dx = tl.where(r[:, None] == at[None, :], d_max[None, :], 0.0) + d_mean[None, :]
         off = _tile(q, r, dx_base, sd_r, ALIGNED, VEC_R)
         tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
