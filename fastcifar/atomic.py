@@ -1,22 +1,37 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then a rename.
 
 A reader (or a later run) sees the old file or the whole new one, never a half-written one, even
-when the writer is interrupted. The temporary file is ``.<name>.<random>.tmp`` beside the target;
-a writer killed with SIGKILL leaves it behind, and :func:`remove_stale_temporaries` (called by the
-next run that owns the folder) deletes it.
+when the writer is interrupted. The temporary file is ``.<name>.<random>.tmp`` beside the target.
+
+Every temporary file or folder made here is held under an exclusive ``flock`` while in use. The
+kernel drops the lock when its holder exits for any reason, SIGKILL included, so a later run tells
+a leftover (lock free) from one that another process is still writing (lock held) without trusting
+pids or clocks: :func:`remove_stale` deletes only the former.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "remove_stale_temporaries", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_path",
+    "held",
+    "locked_tempdir",
+    "remove_stale",
+    "remove_stale_temporaries",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def _fsync(fd: int) -> None:
@@ -25,18 +40,36 @@ def _fsync(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on a clean exit it is synced and renamed to ``path``.
+def held(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a file or a folder) for the duration of the block."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def locked_tempdir(parent: str | os.PathLike, prefix: str) -> Iterator[str]:
+    """``tempfile.TemporaryDirectory`` whose folder is locked while in use (see the module doc)."""
+    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as folder, held(folder):
+        yield folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a locked temporary path beside ``path``; on a clean exit it is synced and renamed to ``path``.
 
     The caller writes the temporary file by name (e.g. ``fig.savefig(tmp, format="png")``). On any
     exception (a full disk included) the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     tmp = Path(name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until os.close(fd): marks the file as in use
         yield tmp
         with open(tmp, "rb+") as handle:
             _fsync(handle.fileno())
@@ -45,6 +78,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -63,15 +98,45 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete the temporary files that atomic writes of ``names`` left in ``folder``; return them.
+def _remove_if_unlocked(path: Path) -> bool:
+    """Remove ``path`` (file or folder) if no process holds its lock; the lock is held while removing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # vanished or unreadable: leave it alone
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False  # in use
+            raise
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    finally:
+        os.close(fd)
 
-    Only call this from the one process that owns ``folder`` (a live writer's file would go too).
-    """
-    removed = []
+
+def remove_stale(folder: str | os.PathLike, patterns: Iterable[str]) -> list[Path]:
+    """Remove what killed writers left in ``folder``: entries matching the glob ``patterns`` whose
+    lock is free (a live writer's are kept). Returns what was removed."""
     folder = Path(folder)
-    for name in names:
-        for stale in folder.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-            removed.append(stale)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            try:
+                if not path.is_symlink() and _remove_if_unlocked(path):  # a link is never something we wrote
+                    removed.append(path)
+            except FileNotFoundError:  # removed meanwhile by its owner
+                continue
     return removed
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes of ``names`` left in ``folder``; return them."""
+    return remove_stale(folder, [f".{name}.*.tmp" for name in names])

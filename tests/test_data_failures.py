@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastcifar.atomic import held, remove_stale
 from fastcifar.data import archive as archives
-from fastcifar.data import beton, integrity, scratch, synthetic
+from fastcifar.data import beton, integrity, synthetic
 from fastcifar.data import prepare as prep
 from fastcifar.errors import UserError
 
@@ -185,8 +186,8 @@ def test_leftovers_in_use_by_a_live_run_are_kept(tmp_path):
     dead.write_bytes(b"left over")
     foreign = folder / ".other.tmp"  # not a pattern prepare owns
     foreign.write_bytes(b"not ours")
-    with scratch.held(busy):  # as a live writer holds it
-        removed = scratch.remove_stale(folder, locked=(".train.beton.*.tmp", ".test.beton.*.tmp"))
+    with held(busy):  # as a live writer holds it
+        removed = remove_stale(folder, (".train.beton.*.tmp", ".test.beton.*.tmp"))
     assert removed == [dead]
     assert busy.exists() and foreign.exists() and not dead.exists()
 

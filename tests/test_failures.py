@@ -72,6 +72,18 @@ def test_a_new_run_in_a_folder_cleans_stale_temporaries(tiny_flags, tmp_path):
     assert not stale.exists() and (out / "summary.json").exists()
 
 
+def test_clean_up_keeps_the_temporary_file_of_a_write_in_progress(tmp_path):
+    from fastcifar.atomic import atomic_path, remove_stale_temporaries
+
+    dead = tmp_path / ".checkpoint.pt.dead.tmp"  # what a killed writer left: no lock held
+    dead.write_bytes(b"left over")
+    with atomic_path(tmp_path / "checkpoint.pt") as live:  # another process's write, lock held
+        live.write_bytes(b"being written")
+        removed = remove_stale_temporaries(tmp_path, ["checkpoint.pt"])
+        assert removed == [dead] and live.exists()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"being written" and not live.exists()
+
+
 def test_a_damaged_checkpoint_is_refused_naming_the_previous_one(stopped_run):
     from fastcifar.train import train
 

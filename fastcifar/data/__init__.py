@@ -2,7 +2,7 @@
 
 Modules: :mod:`.archive` (official archives), :mod:`.synthetic` (generated look-alikes),
 :mod:`.checks` (image/label checks), :mod:`.beton` (FFCV files), :mod:`.integrity` (content
-hashes), :mod:`.scratch` (temporary files of killed runs), :mod:`.prepare` (archive -> betons +
+hashes), :mod:`.prepare` (archive -> betons +
 meta.json; its function is ``fastcifar.data.prepare.prepare``), :mod:`.loaders` (``build_loader``).
 
 Heavy modules (ffcv, torchvision) are imported lazily so ``import fastcifar.data`` stays cheap

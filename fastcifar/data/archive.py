@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastcifar.atomic import atomic_path
 from fastcifar.data.checks import as_images, as_labels, check_label_range
 from fastcifar.errors import UserError
 
@@ -124,15 +123,11 @@ def download(spec: DatasetSpec, dest: str | os.PathLike, timeout: float = 60.0) 
     complete and its checksum right, so an interrupted download never leaves a file at ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    fcntl.flock(fd, fcntl.LOCK_EX)  # marks the partial file as in use (see fastcifar.data.scratch)
-    tmp = Path(tmp_name)
     digest = hashlib.md5()
     received = 0
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:  # locked while written: prepare's clean-up keeps it
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
+            with open(tmp, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length else None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.filename}") as bar:
@@ -154,10 +149,6 @@ def download(spec: DatasetSpec, dest: str | os.PathLike, timeout: float = 60.0) 
                 f"downloaded {spec.filename} has md5 {digest.hexdigest()}, expected {spec.md5}; "
                 f"run prepare again or {manual_placement_hint(spec, dest)}"
             )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -216,7 +216,7 @@ def write_beton(
         num_workers: writer processes; default min(2, CPUs).
 
     The file is written under a temporary name in the same folder (locked while written, see
-    :mod:`fastcifar.data.scratch`) and renamed to ``path`` only when complete. On any failure (a
+    :mod:`fastcifar.atomic`) and renamed to ``path`` only when complete. On any failure (a
     full disk, a writer process dying, Ctrl-C) the temporary file is removed, ``path`` is left as
     it was, and a failure is a UserError of one line.
     """

@@ -10,7 +10,7 @@ A run whose inputs match the fingerprint in ``meta.json`` (and whose betons are 
 recorded sizes) does nothing. ``meta.json`` is removed before a beton is replaced and written last,
 so a run cut short never leaves a folder that looks prepared. ``meta.json`` records a content hash
 of each beton (:mod:`fastcifar.data.integrity`), checked before a prepared folder is trusted.
-Temporary files a killed run left behind are removed by the next run (:mod:`fastcifar.data.scratch`).
+Temporary files a killed run left behind are removed by the next run (:mod:`fastcifar.atomic`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fastcifar.atomic import write_json_atomic
-from fastcifar.data import DATASETS, expand_root, integrity, scratch
+from fastcifar.atomic import locked_tempdir, remove_stale, write_json_atomic
+from fastcifar.data import DATASETS, expand_root, integrity
 from fastcifar.data import archive as archives
 from fastcifar.data.beton import PAGE_SIZE, ffcv_version, write_beton
 from fastcifar.errors import UserError
@@ -203,14 +203,11 @@ def _is_prepared(root: Path, dataset: str, fingerprint: str) -> bool:
 
 
 def _remove_leftovers(root: Path, out: Path) -> None:
-    """Remove temporary files and folders that killed runs of prepare left (see :mod:`.scratch`)."""
-    removed = scratch.remove_stale(root, locked=(".synthetic-*", ".extract-*"))
-    removed += scratch.remove_stale(
-        out,
-        locked=tuple(f".{name}.*.tmp" for name in BETONS),
-        unlocked=(".meta.json.*.tmp", f".{integrity.CACHE_NAME}.*.tmp"),
-    )
-    removed += scratch.remove_stale(root / "downloads", locked=(".*.part",))
+    """Remove temporary files and folders that killed runs of prepare left (see :mod:`fastcifar.atomic`)."""
+    removed = remove_stale(root, (".synthetic-*", ".extract-*"))
+    owned = (*BETONS, "meta.json", integrity.CACHE_NAME)
+    removed += remove_stale(out, [f".{name}.*.tmp" for name in owned])
+    removed += remove_stale(root / "downloads", (".*.part",))
     if removed:
         print(
             f"removed {len(removed)} temporary file(s) left by an interrupted run: "
@@ -315,7 +312,7 @@ def _write_dataset(out: Path, data: archives.CifarData, meta: dict[str, Any]) ->
 
 def _read_archive(path: Path, spec: archives.DatasetSpec, scratch_parent: Path) -> archives.CifarData:
     """Extract ``path`` safely into a scratch folder, read it, and remove the scratch folder."""
-    with scratch.locked_tempdir(scratch_parent, ".extract-") as folder_tmp:
+    with locked_tempdir(scratch_parent, ".extract-") as folder_tmp:
         archives.extract(path, folder_tmp)
         folder = archives.find_folder(folder_tmp, spec)
         if folder is None:
@@ -341,7 +338,7 @@ def _prepare_synthetic(root: Path, out: Path, n_train: int | None, n_test: int |
     # archive (noisy pixels barely compress) + extracted pickles + betons
     _ensure_free_space(root, 2 * n * (_IMAGE_BYTES + 64) + _beton_bytes(n), "the synthetic dataset")
     spec = archives.SPECS["cifar100"]
-    with scratch.locked_tempdir(root, ".synthetic-") as folder_tmp:
+    with locked_tempdir(root, ".synthetic-") as folder_tmp:
         path = Path(folder_tmp) / "synthetic-cifar-100-python.tar.gz"
         print(f"generating a synthetic archive ({n_train} train / {n_test} test images, seed {seed})", flush=True)
         md5 = synthetic.write_archive(path, n_train, n_test, seed=seed, dataset="cifar100")
