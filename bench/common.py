@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from fastcifar.atomic import write_text_atomic
-from fastcifar.engine import synchronize as sync  # the one "wait for queued device work" helper
 from fastcifar.environment import package_version, package_versions
+from fastcifar.training.engine import synchronize as sync  # the one "wait for queued device work" helper
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

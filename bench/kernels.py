@@ -53,7 +53,7 @@ if not torch.cuda.is_available():
     # decoration time, so this must precede importing kernels. (--static sets it to 0 in a subprocess.)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels
+import fastcifar.kernels as kernels
 from bench.common import RESULTS_DIR, Deadline, write_text_atomic
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -310,7 +310,7 @@ def static_rows(
     """One row per distinct kernel launch of `archs` at `batch`, analysed for sm_90 (kernels.static)."""
     from tqdm import tqdm
 
-    from kernels import static
+    from fastcifar.kernels import static
 
     users: dict[Case, list[str]] = {}
     for arch in archs:

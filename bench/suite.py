@@ -56,7 +56,7 @@ RESERVE_S = 3.0  # kept back for the last save and the exit
 CIFAR_TRAIN_IMAGES = 50_000
 TRAIN_BATCH = 256  # the study's batch: train, augmentation, loader and profile sections all use it
 
-# Train variants per device (names from fastcifar.variant.VARIANTS). On CPU, bf16 + channels_last
+# Train variants per device (names from fastcifar.training.variant.VARIANTS). On CPU, bf16 + channels_last
 # gives non-finite SK gradients at tiny widths, and compiling on two cores takes minutes: the CPU
 # proof runs eager fp32 and eager bf16 NCHW through the same section code.
 GPU_TRAIN_VARIANTS = ("eager_fp32", "compiled_bf16_cl", "compiled_bf16_cl_triton", "compiled_bf16_cl_triton_cudagraphs")
@@ -213,21 +213,21 @@ def deadline_kwargs(deadline: Deadline) -> dict[str, Any]:
 
 
 def variant_vocabulary() -> dict[str, Any]:
-    """Name -> :class:`fastcifar.variant.Variant`."""
-    from fastcifar.variant import VARIANTS
+    """Name -> :class:`fastcifar.training.variant.Variant`."""
+    from fastcifar.training.variant import VARIANTS
 
     return dict(VARIANTS)
 
 
 def fast_variant_name() -> str:
-    """The name of :data:`fastcifar.variant.FAST` (what ``--fast`` trains with)."""
-    from fastcifar.variant import FAST, VARIANTS
+    """The name of :data:`fastcifar.training.variant.FAST` (what ``--fast`` trains with)."""
+    from fastcifar.training.variant import FAST, VARIANTS
 
     return next((name for name, v in VARIANTS.items() if v == FAST), "compiled_bf16_cl_triton")
 
 
 def baseline_variant_name() -> str:
-    from fastcifar.variant import BASELINE, VARIANTS
+    from fastcifar.training.variant import BASELINE, VARIANTS
 
     return next((name for name, v in VARIANTS.items() if v == BASELINE), "eager_fp32")
 
@@ -441,7 +441,7 @@ def profile_variant_names(ctx: Context) -> list[str]:
 
 def section_profile(ctx: Context, deadline: Deadline, variants: list[str] | None) -> dict:
     from fastcifar.analyze import analyze
-    from fastcifar.profile import profile_variants
+    from fastcifar.profiling.record import profile_variants
 
     folder = ctx.out / "profile"
     names = variants or profile_variant_names(ctx)
@@ -650,7 +650,7 @@ def _sk_select_vs_inductor(sections: dict) -> dict | None:
 def derive(sections: dict, fast_name: str | None = None) -> dict:
     """The figures the goals are stated in, from what the sections measured (None where not measured).
 
-    - ``fast_vs_eager_fp32``: images/s of the fast variant (``fastcifar.variant.FAST``) over the
+    - ``fast_vs_eager_fp32``: images/s of the fast variant (``fastcifar.training.variant.FAST``) over the
       study's eager fp32 NCHW step, both measured in this run (goal >= 3x);
     - ``projected_30_epochs_seconds``: 30 x 50,000 images at the fast variant's training rate, a
       projection from throughput (no evaluation, no data loading; goal <= 90 s, aim 60 s);
@@ -847,7 +847,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train_variants",
         default=None,
-        help="comma-separated variants of fastcifar.variant.VARIANTS "
+        help="comma-separated variants of fastcifar.training.variant.VARIANTS "
         f"(default CUDA: {','.join(GPU_TRAIN_VARIANTS)}; CPU: {','.join(CPU_TRAIN_VARIANTS)})",
     )
     parser.add_argument(
@@ -864,7 +864,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fast_variant",
         default=None,
-        help="the variant the goal figures call fast (default: fastcifar.variant.FAST's name)",
+        help="the variant the goal figures call fast (default: fastcifar.training.variant.FAST's name)",
     )
     args = parser.parse_args(argv)
     if not (args.budget > 0 and math.isfinite(args.budget)):
@@ -912,7 +912,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     deadline = Deadline(args.budget)
-    from fastcifar.variant import resolve_device
+    from fastcifar.training.variant import resolve_device
 
     device = resolve_device(args.device)
     tiny = (device.type != "cuda") if args.tiny is None else args.tiny

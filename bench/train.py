@@ -1,7 +1,7 @@
 """Training-step throughput of sk_densenet in several variants, side by side in one run.
 
-Variants are :data:`fastcifar.variant.VARIANTS`; each model is built with
-:func:`fastcifar.variant.build_model` and trained through :func:`fastcifar.engine.train_one_epoch`,
+Variants are :data:`fastcifar.training.variant.VARIANTS`; each model is built with
+:func:`fastcifar.training.variant.build_model` and trained through :func:`fastcifar.training.engine.train_one_epoch`,
 i.e. the engine's one training step (forward, CE loss, backward, Adam, OneCycleLR):
 
 - ``eager_fp32``: eager, fp32, NCHW, PyTorch SK layers (the study's setting);
@@ -41,9 +41,9 @@ from typing import Any
 import torch
 
 from bench.common import RESULTS_DIR, package_versions, write_text_atomic
-from fastcifar import engine
 from fastcifar.models import tiny_overrides
-from fastcifar.variant import VARIANTS, build_model, get_variant, parse_variants, resolve_device
+from fastcifar.training import engine
+from fastcifar.training.variant import VARIANTS, build_model, get_variant, parse_variants, resolve_device
 
 CUDA_VARIANTS = (
     "eager_fp32",
@@ -117,7 +117,7 @@ def bench_variant(
     ``train_flops_per_step`` (counted when not given) turns step time into TFLOP/s, and
     ``peak_tflop_per_s`` that into a fraction (``mfu``). ``time_left`` (seconds) stops the timed
     passes early, after the first, when another pass would not fit. Raises
-    :class:`fastcifar.engine.NonFiniteLoss` when the loss becomes NaN/inf.
+    :class:`fastcifar.training.engine.NonFiniteLoss` when the loss becomes NaN/inf.
     """
     variant = get_variant(name)
     device = resolve_device(device)

@@ -22,8 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from fastcifar.analysis.report import analyze
 from fastcifar.errors import UserError
+from fastcifar.profiling.comparison import analyze
 
 PROG = "fastcifar.analyze"
 

@@ -15,8 +15,8 @@ Examples::
 Every epoch writes ``<out>/metrics.jsonl``, TensorBoard scalars (``<out>/tb``), ``<out>/curves.png``
 and ``<out>/checkpoint.pt``; the end of the run writes ``<out>/summary.json``.
 
-The flags are the fields of :class:`fastcifar.config.TrainConfig` plus ``--resume``, ``--fast`` and
-``--baseline``; the run itself is :mod:`fastcifar.run`.
+The flags are the fields of :class:`fastcifar.training.config.TrainConfig` plus ``--resume``, ``--fast`` and
+``--baseline``; the run itself is :mod:`fastcifar.training.run`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastcifar.config import EXTRA_FLAGS, TrainConfig, config_fields, default_value, flag_help, resolve_config
 from fastcifar.errors import UserError
+from fastcifar.training.config import EXTRA_FLAGS, TrainConfig, config_fields, default_value, flag_help, resolve_config
 
 PROG = "fastcifar.train"
 __all__ = ["PROG", "TrainConfig", "main", "resolve_config", "train"]
@@ -42,13 +42,13 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     config. ``batch_hook(split, images, labels)``, when given, sees every train and test batch
     (``split`` is ``"train"`` or ``"test"``): a hook for tests and debugging, not a flag.
     """
-    from fastcifar.config import check_flag_names, resumed_config
+    from fastcifar.training.config import check_flag_names, resumed_config
 
     check_flag_names(flags)
     resume = flags.pop("resume", None)
     if resume is None or resume is False:
         config = resolve_config(**flags)
-        from fastcifar import run as run_module  # torch and the data stack: after the flags are checked
+        from fastcifar.training import run as run_module  # torch and the data stack: after the flags are checked
 
         run_module.refuse_existing_run(config.out)
         return run_module.run(config, batch_hook=batch_hook)
@@ -61,8 +61,8 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     folder = Path(resume).expanduser()
     if not (folder / "checkpoint.pt").is_file():  # checked before the (slow) torch import
         raise UserError(f"no checkpoint at {folder / 'checkpoint.pt'}: pass the folder of a run started by {PROG}")
-    from fastcifar import checkpoint as ckpt
-    from fastcifar import run as run_module
+    from fastcifar.training import checkpoint as ckpt
+    from fastcifar.training import run as run_module
 
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(folder))
     config = resumed_config(state["config"], str(folder), flags)

@@ -164,7 +164,7 @@ def sk_launches(
     """
     import importlib
 
-    sk = importlib.import_module("kernels.sk_select")
+    sk = importlib.import_module("fastcifar.kernels.sk_select")
     N, M, C, H, W = shape
     branches = [torch.empty(N, C, H, W, device="meta", dtype=dtype, memory_format=memory_format) for _ in range(M)]
     logits = torch.empty(N, M, C, device="meta", dtype=dtype)
@@ -183,7 +183,7 @@ def zpool_launches(
     """The launches of Z-pool forward and backward along `dim` for x (N, C, H, W) on the meta device."""
     import importlib
 
-    zp = importlib.import_module("kernels.zpool")
+    zp = importlib.import_module("fastcifar.kernels.zpool")
     x = torch.empty(shape, device="meta", dtype=dtype, memory_format=memory_format)
     out, idx = zp._alloc_zpool(x, dim)
     dx = zp._alloc_zpool_grad(out, idx, list(shape), dim, memory_format == torch.channels_last)

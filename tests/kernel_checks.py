@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import _runtime
+from fastcifar.kernels import _runtime
 
 CUDA_OK = torch.cuda.is_available() and not _runtime.INTERPRET
 DEVICES = [

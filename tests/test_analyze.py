@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fastcifar.analysis import categories as C
-from fastcifar.analysis.metrics import variant_metrics
-from fastcifar.analysis.report import analyze
-from fastcifar.analysis.trace import load_trace
 from fastcifar.errors import UserError
+from fastcifar.profiling import categories as C
+from fastcifar.profiling.comparison import analyze
+from fastcifar.profiling.trace import load_trace
+from fastcifar.profiling.trace_metrics import variant_metrics
 
 PID, TID, BWD_TID = 100, 100, 101
 
@@ -218,7 +218,7 @@ def test_report_side_by_side(tmp_path: Path) -> None:
 
 def test_hta_on_gpu_trace(tmp_path: Path) -> None:
     pytest.importorskip("hta")
-    from fastcifar.analysis.hta_bridge import hta_figures
+    from fastcifar.profiling.hta_bridge import hta_figures
 
     path = write_trace(tmp_path / "g", gpu_events())
     figures = hta_figures(path, "cuda")
@@ -390,7 +390,7 @@ def test_cpu_busy_is_a_union_over_threads(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_busy_never_exceeds_the_step_on_a_real_cpu_profile(tmp_path: Path) -> None:
     from fastcifar.models import tiny_overrides
-    from fastcifar.profile import profile_variants
+    from fastcifar.profiling.record import profile_variants
 
     profile_variants(
         "sk_densenet",

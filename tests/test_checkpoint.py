@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar import checkpoint as ckpt
 from fastcifar.errors import UserError
+from fastcifar.training import checkpoint as ckpt
 
 
 def test_round_trip_restores_every_generator(tmp_path):

@@ -15,7 +15,7 @@ def _params() -> list[nn.Parameter]:
 
 def test_constant_schedule_is_a_never_stepped_onecycle() -> None:
     """The VAN notebook: OneCycleLR built, never stepped -> lr max_lr/25 and beta1 0.95 throughout."""
-    from fastcifar.engine import build_optimizer
+    from fastcifar.training.engine import build_optimizer
 
     params = _params()
     optimizer, scheduler = build_optimizer(
@@ -38,7 +38,7 @@ def test_constant_schedule_is_a_never_stepped_onecycle() -> None:
 
 
 def test_weight_decay_is_adams_coupled_l2() -> None:
-    from fastcifar.engine import build_optimizer
+    from fastcifar.training.engine import build_optimizer
 
     optimizer, _ = build_optimizer(
         _params(), max_lr=0.001, epochs=1, steps_per_epoch=3, device=torch.device("cpu"), weight_decay=5e-4
@@ -47,7 +47,7 @@ def test_weight_decay_is_adams_coupled_l2() -> None:
 
 
 def test_unknown_schedule_is_a_user_error() -> None:
-    from fastcifar.engine import build_optimizer
+    from fastcifar.training.engine import build_optimizer
 
     with pytest.raises(UserError, match="unknown schedule 'cosine'"):
         build_optimizer(
@@ -56,7 +56,7 @@ def test_unknown_schedule_is_a_user_error() -> None:
 
 
 def test_train_step_runs_the_profiler_ranges_and_returns_a_device_loss() -> None:
-    from fastcifar.engine import (
+    from fastcifar.training.engine import (
         STEP_COMPOSITION,
         StepSettings,
         batches_in_ranges,
@@ -85,7 +85,7 @@ def test_train_step_runs_the_profiler_ranges_and_returns_a_device_loss() -> None
 
 
 def test_describe_step_reads_what_the_objects_do() -> None:
-    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, describe_step
+    from fastcifar.training.engine import StepSettings, build_optimizer, build_scaler, describe_step
 
     settings = StepSettings(device=torch.device("cpu"), amp="bf16", label_smoothing=0.1)
     optimizer, scheduler = build_optimizer(
@@ -111,8 +111,8 @@ def test_describe_step_reads_what_the_objects_do() -> None:
 
 
 def test_step_settings_follow_the_variant() -> None:
-    from fastcifar.engine import StepSettings
-    from fastcifar.variant import BASELINE, VARIANTS
+    from fastcifar.training.engine import StepSettings
+    from fastcifar.training.variant import BASELINE, VARIANTS
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     graphs = VARIANTS["compiled_bf16_cl_triton_cudagraphs"]
@@ -123,7 +123,7 @@ def test_step_settings_follow_the_variant() -> None:
 
 
 def test_cudagraph_steps_are_marked_once_per_step_and_eval_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, evaluate, train_one_epoch
+    from fastcifar.training.engine import StepSettings, build_optimizer, build_scaler, evaluate, train_one_epoch
 
     marks: list[int] = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))

@@ -100,8 +100,8 @@ def test_a_damaged_checkpoint_is_refused_naming_the_previous_one(stopped_run):
 
 
 def test_a_data_set_with_another_class_count_is_refused(stopped_run, train_data, tmp_path):
-    from fastcifar.checkpoint import load_checkpoint, save_checkpoint
     from fastcifar.train import train
+    from fastcifar.training.checkpoint import load_checkpoint, save_checkpoint
 
     other = shutil.copytree(train_data, tmp_path / "other-data")
     meta_path = other / "synthetic" / "meta.json"
@@ -117,7 +117,7 @@ def test_a_data_set_with_another_class_count_is_refused(stopped_run, train_data,
 
 
 def test_a_failed_first_epoch_leaves_no_run_folder(tiny_flags, tmp_path):
-    from fastcifar.engine import NonFiniteLoss
+    from fastcifar.training.engine import NonFiniteLoss
 
     def poison(split, images, labels):
         images.fill_(float("nan"))
@@ -130,7 +130,7 @@ def test_a_failed_first_epoch_leaves_no_run_folder(tiny_flags, tmp_path):
 
 def test_a_full_disk_keeps_the_last_checkpoint(tiny_flags, tmp_path, monkeypatch):
     import fastcifar.atomic
-    from fastcifar.checkpoint import load_checkpoint
+    from fastcifar.training.checkpoint import load_checkpoint
 
     disk = {"full": False}
     real_fsync = fastcifar.atomic._fsync

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import _runtime
+import fastcifar.kernels as kernels
+from fastcifar.kernels import _runtime
 
 
 class TinySKTriplet(nn.Module):
@@ -116,7 +116,7 @@ def compile_all_kernels_for_sm90() -> int:
     channels_last and NCHW, flat and strided planes, int8/int16 argmax. An explicit target needs no
     driver or device. Must run with TRITON_INTERPRET unset. Returns the number of kernels compiled.
     """
-    from kernels import static
+    from fastcifar.kernels import static
 
     cl, nchw = torch.channels_last, torch.contiguous_format
     launches = [

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
+import fastcifar.kernels as kernels
 from fastcifar.models.layers import SKConv, SKSelect, TripletAttention, ZPool, sk_select_torch, zpool_torch
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from kernel_checks import CUDA_OK, DEVICES, DTYPES, LAYOUTS, assert_close, poisoned_outputs  # noqa: F401 (autouse fixture)
 
-import kernels
-from kernels import _dispatch, _runtime
+import fastcifar.kernels as kernels
+from fastcifar.kernels import _dispatch, _runtime
 
 # (N, M, C, H, W): C off every power of two, a 1x1 plane, N = 1, odd H != W, M from 1 to 4; and C % 8 == 0
 # (the aligned, unmasked-channel specialisations the models use: 40 -> 8-channel blocks) with M = 3

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import static
+from fastcifar.kernels import static
 
 
 def test_occupancy_is_limited_by_the_scarcest_resource():

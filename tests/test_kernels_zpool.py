@@ -6,8 +6,8 @@ import pytest
 import torch
 from kernel_checks import CUDA_OK, DEVICES, DTYPES, LAYOUTS, assert_close, poisoned_outputs  # noqa: F401 (autouse fixture)
 
-import kernels
-from kernels import _dispatch, _runtime
+import fastcifar.kernels as kernels
+from fastcifar.kernels import _dispatch, _runtime
 
 # C off every power of two, H != W, a 1x1 plane with N = 1 (pooling a size-1 dim).
 SHAPES = [(2, 37, 5, 7), (1, 5, 1, 1), (3, 19, 9, 9)]

@@ -26,7 +26,7 @@ EAGER, COMPILED = "eager_fp32", "compiled_bf16_cl"
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     from fastcifar.analyze import analyze
-    from fastcifar.profile import profile_variants
+    from fastcifar.profiling.record import profile_variants
 
     out = tmp_path_factory.mktemp("prof")
     # aot_eager: the whole torch.compile path (Dynamo + AOTAutograd) without C++ code generation,
@@ -143,7 +143,7 @@ def test_eager_layer_ranges_count_modules(profiled) -> None:
 
 def test_layer_ranges_are_hooks_on_module_types() -> None:
     from fastcifar.models import layers
-    from fastcifar.profile import layer_ranges
+    from fastcifar.profiling.record import layer_ranges
 
     globals_before = dict(vars(layers))
     model = torch.nn.Sequential(
@@ -163,7 +163,7 @@ def test_layer_ranges_are_hooks_on_module_types() -> None:
 
 
 def test_triton_mode_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastcifar.profile import triton_mode
+    from fastcifar.profiling.record import triton_mode
 
     cpu = torch.device("cpu")
     assert triton_mode(cpu, "torch") == "not used"
@@ -185,7 +185,7 @@ def test_triton_mode_words(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_profile_user_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
-    from fastcifar.profile import profile_variants
+    from fastcifar.profiling.record import profile_variants
 
     args = {"arch": "sk_densenet", "variants": EAGER, "steps": 1, "batch_size": 2, "out": tmp_path, "device": "cpu"}
     with pytest.raises(UserError, match=message):
@@ -207,7 +207,7 @@ def test_profile_cli_error_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_profile_gpu_tiny(tmp_path: Path) -> None:
     from fastcifar.analyze import analyze
-    from fastcifar.profile import profile_variants
+    from fastcifar.profiling.record import profile_variants
 
     names = (EAGER, COMPILED, "compiled_bf16_cl_triton", "compiled_bf16_cl_triton_cudagraphs")
     profile_variants("sk_densenet", names, steps=3, batch_size=32, out=tmp_path, model_kwargs=TINY, device="cuda")
@@ -223,10 +223,10 @@ def test_profile_gpu_tiny(tmp_path: Path) -> None:
 def test_profile_and_training_run_the_same_step(profiled, synthetic_root: Path, tmp_path: Path) -> None:
     """The eager_fp32 profile and a 1-epoch training run of the same tiny config: same optimiser
     (class and hyper-parameters), same learning-rate schedule, same step composition."""
-    from fastcifar import engine
-    from fastcifar.checkpoint import checkpoint_path, load_checkpoint
     from fastcifar.train import train
-    from fastcifar.variant import VARIANTS, Variant, build_model
+    from fastcifar.training import engine
+    from fastcifar.training.checkpoint import checkpoint_path, load_checkpoint
+    from fastcifar.training.variant import VARIANTS, Variant, build_model
 
     out, _, _ = profiled
     profile_run = json.loads((out / EAGER / "run.json").read_text())

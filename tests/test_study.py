@@ -14,10 +14,10 @@ import pytest
 
 from fastcifar.errors import UserError
 from fastcifar.study import CLAIMS, EXPERIMENTS, ROWS, train_args
-from fastcifar.study import runs as study_runs
+from fastcifar.study import jobs as study_runs
+from fastcifar.study.jobs import RunSpec
 from fastcifar.study.rows import Row, study_result
 from fastcifar.study.runner import Progress, Scheduler
-from fastcifar.study.runs import RunSpec
 from fastcifar.study.stats import t_quantile, t_two_sided_p, welch
 
 # ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def tiny_run(tiny_flags, out, **flags):
 
 
 def test_onecycle_schedule_follows_the_recipe():
-    from fastcifar.engine import build_optimizer
+    from fastcifar.training.engine import build_optimizer
 
     params = [nn.Parameter(torch.zeros(2))]
     epochs, steps = 3, 10
@@ -52,7 +52,7 @@ def test_onecycle_schedule_follows_the_recipe():
 
 @pytest.mark.parametrize("pad", [False, True])
 def test_evaluate_matches_direct_computation(pad):
-    from fastcifar.engine import StepSettings, evaluate
+    from fastcifar.training.engine import StepSettings, evaluate
 
     torch.manual_seed(0)
     images = torch.randn(23, 3, 4, 4)
@@ -75,7 +75,7 @@ def test_evaluate_matches_direct_computation(pad):
 
 
 def test_train_one_epoch_matches_a_plain_loop():
-    from fastcifar.engine import StepSettings, build_optimizer, build_scaler, train_one_epoch
+    from fastcifar.training.engine import StepSettings, build_optimizer, build_scaler, train_one_epoch
 
     def make():
         torch.manual_seed(1)
@@ -109,7 +109,7 @@ def test_train_one_epoch_matches_a_plain_loop():
 
 
 def test_nan_loss_stops_with_a_clear_error():
-    from fastcifar.engine import NonFiniteLoss, StepSettings, build_optimizer, build_scaler, train_one_epoch
+    from fastcifar.training.engine import NonFiniteLoss, StepSettings, build_optimizer, build_scaler, train_one_epoch
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_nan_loss_stops_with_a_clear_error():
 
 
 def test_time_to_thresholds():
-    from fastcifar.metrics import time_to_thresholds
+    from fastcifar.training.metrics import time_to_thresholds
 
     history = [
         {"epoch_seconds": 2.0, "top1": 40.0},
@@ -197,7 +197,7 @@ def test_compiled_matches_eager(tiny_flags, tmp_path):
 def test_recipe_flags_reach_the_run(tiny_flags, tmp_path, monkeypatch):
     """--weight_decay, --schedule constant and --norandaugment (the notebooks that deviate) take effect."""
     import fastcifar.data.loaders as loaders
-    from fastcifar.checkpoint import load_checkpoint
+    from fastcifar.training.checkpoint import load_checkpoint
 
     seen = []
     real_build_loader = loaders.build_loader

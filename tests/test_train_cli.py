@@ -62,8 +62,8 @@ def test_every_bad_input_is_one_clear_line(train_data, tiny, tmp_path, capsys, m
     """In-process through main() (the command line's own code path: flag check, fire, run_cli)."""
     import torch
 
-    from fastcifar.checkpoint import save_checkpoint
     from fastcifar.train import main
+    from fastcifar.training.checkpoint import save_checkpoint
 
     existing = tmp_path / "existing"  # holds a run: a (minimal) checkpoint and metrics
     save_checkpoint(existing / "checkpoint.pt", {"epoch": 1, "config": {}})
@@ -111,7 +111,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 
 
 def test_help_lists_every_flag_with_its_description(tmp_path):
-    from fastcifar.config import flag_help
+    from fastcifar.training.config import flag_help
 
     done = subprocess.run(
         [sys.executable, "-m", "fastcifar.train", "--help"],
@@ -132,8 +132,8 @@ def test_command_line_flags_are_the_config_fields():
     import inspect
     from dataclasses import fields
 
-    from fastcifar.config import EXTRA_FLAGS, TrainConfig
     from fastcifar.train import _command_signature
+    from fastcifar.training.config import EXTRA_FLAGS, TrainConfig
 
     parameters = _command_signature().parameters
     assert list(parameters) == [f.name for f in fields(TrainConfig)] + list(EXTRA_FLAGS)
@@ -167,9 +167,9 @@ def test_flags_on_the_command_line():
 
 def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
     import fastcifar.data.prepare as prepare_module
-    from fastcifar.config import resolve_config
-    from fastcifar.distributed import DistContext
-    from fastcifar.run import ensure_dataset
+    from fastcifar.training.config import resolve_config
+    from fastcifar.training.distributed import DistContext
+    from fastcifar.training.run import ensure_dataset
 
     calls = []
     real_prepare = prepare_module.prepare
@@ -189,7 +189,7 @@ def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
 
 def test_presets_and_explicit_flags():
     from fastcifar.train import resolve_config
-    from fastcifar.variant import BASELINE, FAST
+    from fastcifar.training.variant import BASELINE, FAST
 
     fast = resolve_config(fast=True, out="x")
     assert fast.variant == FAST and fast.loader == "gpu"
@@ -235,7 +235,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_flags, tmp_path):
     message = stdout_path.read_text()
     assert process.returncode == 0, stderr_path.read_text()
     assert f"--resume {out}" in message and "checkpoint saved" in message
-    from fastcifar.checkpoint import load_checkpoint
+    from fastcifar.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["config"]["epochs"] == 200 and state["epoch"] * 4 + state["step"] >= 1

@@ -41,10 +41,10 @@ def torchrun(*args: str) -> list[str]:
 def test_two_ranks_on_gloo(train_data, tiny_flags, tmp_path):
     from seen_recorder import SeenRecorder
 
-    from fastcifar.checkpoint import load_checkpoint
     from fastcifar.data.beton import read_beton
     from fastcifar.data.loaders import build_loader
     from fastcifar.models import create_model
+    from fastcifar.training.checkpoint import load_checkpoint
 
     tiny = tiny_flags["model_kwargs"]
     out, seen = tmp_path / "run", tmp_path / "seen"

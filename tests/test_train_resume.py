@@ -24,7 +24,7 @@ def rows(out):
 
 
 def load(path):
-    from fastcifar.checkpoint import load_checkpoint
+    from fastcifar.training.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 

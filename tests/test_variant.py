@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastcifar.errors import UserError
-from fastcifar.variant import (
+from fastcifar.training.variant import (
     ALIASES,
     BASELINE,
     FAST,

@@ -34,7 +34,7 @@ def _kernel_module() -> ModuleType:
     """Return the ``kernels`` package with its fused ops; raise ImportError when they are missing."""
     global _KERNELS
     if _KERNELS is None:
-        module = importlib.import_module("kernels")
+        module = importlib.import_module("fastcifar.kernels")
         for op in ("sk_select", "zpool"):
             if not callable(getattr(module, op, None)):
                 raise ImportError(f"kernels.{op} is not available")

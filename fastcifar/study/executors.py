@@ -2,7 +2,7 @@
 
 Both offer the same calls to the scheduler (:mod:`fastcifar.study.runner`): ``submit(spec) ->
 handle``, ``wait_any(handles) -> (handle, result)``, ``interrupt(handles)`` and ``close()``.
-``result`` is the dict of :func:`fastcifar.study.runs.attempt` after the scheduler's ``on_finish``
+``result`` is the dict of :func:`fastcifar.study.jobs.attempt` after the scheduler's ``on_finish``
 has seen it. ``on_start(spec, device)`` and ``on_finish(spec, result) -> result`` are called
 where the attempt begins and ends (local: in the device's worker, before the device is free again,
 so the progress lines keep their order).
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fastcifar.errors import UserError
-from fastcifar.study import runs
-from fastcifar.study.runs import RunSpec
+from fastcifar.study import jobs
+from fastcifar.study.jobs import RunSpec
 
 StartCallback = Callable[[RunSpec, str], None]
 FinishCallback = Callable[[RunSpec, dict[str, Any]], dict[str, Any]]
@@ -120,7 +120,7 @@ class LocalExecutor:
             }
         try:
             self.on_start(spec, slot.label)
-            return self.on_finish(spec, runs.attempt(spec, slot.label, slot.device_flag, slot.env))
+            return self.on_finish(spec, jobs.attempt(spec, slot.label, slot.device_flag, slot.env))
         finally:
             self._free.put(slot)
 
@@ -136,7 +136,7 @@ class LocalExecutor:
         """Ctrl-C: start nothing more, ask every training to save and stop, wait for the workers."""
         self._stopping = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        runs.interrupt_children()
+        jobs.interrupt_children()
         self._pool.shutdown(wait=True)
 
     def close(self) -> None:
@@ -176,10 +176,10 @@ def _ray_attempt(spec: RunSpec, out: str, use_gpu: bool) -> dict[str, Any]:
             import ray
 
             ids = ",".join(str(i) for i in ray.get_gpu_ids())
-            return runs.attempt(spec, f"{host}:cuda[{ids}]", "cuda")  # Ray set CUDA_VISIBLE_DEVICES
-        return runs.attempt(spec, f"{host}:cpu", "cpu")
+            return jobs.attempt(spec, f"{host}:cuda[{ids}]", "cuda")  # Ray set CUDA_VISIBLE_DEVICES
+        return jobs.attempt(spec, f"{host}:cpu", "cpu")
     except KeyboardInterrupt:  # ray.cancel: let the training save its checkpoint before the task ends
-        runs.interrupt_children()
+        jobs.interrupt_children()
         raise
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastcifar.atomic import atomic_path, write_json_atomic, write_text_atomic
-from fastcifar.study import runs
+from fastcifar.study import jobs
 from fastcifar.study.rows import CLAIMS, EXPERIMENTS, ROWS, Row, model_kwargs, study_result
 from fastcifar.study.runner import load_plan
 from fastcifar.study.stats import welch
@@ -76,15 +76,15 @@ def collect_runs(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
     collected = []
     for row_id in plan["rows"]:
         for seed in range(plan["seeds"]):
-            folder = runs.run_folder(out, row_id, seed)
-            status = runs.state(folder)
+            folder = jobs.run_folder(out, row_id, seed)
+            status = jobs.state(folder)
             entry: dict[str, Any] = {"row": row_id, "seed": seed, "folder": f"{row_id}/seed{seed}", "status": status}
-            record = runs.read_record(folder) or {}
+            record = jobs.read_record(folder) or {}
             failures = [a for a in record.get("attempts", []) if a.get("status") == "failed"]
             if status == "failed" and failures:
                 entry["error"] = failures[-1].get("error", "")
             if status == "finished":
-                entry["summary"] = json.loads((folder / runs.SUMMARY_NAME).read_text())
+                entry["summary"] = json.loads((folder / jobs.SUMMARY_NAME).read_text())
                 entry["history"] = [
                     json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()
                 ]

@@ -18,9 +18,9 @@ from typing import Any
 
 from fastcifar.atomic import write_json_atomic
 from fastcifar.errors import UserError
-from fastcifar.study import runs
+from fastcifar.study import jobs
+from fastcifar.study.jobs import RunSpec
 from fastcifar.study.rows import EXPERIMENTS, RECIPES, RUNTIME_FLAGS, Row, runtime_args, select_rows, train_args
-from fastcifar.study.runs import RunSpec
 
 PLAN_NAME = "study-plan.json"
 EXECUTORS = ("local", "ray")
@@ -37,7 +37,7 @@ class Interrupted(UserError):
 
 def train_flag_names() -> list[str]:
     """The ``fastcifar.train`` flags a study may apply to every row."""
-    from fastcifar.config import flag_help
+    from fastcifar.training.config import flag_help
 
     return [name for name in flag_help() if name not in RESERVED_TRAIN_FLAGS]
 
@@ -109,7 +109,7 @@ def plan_specs(out: Path, rows: list[Row], seeds: int, recipe: str, flags: dict[
     runtime = tuple(runtime_args(flags))
     for row in rows:
         for seed in range(seeds):
-            folder = runs.run_folder(out, row.id, seed).resolve()
+            folder = jobs.run_folder(out, row.id, seed).resolve()
             args = train_args(row, seed=seed, out=str(folder), recipe=recipe, flags=flags, tiny=tiny)
             specs.append(RunSpec(row.id, seed, str(folder), tuple(args), runtime))
     return specs
@@ -169,7 +169,7 @@ class Scheduler:
 
     def on_finish(self, spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         """Record the attempt, decide on a retry, print the line (where the attempt ended)."""
-        runs.add_attempt(spec, result)
+        jobs.add_attempt(spec, result)
         with self._lock:
             retry = (
                 result["status"] == "failed"
@@ -256,7 +256,7 @@ def _record_plan(
     )
     specs = plan_specs(out_dir, rows, seeds, recipe, flags, tiny)
     for spec in specs:
-        runs.claim(spec)
+        jobs.claim(spec)
     write_json_atomic(out_dir / PLAN_NAME, plan)
     return specs
 
@@ -313,7 +313,7 @@ def run(
     out_dir = Path(out or f"runs/study-{experiment}")
     specs = _record_plan(out_dir, experiment, selected, seeds, recipe, tiny, flags)
 
-    states = {spec.name: runs.state(spec.folder) for spec in specs}
+    states = {spec.name: jobs.state(spec.folder) for spec in specs}
     todo = [spec for spec in specs if states[spec.name] != "finished"]
     say = print_fn or print
     counts = {s: sum(1 for v in states.values() if v == s) for s in ("finished", "interrupted", "failed", "pending")}

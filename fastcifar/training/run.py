@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcifar import checkpoint as ckpt
-from fastcifar import distributed, engine
 from fastcifar.atomic import remove_stale_temporaries
-from fastcifar.config import TrainConfig
-from fastcifar.distributed import DistContext
 from fastcifar.errors import UserError
-from fastcifar.metrics import RUN_FILES, RunLogger, summarize
+from fastcifar.training import checkpoint as ckpt
+from fastcifar.training import distributed, engine
+from fastcifar.training.config import TrainConfig
+from fastcifar.training.distributed import DistContext
+from fastcifar.training.metrics import RUN_FILES, RunLogger, summarize
 
 PROG = "fastcifar.train"
 # Files whose presence makes a folder a run (refused as --out of a new run).
@@ -192,7 +192,7 @@ def claim_out_dir(out: Path, ctx: DistContext) -> bool:
 
 def _model(config: TrainConfig, device: torch.device, num_classes: int) -> nn.Module:
     """The registry model for ``config`` on ``device``; bad ``--model_kwargs`` values are one line."""
-    from fastcifar.variant import build_model
+    from fastcifar.training.variant import build_model
 
     try:
         return build_model(config.arch, config.model_kwargs, config.variant, device, num_classes=num_classes)
@@ -462,7 +462,7 @@ def run(
     The summary dict is the content of summary.json, or ``{"interrupted": True, ...}`` after Ctrl-C.
     ``batch_hook(split, images, labels)`` sees every train and test batch (tests and debugging).
     """
-    from fastcifar.variant import resolve_device
+    from fastcifar.training.variant import resolve_device
 
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     ctx = distributed.setup(device.type)

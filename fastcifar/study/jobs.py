@@ -196,7 +196,7 @@ def clear_partial_run(folder: Path) -> None:
     """
     import shutil
 
-    from fastcifar.metrics import RUN_FILES
+    from fastcifar.training.metrics import RUN_FILES
 
     for name in RUN_FILES:
         (folder / name).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ Recipe (docs/training.md): Adam betas (0.9, 0.999), eps 1e-8, no weight decay;
 OneCycleLR with max_lr 0.01, pct_start 0.3 and beta1 cycled 0.95 -> 0.85 -> 0.95, stepped after
 every batch; cross-entropy (label smoothing 0 by default). ``schedule="constant"`` and
 ``weight_decay`` reproduce the notebooks that deviate (see :func:`build_optimizer`). Speed options
-(a :class:`fastcifar.variant.Variant`): autocast to bf16/fp16 (a GradScaler for fp16),
+(a :class:`fastcifar.training.variant.Variant`): autocast to bf16/fp16 (a GradScaler for fp16),
 channels_last tensors, and a compiled forward passed in by the caller.
 
 Host synchronisation: a step launches work and never waits for it. The loss is summed on the
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from fastcifar.distributed import DistContext, all_reduce_sum
 from fastcifar.errors import UserError
-from fastcifar.variant import Variant
+from fastcifar.training.distributed import DistContext, all_reduce_sum
+from fastcifar.training.variant import Variant
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 SCHEDULES = ("onecycle", "constant")

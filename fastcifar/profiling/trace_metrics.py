@@ -24,8 +24,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fastcifar.analysis.categories import CATEGORIES, categorise, is_inductor_kernel_range
-from fastcifar.analysis.trace import Event, Trace
+from fastcifar.profiling.categories import CATEGORIES, categorise, is_inductor_kernel_range
+from fastcifar.profiling.trace import Event, Trace
 
 # Regions whose time the Triton kernels target: host ranges / ops by name, device kernels by name.
 REGIONS = {

@@ -19,10 +19,10 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     # Lazy: importing a submodule (e.g. categories) should not pull in matplotlib or pandas.
     if name == "analyze":
-        from fastcifar.analysis.report import analyze
+        from fastcifar.profiling.comparison import analyze
 
         return analyze
-    raise AttributeError(f"module 'fastcifar.analysis' has no attribute {name!r}")
+    raise AttributeError(f"module 'fastcifar.profiling' has no attribute {name!r}")
 
 
 __all__ = ["analyze"]

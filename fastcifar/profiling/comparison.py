@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastcifar.analysis.categories import CATEGORIES
-from fastcifar.analysis.hta_bridge import hta_available, hta_figures
-from fastcifar.analysis.metrics import REGIONS, variant_metrics
-from fastcifar.analysis.trace import find_variants, list_trace_files, load_run_info, load_trace
 from fastcifar.atomic import write_text_atomic
 from fastcifar.errors import UserError
+from fastcifar.profiling.categories import CATEGORIES
+from fastcifar.profiling.hta_bridge import hta_available, hta_figures
+from fastcifar.profiling.trace import find_variants, list_trace_files, load_run_info, load_trace
+from fastcifar.profiling.trace_metrics import REGIONS, variant_metrics
 
 # Baseline first (the study's setting, then its old name), then the usual order of the variants.
 KNOWN_ORDER = (
@@ -112,7 +112,7 @@ def analyze(
             "computed": computed,
             "note": "HolisticTraceAnalysis computes the GPU temporal, kernel-type and idle-time breakdowns and "
             "launch statistics; step attribution, categories, top kernels, data wait, memory and the "
-            "SK select / Z-pool regions are computed by fastcifar.analysis.metrics.",
+            "SK select / Z-pool regions are computed by fastcifar.profiling.trace_metrics.",
         },
         "variants": variants,
     }

@@ -44,25 +44,25 @@ def _datasets() -> tuple[str, ...]:
 
 
 def _schedules() -> tuple[str, ...]:
-    from fastcifar import engine
+    from fastcifar.training import engine
 
     return tuple(getattr(engine, "SCHEDULES", ("onecycle", "constant")))
 
 
 def _amp_modes() -> tuple[str, ...]:
-    from fastcifar.variant import AMP_MODES
+    from fastcifar.training.variant import AMP_MODES
 
     return AMP_MODES
 
 
 def _kernel_impls() -> tuple[str, ...]:
-    from fastcifar.variant import KERNEL_IMPLS
+    from fastcifar.training.variant import KERNEL_IMPLS
 
     return KERNEL_IMPLS
 
 
 def _compile_modes() -> tuple[str, ...]:
-    from fastcifar.variant import COMPILE_MODES
+    from fastcifar.training.variant import COMPILE_MODES
 
     return COMPILE_MODES
 
@@ -128,8 +128,8 @@ class TrainConfig:
 
     @property
     def variant(self):
-        """How the model runs (:class:`fastcifar.variant.Variant`)."""
-        from fastcifar.variant import Variant
+        """How the model runs (:class:`fastcifar.training.variant.Variant`)."""
+        from fastcifar.training.variant import Variant
 
         return Variant(
             compile=self.compile,
@@ -218,8 +218,8 @@ def _parse_path(name: str, value: Any, spec: dict) -> str:
 
 
 def _parse_device(name: str, value: Any, spec: dict) -> str:
-    # The full check (syntax, CUDA present, index in range) needs torch: fastcifar.variant does it.
-    from fastcifar.variant import resolve_device
+    # The full check (syntax, CUDA present, index in range) needs torch: fastcifar.training.variant does it.
+    from fastcifar.training.variant import resolve_device
 
     resolve_device(value, int(os.environ.get("LOCAL_RANK", "0")))
     return value
@@ -265,8 +265,8 @@ def parse_flag(name: str, value: Any) -> Any:
 
 
 def presets() -> dict[str, dict[str, Any]]:
-    """The preset flags: the model part from fastcifar.variant, the loader part from here."""
-    from fastcifar.variant import BASELINE, FAST
+    """The preset flags: the model part from fastcifar.training.variant, the loader part from here."""
+    from fastcifar.training.variant import BASELINE, FAST
 
     return {"fast": {**FAST.describe(), "loader": "gpu"}, "baseline": {**BASELINE.describe(), "loader": "torch"}}
 
@@ -304,7 +304,7 @@ def resolve_config(**flags: Any) -> TrainConfig:
     if not flags.get("out"):
         values["out"] = _parse_path("out", str(Path("runs") / f"{values['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"), {})
     config = TrainConfig(**values)
-    from fastcifar.variant import resolve_overrides
+    from fastcifar.training.variant import resolve_overrides
 
     resolve_overrides(config.arch, config.model_kwargs, config.variant)  # model id and option names
     return config
