@@ -28,6 +28,7 @@ __all__ = [
     "locked_tempdir",
     "remove_stale",
     "remove_stale_temporaries",
+    "try_lock",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -37,6 +38,20 @@ __all__ = [
 def _fsync(fd: int) -> None:
     """Force written data to the disk (one place, so tests can make it fail like a full disk)."""
     os.fsync(fd)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on the open file ``fd`` without waiting; False when another holds it.
+
+    The lock lasts until ``fd`` is closed (or its process ends, however it ends).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 @contextlib.contextmanager
@@ -105,12 +120,8 @@ def _remove_if_unlocked(path: Path) -> bool:
     except OSError:
         return False  # vanished or unreadable: leave it alone
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False  # in use
-            raise
+        if not try_lock(fd):
+            return False  # in use
         if path.is_dir():
             shutil.rmtree(path)
         else:

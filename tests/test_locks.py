@@ -1,0 +1,73 @@
+"""One writer per folder (fastcifar.locks): real processes hold and contend for a folder's lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastcifar.errors import UserError
+from fastcifar.locks import LOCK_NAME, FolderInUse, hold_folder, holder, is_held
+
+# A process that holds the folder, says so on stdout, and waits until its stdin closes.
+_HOLDER = """
+import sys
+from fastcifar.locks import hold_folder
+with hold_folder(sys.argv[1], "test-holder"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def start_holder(folder: Path) -> subprocess.Popen:
+    """A live process holding ``folder`` (returns once the lock is taken)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_second_process_is_refused_with_the_holders_pid_host_and_command(tmp_path):
+    child = start_holder(tmp_path / "run")
+    try:
+        assert is_held(tmp_path / "run")
+        with pytest.raises(FolderInUse) as refused:
+            with hold_folder(tmp_path / "run", "second"):
+                pytest.fail("the second writer got the lock")
+        message = str(refused.value)
+        assert isinstance(refused.value, UserError) and "\n" not in message
+        assert f"pid {child.pid} on host {socket.gethostname()}" in message
+        assert "-c" in message  # the holder's command line
+        assert holder(tmp_path / "run")["command"] == "test-holder"
+    finally:
+        child.stdin.close()
+        child.wait()
+    with hold_folder(tmp_path / "run", "second") as folder:  # free once the holder ended
+        assert folder == tmp_path / "run"
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_the_kernel_releases_the_lock_of_a_killed_holder(tmp_path):
+    child = start_holder(tmp_path / "run")
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not is_held(tmp_path / "run")
+    with hold_folder(tmp_path / "run", "after-kill"):
+        assert holder(tmp_path / "run")["command"] == "after-kill"
+
+
+def test_a_nested_hold_in_the_same_process_keeps_the_lock(tmp_path):
+    with hold_folder(tmp_path, "outer"):
+        with hold_folder(tmp_path, "inner"):
+            pass
+        assert is_held(tmp_path)
+        assert holder(tmp_path)["command"] == "outer"
+    assert not is_held(tmp_path)
