@@ -43,9 +43,41 @@ def test_a_new_run_never_writes_into_another_run(tiny_flags, stopped_run):
 def test_resume_refuses_flags_that_change_the_run(stopped_run):
     from fastcifar.train import train
 
-    with pytest.raises(UserError, match="--epochs, --lr cannot change on resume") as refused:
-        train(resume=str(stopped_run), epochs=5, lr=0.1)
-    assert "--device, --workers, --log_every" in str(refused.value)
+    with pytest.raises(UserError) as refused:
+        train(resume=str(stopped_run), epochs=5, lr=0.1, seed=0, dataset="synthetic")
+    message = str(refused.value)
+    # Each differing flag named with both values; the ones equal to the saved run are not named.
+    assert "--epochs: saved 2, given 5; --lr: saved 0.01, given 0.1 " in message
+    assert "--seed" not in message and "--dataset" not in message
+    assert "--device, --workers, --log_every" in message
+
+
+def test_resume_with_the_command_that_started_the_run(tiny_flags, stopped_run, capsys):
+    """The starting command with --resume added is accepted when every flag equals its saved value,
+    the model options spelled differently (JSON, keys reordered, a list for a tuple) included."""
+    from tiny_runs import command_line
+
+    from fastcifar.train import main
+
+    kwargs = json.dumps(dict(reversed(list(tiny_flags["model_kwargs"].items()))))
+
+    def argv(**changes):
+        flags = {**tiny_flags, "epochs": 2, "out": stopped_run, **changes}
+        return [
+            *command_line({name: value for name, value in flags.items() if name != "model_kwargs"}),
+            "--model_kwargs",
+            kwargs,
+            "--resume",
+        ]
+
+    main([*argv(), "--log_every", "2"])
+    assert "done: final top1" in capsys.readouterr().out
+    assert json.loads((stopped_run / "summary.json").read_text())["epochs"] == 2
+    with pytest.raises(SystemExit) as exited:  # one changed flag among equal ones: only it is named
+        main(argv(epochs=3))
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--epochs: saved 2, given 3 " in line and "--model_kwargs" not in line and "--out" not in line
 
 
 def test_resume_cleans_stale_temporaries_and_finishes(stopped_run, tmp_path, monkeypatch):

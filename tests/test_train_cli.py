@@ -54,7 +54,7 @@ BAD_INPUTS = {
     "unknown schedule": (["--schedule", "cosine"], "onecycle, constant"),
     "negative weight decay": (["--weight_decay", "-1"], "--weight_decay must be at least 0"),
     "out holds a run": (["--out", "{existing}"], "--resume"),
-    "resume changing the run": (["--resume", "{existing}", "--epochs", "5"], "--epochs cannot change on resume"),
+    "resume changing the run": (["--resume", "{existing}", "--epochs", "5"], "--epochs: saved 30, given 5"),
 }
 
 

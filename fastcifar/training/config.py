@@ -9,6 +9,7 @@ config: ``--resume`` (which run to continue) and the presets ``--fast`` / ``--ba
 from __future__ import annotations
 
 import ast
+import json
 import os
 import time
 from collections.abc import Callable
@@ -24,8 +25,8 @@ MAX_SEED = 2**32 - 1
 RESUME_MAY_CHANGE = ("device", "workers", "log_every")
 # Flags that are not TrainConfig fields, with their help.
 EXTRA_FLAGS = {
-    "resume": "run folder to continue (or --resume with --out DIR); only --device, --workers and --log_every may be "
-    "given with it",
+    "resume": "run folder to continue (or --resume with --out DIR); other flags may be repeated with their saved "
+    "values, and only --device, --workers and --log_every may change",
     "fast": "preset: compile + channels_last + bf16 + Triton kernels + gpu loader",
     "baseline": "preset: the study's pipeline: eager fp32 NCHW, PyTorch layers, torch DataLoader",
 }
@@ -279,6 +280,22 @@ def check_flag_names(names: Any) -> None:
         raise UserError(f"unknown flag --{unknown[0]}; valid flags: " + ", ".join(f"--{n}" for n in known) + ".")
 
 
+def _requested(flags: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values the given ``flags`` ask for: each given flag checked, a preset expanded.
+
+    A flag given explicitly wins over its preset value; fields neither given nor preset are absent.
+    """
+    flags = dict(flags)
+    fast = _parse_bool("fast", flags.pop("fast", False), {})
+    baseline = _parse_bool("baseline", flags.pop("baseline", False), {})
+    if fast and baseline:
+        raise UserError("--fast and --baseline are opposite presets; pass at most one of them.")
+    preset = presets()["fast" if fast else "baseline"] if fast or baseline else {}
+    values = {name: value for name, value in preset.items() if name not in flags}
+    values.update({name: parse_flag(name, value) for name, value in flags.items()})
+    return values
+
+
 def resolve_config(**flags: Any) -> TrainConfig:
     """Check the given flags, apply a preset, fill in defaults; UserError with one clear sentence.
 
@@ -288,19 +305,8 @@ def resolve_config(**flags: Any) -> TrainConfig:
     check_flag_names(flags)
     if "resume" in flags:
         raise UserError("resolve_config does not resume; call fastcifar.train.train(resume=...)")
-    fast = _parse_bool("fast", flags.pop("fast", False), {})
-    baseline = _parse_bool("baseline", flags.pop("baseline", False), {})
-    if fast and baseline:
-        raise UserError("--fast and --baseline are opposite presets; pass at most one of them.")
-    preset = presets()["fast" if fast else "baseline"] if fast or baseline else {}
-    values = {}
-    for spec in config_fields():
-        if spec.name in flags:
-            values[spec.name] = parse_flag(spec.name, flags[spec.name])
-        elif spec.name in preset:
-            values[spec.name] = preset[spec.name]
-        else:
-            values[spec.name] = default_value(spec)
+    requested = _requested(flags)
+    values = {spec.name: requested.get(spec.name, default_value(spec)) for spec in config_fields()}
     if not flags.get("out"):
         values["out"] = _parse_path("out", str(Path("runs") / f"{values['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"), {})
     config = TrainConfig(**values)
@@ -310,22 +316,42 @@ def resolve_config(**flags: Any) -> TrainConfig:
     return config
 
 
-def resumed_config(saved: dict[str, Any], folder: str, changes: dict[str, Any]) -> TrainConfig:
-    """The config of the run saved in ``folder`` with the allowed ``changes`` (RESUME_MAY_CHANGE).
+def _comparable(value: Any) -> Any:
+    """``value`` with tuples as lists (nested), so that a flag compares equal to its saved value."""
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value
 
-    Any other flag would make the resumed run differ from the one that was started: refused.
+
+def _shown(value: Any) -> str:
+    """A flag value as a user would type it (dicts and lists as JSON)."""
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def resumed_config(saved: dict[str, Any], folder: str, flags: dict[str, Any]) -> TrainConfig:
+    """The config of the run saved in ``folder``, continued with the given ``flags``.
+
+    ``flags`` are checked and normalised as for a new run (presets expanded, paths made absolute,
+    ``--model_kwargs`` parsed). The RESUME_MAY_CHANGE ones replace the saved values; every other one
+    must equal its saved value (``--out`` the run folder): the re-typed command that started the run
+    is accepted, and a flag that would change the run is refused, each one named with both values.
     """
-    refused = sorted(set(changes) - set(RESUME_MAY_CHANGE))
-    if refused:
-        raise UserError(
-            f"--resume continues the run saved in {folder} with its own settings; "
-            f"{', '.join('--' + name for name in refused)} cannot change on resume "
-            f"(only {', '.join('--' + name for name in RESUME_MAY_CHANGE)} may); start a new run to change them."
-        )
     names = {spec.name for spec in config_fields()}
     if not isinstance(saved, dict) or not set(saved) <= names:
         raise UserError(f"the checkpoint in {folder} records an unknown config; start a new run.")
-    config = TrainConfig(**saved)
-    return replace(
-        config, out=_parse_path("out", folder, {}), **{name: parse_flag(name, value) for name, value in changes.items()}
-    )
+    config = replace(TrainConfig(**saved), out=_parse_path("out", folder, {}))
+    requested = _requested(flags)
+    differ = [
+        f"--{name}: saved {_shown(getattr(config, name))}, given {_shown(value)}"
+        for name, value in requested.items()
+        if name not in RESUME_MAY_CHANGE and _comparable(value) != _comparable(getattr(config, name))
+    ]
+    if differ:
+        raise UserError(
+            f"--resume continues the run saved in {folder} with its own settings, and these flags differ from them: "
+            f"{'; '.join(differ)} (only {', '.join('--' + name for name in RESUME_MAY_CHANGE)} may change on "
+            "resume); drop them, or start a new run to change them."
+        )
+    return replace(config, **{name: value for name, value in requested.items() if name in RESUME_MAY_CHANGE})
