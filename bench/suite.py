@@ -223,13 +223,13 @@ def fast_variant_name() -> str:
     """The name of :data:`fastcifar.training.variant.FAST` (what ``--fast`` trains with)."""
     from fastcifar.training.variant import FAST, VARIANTS
 
-    return next((name for name, v in VARIANTS.items() if v == FAST), "compiled_bf16_cl_triton")
+    return next(name for name, v in VARIANTS.items() if v == FAST)
 
 
 def baseline_variant_name() -> str:
     from fastcifar.training.variant import BASELINE, VARIANTS
 
-    return next((name for name, v in VARIANTS.items() if v == BASELINE), "eager_fp32")
+    return next(name for name, v in VARIANTS.items() if v == BASELINE)
 
 
 def needs_triton(name: str, device: torch.device) -> bool:
@@ -316,8 +316,6 @@ def section_train_variant(ctx: Context, name: str, deadline: Deadline) -> dict:
         **deadline_kwargs(deadline),
     )
     row = dict(row)
-    if row.get("mfu") is None and row.get("tflop_per_s") and peak:
-        row["mfu"] = row["tflop_per_s"] / peak
     row["peak_tflop_per_s"] = peak
     row["batch_size"] = ctx.batch_size
     if dropped:
@@ -329,11 +327,7 @@ def _no_sync_check(ctx: Context, compiled: bool) -> dict:
     """Run the train transform with CUDA's sync debug mode set to error: any host sync raises."""
     from fastcifar.augment import TrainTransform
 
-    has_routes = "compiled" in inspect.signature(TrainTransform).parameters
-    if compiled and not has_routes:
-        raise RuntimeError("TrainTransform has no compiled route in this version")
-    # Without routes the transform is the eager one.
-    transform = (TrainTransform(compiled=compiled) if has_routes else TrainTransform()).to(ctx.device)
+    transform = TrainTransform(compiled=compiled).to(ctx.device)
     # The training batch: the compiled graph (static shapes) built here serves the later sections.
     x = torch.randint(0, 256, (TRAIN_BATCH, 3, 32, 32), dtype=torch.uint8, device=ctx.device)
     gen = torch.Generator(device=ctx.device).manual_seed(0)
@@ -519,8 +513,7 @@ def build_sections(ctx: Context, args: argparse.Namespace, estimates: dict[str, 
     cuda = ctx.device.type == "cuda"
 
     def make(name: str, run: Callable[[Deadline], dict], skip: Callable[[], str | None] = lambda: None) -> Section:
-        default = ESTIMATES.get(name, ESTIMATES["train:compiled_bf16_cl"] if name.startswith("train:") else (10, 60))
-        estimate = estimates.get(name, default[column])
+        estimate = estimates.get(name, ESTIMATES[name][column])
         minimum = min(MINIMUM_S.get(name, (estimate, estimate))[column], estimate)
         return Section(name, run, float(estimate), float(minimum), skip)
 
@@ -540,13 +533,7 @@ def build_sections(ctx: Context, args: argparse.Namespace, estimates: dict[str, 
     sections.append(make("augment_no_sync", lambda d: _no_sync_check(ctx, False), no_cuda))
 
     def compiled_skip() -> str | None:
-        from fastcifar.augment import TrainTransform
-
-        if not cuda:
-            return "needs CUDA (checks CUDA host synchronisations)"
-        if "compiled" not in inspect.signature(TrainTransform).parameters:
-            return "TrainTransform has no compiled route in this version"
-        return triton_skip(True)()
+        return no_cuda() or triton_skip(True)()
 
     sections.append(make("augment_no_sync_compiled", lambda d: _no_sync_check(ctx, True), compiled_skip))
     # On CUDA the benchmark and the loader use the compiled transform (Inductor, so Triton).

@@ -196,21 +196,21 @@ def test_gpu_trace_figures(tmp_path: Path) -> None:
 
 def test_report_side_by_side(tmp_path: Path) -> None:
     root = tmp_path / "prof"
-    write_trace(root / "eager", cpu_step(0.0) + cpu_step(2000.0) + cpu_step(4000.0))
-    write_run(root / "eager", [4.0, 5.0, 6.0])
+    write_trace(root / "eager_fp32", cpu_step(0.0) + cpu_step(2000.0) + cpu_step(4000.0))
+    write_run(root / "eager_fp32", [4.0, 5.0, 6.0])
     fast = cpu_step(0.0, 0.5) + cpu_step(1000.0, 0.25) + cpu_step(2000.0, 0.5)
-    write_trace(root / "compiled", fast)
-    write_run(root / "compiled", [2.0, 2.5, 3.0])
+    write_trace(root / "compiled_bf16_cl", fast)
+    write_run(root / "compiled_bf16_cl", [2.0, 2.5, 3.0])
     report = analyze(root)
-    assert report["variant_order"] == ["eager", "compiled"] and report["baseline"] == "eager"
-    e, c = report["variants"]["eager"], report["variants"]["compiled"]
+    assert report["variant_order"] == ["eager_fp32", "compiled_bf16_cl"] and report["baseline"] == "eager_fp32"
+    e, c = report["variants"]["eager_fp32"], report["variants"]["compiled_bf16_cl"]
     assert c["median_step_ms"] == pytest.approx(0.5)
     assert c["speedup_vs_baseline"] == pytest.approx(e["median_step_ms"] / c["median_step_ms"]) == pytest.approx(2.0)
     assert c["wall_speedup_vs_baseline"] == pytest.approx(5.0 / 2.5)
     saved = json.loads((root / "report.json").read_text())
-    assert saved["variants"]["compiled"]["speedup_vs_baseline"] == pytest.approx(2.0)
+    assert saved["variants"]["compiled_bf16_cl"]["speedup_vs_baseline"] == pytest.approx(2.0)
     text = (root / "report.md").read_text()
-    assert "| compiled |" in text and "2.00×" in text and "sk_select" in text
+    assert "| compiled_bf16_cl |" in text and "2.00×" in text and "sk_select" in text
     for chart in report["charts"]:
         assert (root / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not report["hta"]["computed"]  # CPU traces: HTA is not used

@@ -16,9 +16,7 @@ every SK, Triplet and dense layer, and ``sk_select`` / ``zpool`` around the para
 :class:`~fastcifar.models.layers.SKSelect` and :class:`~fastcifar.models.ZPool` modules (the steps
 the Triton kernels replace). Compiled variants get none: ranges would split the compiled graph.
 
-The names ``eager``, ``compiled`` and ``compiled_triton`` are accepted for ``eager_fp32``,
-``compiled_bf16_cl`` and ``compiled_bf16_cl_triton`` (see :data:`fastcifar.training.variant.ALIASES`); the
-output folder is named as given.
+Each variant's output folder is named after the variant.
 
 Examples::
 

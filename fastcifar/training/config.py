@@ -47,7 +47,7 @@ def _datasets() -> tuple[str, ...]:
 def _schedules() -> tuple[str, ...]:
     from fastcifar.training import engine
 
-    return tuple(getattr(engine, "SCHEDULES", ("onecycle", "constant")))
+    return engine.SCHEDULES
 
 
 def _amp_modes() -> tuple[str, ...]:

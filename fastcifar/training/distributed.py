@@ -74,15 +74,6 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True when ``flag`` is set on at least one rank (used to stop every rank together)."""
-    if not ctx.is_distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank before evaluation.
 

@@ -15,23 +15,7 @@ from typing import Any
 from fastcifar.atomic import atomic_path, write_text_atomic
 from fastcifar.environment import versions
 
-EPOCH_FIELDS = (
-    "epoch",
-    "train_loss",
-    "test_loss",
-    "top1",
-    "top5",
-    "images_per_s",
-    "epoch_seconds",
-    "lr",
-)
 ACCURACY_THRESHOLDS = (50.0, 60.0, 70.0, 75.0)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def time_to_thresholds(

@@ -102,22 +102,16 @@ VARIANTS: dict[str, Variant] = {
     "eager_bf16": Variant(amp="bf16", kernels="torch"),
     "compiled_bf16": Variant(compile=True, amp="bf16", kernels="torch"),
 }
-# Names the profiler used before the variants were unified; still accepted.
-ALIASES: dict[str, str] = {
-    "eager": "eager_fp32",
-    "compiled": "compiled_bf16_cl",
-    "compiled_triton": "compiled_bf16_cl_triton",
-}
 # --fast keeps the default compile mode until a GPU run shows reduce-overhead is faster.
 FAST: Variant = VARIANTS["compiled_bf16_cl_triton"]
 BASELINE: Variant = VARIANTS["eager_fp32"]
 
 
 def get_variant(name: str) -> Variant:
-    """The variant called ``name`` (a :data:`VARIANTS` key or an :data:`ALIASES` key)."""
-    variant = VARIANTS.get(ALIASES.get(name, name))
+    """The variant called ``name`` (a :data:`VARIANTS` key)."""
+    variant = VARIANTS.get(name)
     if variant is None:
-        raise UserError(f"unknown variant {name!r}; choose from: {', '.join([*VARIANTS, *ALIASES])}.")
+        raise UserError(f"unknown variant {name!r}; choose from: {', '.join(VARIANTS)}.")
     return variant
 
 
@@ -125,9 +119,9 @@ def parse_variants(names: str | Sequence[str]) -> list[str]:
     """``"a,b"`` or a sequence of names -> validated list (order kept, duplicates dropped)."""
     given = names.split(",") if isinstance(names, str) else [str(n) for n in names]
     cleaned = [n.strip() for n in given if n.strip()]
-    unknown = [n for n in cleaned if n not in VARIANTS and n not in ALIASES]
+    unknown = [n for n in cleaned if n not in VARIANTS]
     if unknown or not cleaned:
-        choices = ", ".join([*VARIANTS, *ALIASES])
+        choices = ", ".join(VARIANTS)
         raise UserError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {choices}.")
     return list(dict.fromkeys(cleaned))
 
