@@ -136,6 +136,22 @@ def test_a_small_budget_skips_later_sections_and_keeps_results(tmp_path: Path) -
     assert "## Goal figures" in text and "| kernels | skipped |" in text and "budget (needs" in text
 
 
+def test_every_variant_and_section_has_an_estimate(tmp_path: Path) -> None:
+    """Planning reads ESTIMATES without a fallback, so every section the suite can build has one."""
+    import argparse
+
+    import torch
+
+    from bench.suite import ESTIMATES, Context, build_sections
+    from fastcifar.training.variant import VARIANTS
+
+    args = argparse.Namespace(train_variants=list(VARIANTS), profile_variants=None, skip=set())
+    for device in ("cpu", "cuda"):
+        ctx = Context(device=torch.device(device), tiny=device == "cpu", out=tmp_path)
+        names = [s.name for s in build_sections(ctx, args, {})]
+        assert set(names) <= set(ESTIMATES) and {f"train:{v}" for v in VARIANTS} <= set(names)
+
+
 def test_plan_runs_nothing(tmp_path: Path) -> None:
     out = tmp_path / "never"
     proc, _ = run_suite("--plan", "--device", "cpu", "--out", str(out), "--budget", "30")
