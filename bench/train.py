@@ -15,7 +15,7 @@ i.e. the engine's one training step (forward, CE loss, backward, Adam, OneCycleL
 Per variant (:func:`bench_variant`): images/s and step time (median of ``repeats`` timed passes of
 ``steps`` steps after warm-up), peak device memory (CUDA only), compile time (the first step's
 time above a steady step, reported apart from the throughput), achieved TFLOP/s from the model's
-counted FLOPs (forward + backward, ``torch.utils.flop_counter``) and the fraction of
+training FLOPs (forward + weight and input gradients, :mod:`fastcifar.models.flops`) and the fraction of
 ``peak_tflop_per_s`` when given. Input: seeded normal-distributed images and random labels,
 resident on the device (no loader).
 
@@ -42,8 +42,9 @@ import torch
 
 from bench.common import RESULTS_DIR, package_versions, write_text_atomic
 from fastcifar.models import tiny_overrides
+from fastcifar.models.flops import count_model
 from fastcifar.training import engine
-from fastcifar.training.variant import VARIANTS, build_model, get_variant, parse_variants, resolve_device
+from fastcifar.training.variant import build_model, get_variant, parse_variants, resolve_device
 
 CUDA_VARIANTS = (
     "eager_fp32",
@@ -70,18 +71,6 @@ CPU_BF16_CL_NOTE = (
 )
 
 
-def count_train_flops(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
-    """FLOPs of one forward + backward pass (fp32, eager) as torch's flop counter tallies them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
-
-
 def _batch(batch_size: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded images ``(N, 3, 32, 32)`` and labels ``(N,)`` on ``device``."""
     generator = torch.Generator().manual_seed(seed)
@@ -90,12 +79,10 @@ def _batch(batch_size: int, device: torch.device, seed: int) -> tuple[torch.Tens
     return images.to(device), labels.to(device)
 
 
-def model_size(arch: str, model_kwargs: dict[str, Any], batch_size: int, device: torch.device) -> dict[str, int]:
-    """Parameters and counted training FLOPs per step of ``arch`` (the study's eager fp32 model)."""
-    torch.manual_seed(0)
-    probe = build_model(arch, model_kwargs, VARIANTS["eager_fp32"], device)
-    flops = count_train_flops(probe, *_batch(batch_size, device, seed=2))
-    return {"parameters": sum(p.numel() for p in probe.parameters()), "train_flops_per_step": flops}
+def model_size(arch: str, model_kwargs: dict[str, Any], batch_size: int) -> dict[str, int]:
+    """Parameters and training FLOPs per step of ``arch`` (:mod:`fastcifar.models.flops`, counted on meta)."""
+    counts = count_model(arch, **model_kwargs)
+    return {"parameters": counts.params, "train_flops_per_step": counts.train_flops * batch_size}
 
 
 def bench_variant(
@@ -126,7 +113,7 @@ def bench_variant(
         # 10-20x slower (seen here as timed passes slowing from 0.8 s to 16 s); flush them to zero.
         torch.set_flush_denormal(True)
     if train_flops_per_step is None:
-        train_flops_per_step = model_size(arch, model_kwargs, batch_size, device)["train_flops_per_step"]
+        train_flops_per_step = model_size(arch, model_kwargs, batch_size)["train_flops_per_step"]
     torch._dynamo.reset()  # every compiled variant pays (and reports) its own compilation
     torch.manual_seed(0)
     model = build_model(arch, model_kwargs, variant, device)
@@ -187,7 +174,7 @@ def bench_train(
     device = resolve_device(device)
     names = parse_variants(variants)
     model_kwargs = dict(model_kwargs or {})
-    size = model_size(arch, model_kwargs, batch_size, device)
+    size = model_size(arch, model_kwargs, batch_size)
     results: dict[str, Any] = {}
     for name in names:
         try:

@@ -417,7 +417,7 @@ STUDY_CODE_MFLOPS = {"sknet26": 66.2, "sknet26_study": 571.7, "resnet18": 74.1, 
 
 
 def test_forward_flops_match_the_study_code():
-    from fastcifar.models.__main__ import forward_flops
+    from fastcifar.models.flops import forward_flops
 
     for name, mflops in STUDY_CODE_MFLOPS.items():
         assert round(forward_flops(create_model(name)) / 1e6, 1) == mflops, name

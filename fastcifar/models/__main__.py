@@ -1,20 +1,21 @@
-"""``python -m fastcifar.models [--markdown] [--models=a,b]``: the model zoo as a table.
+"""``python -m fastcifar.models [--markdown | --json] [--models=a,b]``: the model zoo as a table.
 
 For every registered id (and each reported study variant, e.g. ``sk_densenet`` k=2/4/6) it prints
-the parameter count, the forward GFLOPs for one 3x32x32 image (``torch.utils.flop_counter``: conv,
+the parameter count, the forward GFLOPs for one 3x32x32 image (:mod:`fastcifar.models.flops`: conv,
 linear and matmul only, a multiply-add = 2 FLOPs), and the study's reported params, top-1/top-5
-and final train/test loss (docs/models.md, "The study's figures").
+and final train/test loss (docs/models.md, "The study's figures"). ``--json`` prints, per model,
+``params``, ``forward_gflops`` and ``train_gflops`` (per image: one training step's forward +
+backward) instead.
 """
 
 from __future__ import annotations
 
+import json as _json  # main's flag is called json
 from dataclasses import dataclass
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fastcifar.cli import run_cli
 from fastcifar.errors import UserError
+from fastcifar.models.flops import count_model, count_params, forward_flops, meta_model
 from fastcifar.models.registry import StudyResult, get_entry, list_models
 
 
@@ -28,19 +29,6 @@ class Row:
     study: StudyResult
 
 
-def count_params(model: torch.nn.Module) -> int:
-    """Number of parameter elements (every parameter is trainable in this zoo)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def forward_flops(model: torch.nn.Module) -> int:
-    """Forward FLOPs of ``model`` on one (1, 3, 32, 32) image, in eval mode."""
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, 32, 32))
-    return counter.get_total_flops()
-
-
 def _label(name: str, overrides: dict) -> str:
     return name + "".join(f" {k}={v}" for k, v in overrides.items())
 
@@ -48,8 +36,6 @@ def _label(name: str, overrides: dict) -> str:
 def build_rows(names: list[str]) -> list[Row]:
     """Measure every id in ``names`` (plus the study variants it lists), with a progress bar."""
     from tqdm import tqdm
-
-    from fastcifar.models.registry import create_model
 
     jobs = []
     for name in names:
@@ -59,7 +45,7 @@ def build_rows(names: list[str]) -> list[Row]:
             jobs.append((entry.name, study))
     rows = []
     for name, study in tqdm(jobs, desc="measuring models", unit="model", leave=False):
-        model = create_model(name, **study.overrides)
+        model = meta_model(name, **study.overrides)
         rows.append(Row(_label(name, study.overrides), count_params(model), forward_flops(model) / 1e9, study))
     return rows
 
@@ -112,13 +98,27 @@ def render(rows: list[Row], markdown: bool = False) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def main(markdown: bool = False, models: str | tuple | list | None = None) -> None:
+def flop_table(names: list[str]) -> dict[str, dict[str, float | int]]:
+    """Label -> ``params``, ``forward_gflops``, ``train_gflops`` per image, for ``names`` and their study variants."""
+    from tqdm import tqdm
+
+    jobs = [(entry.name, study) for entry in map(get_entry, names) for study in (entry.study or (StudyResult(),))]
+    return {
+        _label(name, study.overrides): count_model(name, **study.overrides).as_json()
+        for name, study in tqdm(jobs, desc="counting FLOPs", unit="model", leave=False)
+    }
+
+
+def main(markdown: bool = False, json: bool = False, models: str | tuple | list | None = None) -> None:
     """Print the model table.
 
     Args:
         markdown: print a GitHub markdown table instead of aligned text.
+        json: print per model ``params``, ``forward_gflops`` and ``train_gflops`` (per image) as JSON.
         models: comma-separated ids to include (default: all).
     """
+    if markdown and json:
+        raise UserError("--markdown and --json exclude each other; give one.")
     if models is None:
         names = list_models()
     else:
@@ -128,6 +128,9 @@ def main(markdown: bool = False, models: str | tuple | list | None = None) -> No
             raise UserError("--models is empty; give comma-separated ids from list_models().")
         for name in names:
             get_entry(name)  # validate before the slow part
+    if json:
+        print(_json.dumps(flop_table(names), indent=2))
+        return
     print(render(build_rows(names), markdown=markdown))
 
 
