@@ -159,7 +159,9 @@ def _sk_select_bwd_kernel(
     a = _softmax_tile(logits_ptr, n, offs_c, C, sl_n, sl_m, sl_c, M, M_PAD)
 
     g = tl.zeros([BLOCK_C, M_PAD], dtype=tl.float32)
-    for p0 in range(0, HW, BLOCK_HW):
+    # A while loop, not range(): see "Loops over a runtime bound" in docs/kernels.md.
+    p0 = 0
+    while p0 < HW:
         offs_p = p0 + tl.arange(0, BLOCK_HW)
         mask = tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
         mask3 = _branch_mask(mask, M, M_PAD)
@@ -176,6 +178,7 @@ def _sk_select_bwd_kernel(
         off = _tile_offsets(n, offs_c, offs_p, W, sd_n, sd_c, sd_h, sd_w, FLAT_HW, ALIGNED, VEC_C)
         tl.store(_branch_pointers(df0_ptr, df1_ptr, df2_ptr, df3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
                  df.to(df0_ptr.dtype.element_ty), mask=mask3)  # fmt: skip
+        p0 += BLOCK_HW
 
     g_bar = tl.sum(a * g, axis=1)
     m = tl.arange(0, M_PAD)[None, :]
@@ -201,13 +204,16 @@ def _sk_fuse_mean_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
 
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
-    for p0 in range(0, HW, BLOCK_HW):
+    # A while loop, not range(): see "Loops over a runtime bound" in docs/kernels.md.
+    p0 = 0
+    while p0 < HW:
         offs_p = p0 + tl.arange(0, BLOCK_HW)
         mask = tile_mask(offs_c, offs_p, C, HW, EVEN_C, EVEN_HW)
         off = _tile_offsets(n, offs_c, offs_p, W, s_n, s_c, s_h, s_w, FLAT_HW, ALIGNED, VEC_C)
         f = tl.load(_branch_pointers(f0_ptr, f1_ptr, f2_ptr, f3_ptr, off, M, M_PAD, ALIGNED, VEC_C),
                     mask=_branch_mask(mask, M, M_PAD), other=0.0)  # fmt: skip
         acc += tl.sum(f.to(tl.float32), axis=2)
+        p0 += BLOCK_HW
     mean = tl.sum(acc, axis=1) * inv_hw
     tl.store(out_ptr + n * so_n + offs_c * so_c, mean.to(out_ptr.dtype.element_ty), mask=offs_c < C)
 

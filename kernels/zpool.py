@@ -62,7 +62,9 @@ def _zpool_fwd_kernel(
     best = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     best_at = tl.zeros([BLOCK_Q], dtype=tl.int32)
     total = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    for r0 in range(0, R, BLOCK_R):
+    # A while loop, not range(): see "Loops over a runtime bound" in docs/kernels.md.
+    r0 = 0
+    while r0 < R:
         r = r0 + tl.arange(0, BLOCK_R)
         mask = tile_mask(r, q, R, Q, EVEN_R, EVEN_Q)
         v = tl.load(x_ptr + _tile(q, r, x_base, sx_r, ALIGNED, VEC_R), mask=mask, other=float("-inf"))
@@ -73,6 +75,7 @@ def _zpool_fwd_kernel(
         better = chunk_max > best
         best_at = tl.where(better, r0 + chunk_at, best_at)
         best = tl.where(better, chunk_max, best)
+        r0 += BLOCK_R
 
     o_base = _kept_offsets(q, K1, K2, so0, so1, so2)
     out_ty = out_ptr.dtype.element_ty
@@ -98,12 +101,15 @@ def _zpool_bwd_kernel(
     at = tl.load(idx_ptr + q, mask=mask_q, other=0).to(tl.int32)
 
     dx_base = _kept_offsets(q, K1, K2, sd0, sd1, sd2)
-    for r0 in range(0, R, BLOCK_R):
+    # A while loop, not range(): see "Loops over a runtime bound" in docs/kernels.md.
+    r0 = 0
+    while r0 < R:
         r = r0 + tl.arange(0, BLOCK_R)
         mask = tile_mask(r, q, R, Q, EVEN_R, EVEN_Q)
         dx = tl.where(r[:, None] == at[None, :], d_max[None, :], 0.0) + d_mean[None, :]
         off = _tile(q, r, dx_base, sd_r, ALIGNED, VEC_R)
         tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        r0 += BLOCK_R
 
 
 # ----------------------------------------------------------------------------------------------------

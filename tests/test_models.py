@@ -53,25 +53,6 @@ SK_DENSENET_REPORTED = {2: 4_126_314, 4: 4_784_554, 5: 5_179_498, 6: 5_311_146}
 DEAD_CA_PARAMS = 823_198
 
 
-def _kernels_work() -> bool:
-    """The fused ops import and run on a tiny CPU input (interpreted Triton under the test env)."""
-    if not triton_available():
-        return False
-    import fastcifar.kernels as kernels
-
-    try:
-        kernels.sk_select([torch.ones(1, 2, 2, 2)] * 2, torch.zeros(1, 2, 2))
-        kernels.zpool(torch.ones(1, 2, 2, 2), 2)
-    except Exception:  # noqa: BLE001 - any failure means the kernels are not usable yet
-        return False
-    return True
-
-
-KERNELS_SKIP = pytest.mark.skipif(
-    not _kernels_work(), reason="kernels.sk_select / kernels.zpool do not import or run yet"
-)
-
-
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -373,7 +354,6 @@ def test_impl_does_not_change_state_dict_keys():
     assert all("impl" not in k for k in keys)
 
 
-@KERNELS_SKIP
 def test_impl_triton_models_match_torch():
     # Interpreted Triton is slow on CPU: two-stage nets on 16x16 inputs.
     for name in ("sk_densenet", "triplet_resnet"):
@@ -397,7 +377,6 @@ def test_impl_triton_models_match_torch():
             assert err < 5e-3, f"{name}: gradient of {n} differs by {err:.2e} of its scale"
 
 
-@KERNELS_SKIP
 def test_impl_triton_layers_match_torch_channels_last():
     x = _randn(2, 8, 6, 5).contiguous(memory_format=torch.channels_last)
     for make in (lambda i: SKConv(8, groups=4, impl=i), lambda i: TripletAttention(impl=i)):
