@@ -18,7 +18,7 @@ closest analogue: Inductor's generated C++ kernels (profiled by name) plus the o
 that do work (views, allocations and no-op conversions excluded), random draws included in both.
 
 Input: seeded random uint8 CIFAR-shaped images (never all-zero). Output: a table on stdout and
-``bench/results/augment-<device>-<date>.json`` / ``.md`` (command, versions, device, date).
+``bench/results/augment-<device>-<date>.json`` / ``.md`` (:func:`bench.common.new_record`'s header).
 
 Usage: ``python -m bench.augment --device=cpu --batch_size=512 --n_images=8192``
 """
@@ -26,20 +26,14 @@ Usage: ``python -m bench.augment --device=cpu --batch_size=512 --n_images=8192``
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
-import os
-import shlex
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, sync, write_text_atomic
+from bench.common import RESULTS_DIR, new_record, save_record, sync
 from fastcifar.augment import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 from fastcifar.errors import UserError
 
@@ -348,49 +342,30 @@ def main(
 
     ``routes``: comma-separated TrainTransform routes ("eager", "compiled").
     """
-    import torchvision
-
-    from bench.ceilings import environment
-
     route_list = tuple(r.strip() for r in str(routes).split(",") if r.strip())
-    record = bench_augment(device, batch_size, n_images, pil_images, seed, route_list, compile_backend)
-    dev = torch.device(device)
-    today = datetime.date.today().isoformat()
-    record = {
-        "benchmark": "augment",
-        "command": "python -m bench.augment " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {
-            **environment(dev),
-            "torchvision": torchvision.__version__,
-            # the CPU is shared: the 1-minute load average says how contended it was
-            "load_average_1min_after": round(os.getloadavg()[0], 2),
-        },
-        **record,
-    }
+    result = bench_augment(device, batch_size, n_images, pil_images, seed, route_list, compile_backend)
+    record = {**new_record("augment", device), **result}
     table = _table(record)
     print(table)
-    stem = Path(out_dir) / f"augment-{dev.type}-{today}"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     env = record["environment"]
     md = (
-        f"# Augmentation throughput ({dev.type}, {today})\n\n"
+        f"# Augmentation throughput ({env['device_type']}, {record['date'][:10]})\n\n"
         f"Command: `{record['command']}`  \n"
         f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}, "
         f"{env.get('gpu') or env['cpu']} ({env['cpu_count']} CPUs, "
         f"{record['config']['torch_threads']} torch threads, "
-        f"load average {env['load_average_1min_after']} after the run)\n\n"
+        # the CPU is shared: the 1-minute load average says how contended it was
+        f"load average {env['load_average'][0]} after the run)\n\n"
         f"{table}\n\n"
         "The study's train transform (flip, reflect-pad crop, RandAugment(2, 10), normalise) on "
         "random CIFAR-shaped uint8 images. torchvision-pil is one process, one image at a time; "
         "torchvision-v2-batch applies one random draw to a whole batch, so it does less and "
         "different work than the per-sample pipelines. Batched rows: the fastest of "
         f"{TIMED_PASSES} passes over all batches; torchvision-pil: one pass.\n\n"
-        f"Launches per batch ({dev.type}): {COUNTED['cuda' if dev.type == 'cuda' else 'cpu']}; "
+        f"Launches per batch ({env['device_type']}): {COUNTED['cuda' if env['device_type'] == 'cuda' else 'cpu']}; "
         "the per-name breakdown is in the JSON.\n"
     )
-    write_text_atomic(stem.with_suffix(".md"), md)
-    print(f"wrote {stem}.json and {stem}.md")
+    save_record(out_dir, record, md)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,11 @@ the suite stays testable; those CPU figures are labelled as such and are not GPU
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-
-from bench.common import cpu_name, package_version
 
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -64,41 +60,3 @@ def matmul_rate(device: torch.device, n: int | None = None, repeats: int = 10) -
         "seconds": seconds,
         "tflop_per_s": 2 * n**3 / seconds / 1e12,
     }
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and the device's name/driver, for every results file."""
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": package_version("triton"),
-        "ffcv": package_version("ffcv"),
-        "device_type": device.type,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(
-            gpu=props.name,
-            sm_count=props.multi_processor_count,
-            memory_gib=round(props.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-            driver=_nvidia_driver(),
-        )
-    return env
-
-
-def _nvidia_driver() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -35,11 +35,9 @@ Usage: ``python -m bench.kernels [--static] [--short] [--dtype=bf16] [--layout=c
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable
@@ -54,7 +52,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastcifar.kernels as kernels
-from bench.common import RESULTS_DIR, Deadline, write_text_atomic
+from bench.common import RESULTS_DIR, Deadline, new_record, save_record
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("channels_last", "nchw")
@@ -379,29 +377,18 @@ def run_static(
     out_dir: str | Path = RESULTS_DIR, dtype: str = "bf16", layout: str = "channels_last", batch: int = 256
 ) -> dict[str, Any]:
     """Compile every kernel launch the models use for sm_90; write kernels-static-<date>.json/.md."""
-    import triton
-
     _check(dtype, layout)
-    now = datetime.datetime.now(datetime.timezone.utc)
     rows = (
         static_rows(DTYPES[dtype], layout, batch)
         if not kernels.INTERPRET
         else _static_in_subprocess(dtype, layout, batch)
     )
     record = {
-        "benchmark": "kernels-static",
-        "command": _command(["--static"], {"dtype": dtype, "layout": layout, "batch": batch}),
-        "date": now.isoformat(timespec="seconds"),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "target": "cuda sm_90 (compiled without a device)",
-        },
-        "config": {"dtype": dtype, "layout": layout, "batch": batch, "models": list(STATIC_ARCHS)},
+        **new_record("kernels-static"),  # nothing runs on a device: no device in the record or its name
+        "config": {"dtype": dtype, "layout": layout, "batch": batch, "models": list(STATIC_ARCHS), "target": "sm_90"},
         "rows": rows,
     }
-    _write(out_dir, f"kernels-static-{now.date().isoformat()}", record, _static_markdown(record))
+    save_record(out_dir, record, _static_markdown(record))
     return record
 
 
@@ -415,38 +402,6 @@ def _check(dtype: str, layout: str) -> None:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'channels_last' or 'nchw', got {layout!r}.")
-
-
-def _command(flags: list[str], config: dict[str, Any]) -> str:
-    if sys.argv and sys.argv[0].endswith("kernels.py"):
-        return " ".join(["python -m bench.kernels", *sys.argv[1:]])
-    return f"bench.kernels with {flags} {config} from: {' '.join(sys.argv)}"
-
-
-def _write(out_dir: str | Path, stem: str, record: dict[str, Any], markdown: str) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=2))
-    write_text_atomic(out / f"{stem}.md", markdown)
-    print(f"wrote {out / stem}.json and .md")
-
-
-def _environment(device: str) -> dict[str, Any]:
-    import triton
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "device_type": device,
-        "triton_interpret": kernels.INTERPRET,
-    }
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    else:
-        env["cpu"] = platform.machine()
-        env["cpu_count"] = os.cpu_count()
-    return env
 
 
 def _markdown(record: dict[str, Any]) -> str:
@@ -508,15 +463,8 @@ def run_benchmarks(
     torch_dtype = DTYPES[dtype]
     archs = SHORT_ARCHS if short else TIMED_ARCHS
     cases = cases_for(archs)
-    now = datetime.datetime.now(datetime.timezone.utc)
     config = {"dtype": dtype, "layout": layout, "batch": batch, "short": short, "models": list(archs)}
-    record: dict[str, Any] = {
-        "benchmark": "kernels",
-        "command": _command(["--short"] if short else [], config),
-        "date": now.isoformat(timespec="seconds"),
-        "environment": _environment(device),
-        "config": config,
-    }
+    record: dict[str, Any] = {"config": config}
     uses_kernels = kernels.use_triton(torch.empty(1, device=device))
     print(f"correctness pass ({device}, {dtype}, {layout}, kernels used: {uses_kernels})")
     record["correctness"] = correctness_pass(cases, torch_dtype, layout, device)
@@ -542,7 +490,8 @@ def run_benchmarks(
             "timing needs CUDA; this CPU run is the correctness pass only (kernels through TRITON_INTERPRET=1)."
         )
         print(record["timing_note"])
-    _write(out_dir, f"kernels-{device}-{now.date().isoformat()}", record, _markdown(record))
+    record = {**new_record("kernels", device), **record}
+    save_record(out_dir, record, _markdown(record))
     return record
 
 

@@ -21,26 +21,15 @@ Output: a table on stdout and ``bench/results/loaders-<device>-<date>.json`` / `
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import (
-    RESULTS_DIR,
-    cpu_name,
-    markdown_table,
-    package_versions,
-    sync,
-    write_text_atomic,
-)
+from bench.common import RESULTS_DIR, environment_line, markdown_table, new_record, save_record, sync
 from fastcifar.errors import UserError
 
 
@@ -221,19 +210,8 @@ def run(
                 flush=True,
             )
 
-    dev = torch.device(device)
     return {
-        "command": "python -m bench.loaders " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "date": datetime.date.today().isoformat(),
-        "device": {
-            "kind": dev.type,
-            "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "versions": package_versions(("torch", "torchvision", "ffcv", "numba", "numpy", "pillow")),
+        **new_record("loaders", device, packages=("numba", "pillow")),
         "config": {
             "n_train": n,
             "epochs": epochs,
@@ -242,6 +220,7 @@ def run(
             "max_batches": max_batches,
             "torch_max_batches": torch_max_batches,
             "seed": seed,
+            "load_average_at_start": load_at_start,
             "threads": list(thread_counts) if thread_counts != (None,) else None,
             "data": "prepare(dataset='synthetic') betons",
             "prepare_seconds": round(prepare_seconds, 1),
@@ -267,28 +246,21 @@ def main(out_dir: str = str(RESULTS_DIR), **kwargs) -> None:
     record = run(**kwargs)
     table = _table(record["results"])
     print(table)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"loaders-{record['device']['kind']}-{record['date']}"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    write_text_atomic(stem.with_suffix(".md"), _markdown(record, table))
-    print(f"wrote {stem}.json and {stem}.md")
+    save_record(out_dir, record, _markdown(record, table))
 
 
 def _markdown(record: dict, table: str) -> str:
-    cfg, dev = record["config"], record["device"]
+    cfg, env = record["config"], record["environment"]
     partial = [
         f"{r['kind']} timed on the first {r['images_per_epoch']:,} images of its epoch"
         for r in record["results"]
         if r["images_per_epoch"] < (cfg["n_train"] // r["batch_size"]) * r["batch_size"]
     ]
     return (
-        f"# Loader throughput, train split ({dev['kind']}, {record['date']})\n\n"
+        f"# Loader throughput, train split ({env['device_type']}, {record['date'][:10]})\n\n"
         f"Command: `{record['command']}`\n\n"
-        f"Machine: {dev['name']}; {dev['cores']} CPU cores ({dev['cpu']}); load average "
-        f"{dev['load_average_at_start']} at start, {dev['load_average_at_end']} at end "
+        f"{environment_line(env)} Load average at the start: {cfg['load_average_at_start']} "
         "(the machine was shared with other work: absolute figures are pessimistic).\n\n"
-        f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}\n\n"
         f"Data: {cfg['n_train']:,} synthetic train images (`prepare(dataset='synthetic')`), batch "
         f"{cfg['batch_size']}, drop_last; full augmentation = {cfg['augmentation']}.\n\n"
         f"{table}\n\n"

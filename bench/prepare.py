@@ -15,17 +15,12 @@ Usage: ``python -m bench.prepare --n 50000 --repeats 3``
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, cpu_name, markdown_table, package_versions
+from bench.common import RESULTS_DIR, environment_line, markdown_table, new_record, save_record
 from fastcifar.errors import UserError
 
 
@@ -160,30 +155,13 @@ def main(
     """
     workers = (workers,) if isinstance(workers, int) else tuple(int(w) for w in workers)
     record = bench_prepare(n=n, repeats=repeats, workers=workers, seed=seed, tmp_dir=tmp_dir)
-    today = datetime.date.today().isoformat()
-    record.update(
-        command="python -m bench.prepare " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        date=today,
-        device={
-            "kind": "cpu",
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        versions=package_versions(("ffcv", "numpy", "numba", "torch")),
-    )
+    record = {**new_record("prepare", "cpu", packages=("numba",)), **record}
     table = _table(record)
     print(table)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"prepare-cpu-{today}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(
-        f"# Beton write/read throughput (CPU, {today})\n\n"
+    markdown = (
+        f"# Beton write/read throughput (CPU, {record['date'][:10]})\n\n"
         f"Command: `{record['command']}`\n\n"
-        f"Machine: {record['device']['cpu']}, {record['device']['cores']} cores "
-        f"(load average at end {record['device']['load_average_at_end']}; the machine was shared).\n\n"
-        f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}\n\n"
+        f"{environment_line(record['environment'])} The machine was shared.\n\n"
         f"{table}\n\n"
         "- write: `write_beton` (FFCV DatasetWriter, raw RGB + 2 IntFields, temporary file, fsync, rename) "
         "of synthetic images already in memory.\n"
@@ -196,7 +174,7 @@ def main(
         f"{record['results'][-2]['first_call_seconds']} s (FFCV's first compilation in the process).\n"
         "- read_epoch: one more sequential pass of an already built Loader (1 thread), decoding only.\n"
     )
-    print(f"wrote {stem}.json and {stem}.md")
+    save_record(out_dir, record, markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ default is tiny sizes, so the suite cannot rot between GPU runs; CPU figures are
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
 import json
 import math
@@ -45,7 +44,8 @@ if not torch.cuda.is_available():
     # Without CUDA the Triton kernels run through the interpreter; Triton reads this at import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench.common import Deadline, sync, write_text_atomic  # noqa: E402
+from bench.common import Deadline, new_record, sync, write_record  # noqa: E402
+from fastcifar.environment import machine_record  # noqa: E402
 from fastcifar.errors import UserError  # noqa: E402
 
 PROG = "python -m bench.suite"
@@ -111,8 +111,7 @@ class Suite:
         self.sections = sections
         self.current: str | None = None  # the section in flight, for an interruption
         self.record: dict[str, Any] = {
-            "command": " ".join([PROG, *sys.argv[1:]]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **new_record("suite", config.get("device")),
             "config": config,
             "budget": {
                 "seconds": config["budget_s"],
@@ -186,8 +185,7 @@ class Suite:
     def save(self) -> None:
         self.record["budget"]["used_s"] = round(self.deadline.elapsed(), 1)
         self.record["derived"] = derive(self.record["sections"], self.record["config"]["fast_variant"])
-        write_text_atomic(self.out / "results.json", json.dumps(self.record, indent=2, default=str) + "\n")
-        write_text_atomic(self.out / "results.md", render_markdown(self.record))
+        write_record(self.out / "results", self.record, render_markdown(self.record))
 
 
 def call_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
@@ -273,13 +271,11 @@ class Context:
 
 
 def section_environment(ctx: Context, deadline: Deadline) -> dict:
-    from bench.ceilings import copy_bandwidth, environment, matmul_rate
-    from bench.common import package_versions
+    from bench.ceilings import copy_bandwidth, matmul_rate
     from bench.preflight import c_compiler, optional_modules, python_headers, triton_build_problem
 
     result: dict[str, Any] = {
-        "environment": environment(ctx.device),
-        "versions": package_versions(("torch", "triton", "torchvision", "numpy", "numba", "pytest")),
+        "environment": machine_record(ctx.device, packages=("numba", "pytest")),
         "optional_modules": optional_modules(),
         "c_compiler": c_compiler(),
         "python_headers": str(python_headers()) if python_headers() else None,

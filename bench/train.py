@@ -27,20 +27,13 @@ Usage::
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, package_versions, write_text_atomic
+from bench.common import RESULTS_DIR, environment_line, new_record, save_record
 from fastcifar.models import tiny_overrides
 from fastcifar.models.flops import count_model
 from fastcifar.training import engine
@@ -212,18 +205,6 @@ def bench_train(
     }
 
 
-def _versions(device: torch.device) -> dict[str, Any]:
-    return {
-        **package_versions(("torch", "triton")),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
-    }
-
-
 def render_table(result: dict[str, Any]) -> str:
     lines = [
         "| variant | images/s | step ms | vs eager fp32 | compile s | peak MiB | TFLOP/s |",
@@ -277,7 +258,6 @@ def main(
         repeats=repeats,
         peak_tflop_per_s=peak_tflop_per_s,
     )
-    date = datetime.date.today().isoformat()
     note = (
         "Full-size model on CUDA."
         if cuda
@@ -285,31 +265,19 @@ def main(
         "`triton` SK layers run the kernels' PyTorch fallback (no GPU kernels), so that variant measures compile "
         "with the custom op, not Triton. Peak memory is CUDA-only. " + CPU_BF16_CL_NOTE
     )
-    record = {
-        "benchmark": "train",
-        "command": "python -m bench.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "date": date,
-        "note": note,
-        "versions": _versions(device_obj),
-        **result,
-    }
+    record = {**new_record("train", device_obj), "note": note, **result}
     table = render_table(result)
     print(table)
-    stem = Path(out) / f"train-{device_obj.type}-{date}"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
     markdown = (
-        f"# Training-step throughput: {arch} ({device_obj.type}, {date})\n\n"
+        f"# Training-step throughput: {arch} ({device_obj.type}, {record['date'][:10]})\n\n"
         f"Command: `{record['command']}`\n\n{note}\n\n"
         f"Batch {batch_size}, {steps} steps per timed pass, median of {repeats} passes after "
         f"{result['config']['warmup_steps']} warm-up steps; "
         f"model kwargs {model_kwargs or '{} (full size)'}; {result['config']['parameters']:,} parameters; "
         f"{result['config']['train_flops_per_step'] / 1e9:.2f} GFLOP per step (fwd+bwd, counted).\n\n"
-        f"{table}\n\nVersions: torch {record['versions']['torch']}, triton {record['versions']['triton']}, "
-        f"python {record['versions']['python']}, {record['versions']['gpu'] or record['versions']['cpu']}, "
-        f"{record['versions']['torch_threads']} torch threads.\n"
+        f"{table}\n\n{environment_line(record['environment'])}\n"
     )
-    write_text_atomic(stem.with_suffix(".md"), markdown)
-    print(f"wrote {stem}.json and {stem}.md")
+    save_record(out, record, markdown)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
-__all__ = ["package_version", "package_versions", "versions"]
+__all__ = ["cpu_name", "machine_record", "nvidia_driver", "package_version", "package_versions", "versions"]
 
 
 def versions() -> dict[str, str | None]:
@@ -44,3 +48,59 @@ def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
     for package in packages:
         found[package] = package_version(package) or "absent"
     return found
+
+
+def machine_record(device: Any = None, packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """:func:`versions` and the machine a result was measured on, one shape for every result file.
+
+    ``device`` (a ``torch.device``, a string or None when nothing ran on a device) adds
+    ``device_type`` and, for CUDA, that device's name, SM count, memory and the driver version.
+    ``packages`` adds the installed version of further packages (None when not installed). The load
+    average is taken now: a shared machine's contention when the record is made.
+    """
+    import torch
+
+    record: dict[str, Any] = {**versions(), **{name: package_version(name) for name in packages}}
+    device = torch.device(device) if device is not None else None
+    record.update(
+        device_type=device.type if device is not None else None,
+        cpu=cpu_name(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        load_average=[round(v, 2) for v in os.getloadavg()],
+        triton_interpret=os.environ.get("TRITON_INTERPRET"),
+    )
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        record.update(
+            gpu=props.name,
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            driver=nvidia_driver(),
+        )
+    return record
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (falls back to platform's guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version as ``nvidia-smi`` reports it, or None without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import write_text_atomic
+from fastcifar.atomic import write_json_atomic, write_text_atomic
 from fastcifar.errors import UserError
 from fastcifar.profiling.categories import CATEGORIES
 from fastcifar.profiling.hta_bridge import hta_available, hta_figures
@@ -117,7 +116,7 @@ def analyze(
     }
     try:
         report["charts"] = write_charts(report, target) if charts else []
-        write_text_atomic(target / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+        write_json_atomic(target / "report.json", report)
         write_text_atomic(target / "report.md", render_markdown(report))
     except OSError as err:
         raise _unwritable(target, err) from None

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import atomic_path, write_text_atomic
+from fastcifar.atomic import atomic_path, write_json_atomic, write_text_atomic
 from fastcifar.environment import versions
 
 ACCURACY_THRESHOLDS = (50.0, 60.0, 70.0, 75.0)
@@ -125,7 +125,7 @@ class RunLogger:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
-            write_text_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+            write_json_atomic(self.summary_path, summary)
 
     def close(self) -> None:
         if self._tb is not None:
