@@ -7,10 +7,20 @@ Rooms, each built on the ones before it: ``data`` (archives, betons, loaders) ->
 
 Commands: ``python -m fastcifar.data``, ``fastcifar.models``, ``fastcifar.train``,
 ``fastcifar.evaluate``, ``fastcifar.export``, ``fastcifar.profile``, ``fastcifar.analyze``,
-``fastcifar.study``.
+``fastcifar.study``. ``fastcifar.load_model(path)`` loads a trained model (:mod:`fastcifar.evaluation`).
 """
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    """``fastcifar.load_model`` on first use, so that ``import fastcifar`` does not import torch."""
+    if name == "load_model":
+        from fastcifar.evaluation.loading import load_model
+
+        return load_model
+    raise AttributeError(f"module 'fastcifar' has no attribute {name!r}")
 
 
 def _find_checkout_kernels() -> None:

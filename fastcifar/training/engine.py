@@ -46,6 +46,8 @@ SINGLE_PROCESS = DistContext()
 # (split, images, labels) -> None; called with every batch when set (debugging and tests only:
 # it usually copies to the host, which costs a synchronisation per step).
 BatchHook = Callable[[str, torch.Tensor, torch.Tensor], None]
+# (logits (B, C) float32, labels (B,)) -> None: the outputs of every test batch, padding removed.
+LogitsHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class NonFiniteLoss(UserError):
@@ -467,12 +469,15 @@ def evaluate(
     ctx: DistContext = SINGLE_PROCESS,
     pad_last_batch: bool = False,
     batch_hook: BatchHook | None = None,
+    logits_hook: LogitsHook | None = None,
 ) -> EvalResult:
     """Test loss (plain CE, mean over images), top-1 and top-5 over every test image.
 
     ``pad_last_batch`` pads a short final batch with zeros to the first batch's size so a compiled
     model sees one shape only (no recompilation); the padded rows are ignored. In eval mode
     BatchNorm uses running statistics, so padding does not change the real rows' outputs.
+    ``logits_hook(logits, labels)`` sees each batch's float32 logits ``(B, C)`` as the figures are
+    computed from them (``fastcifar.evaluation`` keeps them for its per-class figures).
     """
     device = settings.device
     was_training = model.training
@@ -500,6 +505,8 @@ def evaluate(
         with settings.autocast():
             logits = model(images)
         logits = logits[:count].float()
+        if logits_hook is not None:
+            logits_hook(logits, labels)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]

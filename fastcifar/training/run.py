@@ -7,8 +7,8 @@ that Ctrl-C interrupted is a :class:`PartialEpoch`. There is one way out besides
 
 Files (rank 0 only): the run folder is checked for writability before any work, ``checkpoint.pt``
 is written after every epoch, ``metrics.jsonl`` / ``tb/`` / ``curves.png`` from the first finished
-epoch on, ``summary.json`` at the end. A run that fails before its first checkpoint removes the
-folder again when it created it.
+epoch on, the export (``model.safetensors`` + ``model.json``) and then ``summary.json`` at the end.
+A run that fails before its first checkpoint removes the folder again when it created it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import nn
 
 from fastcifar.atomic import remove_stale_temporaries
 from fastcifar.errors import UserError
+from fastcifar.evaluation.export import EXPORT_FILES, export_run
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training import distributed, engine
 from fastcifar.training.config import TrainConfig
@@ -39,7 +40,7 @@ PROG = "fastcifar.train"
 # Files whose presence makes a folder a run (refused as --out of a new run).
 RUN_MARKERS = (ckpt.CHECKPOINT_NAME, *RUN_FILES)
 # Atomic writes in a run folder leave ``.<name>.*.tmp`` when killed; the next run removes them.
-OWNED_NAMES = (ckpt.CHECKPOINT_NAME, ckpt.PREVIOUS_NAME, *RUN_FILES)
+OWNED_NAMES = (ckpt.CHECKPOINT_NAME, ckpt.PREVIOUS_NAME, *RUN_FILES, *EXPORT_FILES)
 
 
 class QuietExit(SystemExit):
@@ -433,7 +434,7 @@ def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[
 
 
 def finish(training: TrainingRun) -> dict[str, Any]:
-    """Write summary.json (rank 0) and return it."""
+    """Write the export (model.safetensors + model.json), then summary.json (rank 0); return the summary."""
     extra = {
         "world_size": training.ctx.world_size,
         "device": str(training.device),
@@ -441,6 +442,9 @@ def finish(training: TrainingRun) -> dict[str, Any]:
         "step": engine.describe_step(training.optimizer, training.scheduler, training.scaler, training.settings),
     }
     summary = summarize(training.history, asdict(training.config), extra)
+    if training.ctx.is_main:  # before summary.json, which stays the last file a run writes (its end marker)
+        with disk_errors(training.out, "every epoch is in metrics.jsonl and the final checkpoint", training.out):
+            export_run(training.out, quiet=True)
     with disk_errors(training.logger.summary_path, "every epoch is in metrics.jsonl and the final checkpoint"):
         training.logger.write_summary(summary)
     if training.ctx.is_main:
