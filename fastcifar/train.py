@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastcifar.errors import UserError
+from fastcifar.preemption import PREEMPTED_EXIT_CODE
 from fastcifar.training.config import EXTRA_FLAGS, TrainConfig, config_fields, default_value, flag_help, resolve_config
 
 PROG = "fastcifar.train"
@@ -38,7 +39,8 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     """Train with the given flags (the names of ``python -m fastcifar.train --help``); return the summary.
 
     The summary is also written to ``<out>/summary.json``; after Ctrl-C the result is
-    ``{"interrupted": True, ...}`` instead. ``resume=RUN_FOLDER`` continues a run with its saved
+    ``{"interrupted": True, ...}`` instead (after SIGTERM, SIGUSR1 or SIGHUP also ``"preempted"``: the
+    signal's name; the command line then exits 75). ``resume=RUN_FOLDER`` continues a run with its saved
     config. ``batch_hook(split, images, labels)``, when given, sees every train and test batch
     (``split`` is ``"train"`` or ``"test"``): a hook for tests and debugging, not a flag.
     """
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None, *, batch_hook: Callable[[str, Any, Any],
         given = set(given_flag_names(args))
         # fire fills in the signature's defaults; only the flags on the command line count as given
         # (presets and --resume tell given flags from defaults).
-        train(batch_hook=batch_hook, **{name: value for name, value in flags.items() if name in given})
+        result = train(batch_hook=batch_hook, **{name: value for name, value in flags.items() if name in given})
+        if result.get("preempted"):  # saved after SIGTERM / SIGUSR1 / SIGHUP: a status that says so
+            raise SystemExit(PREEMPTED_EXIT_CODE)
 
     command.__signature__ = _command_signature()  # type: ignore[attr-defined]
     command.__doc__ = _command_docstring()

@@ -366,6 +366,58 @@ def test_stopped_runner_continues_to_the_same_report(how, reference_study, train
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_cluster_stop_signal_stops_the_study_cleanly_and_it_continues(signum, train_data, tmp_path):
+    """The runner passes the signal on: the training saves, the attempt is recorded as preempted,
+    the runner exits 75 with one line, and the next start resumes the run to its end (SIGTERM)."""
+    from fastcifar.preemption import PREEMPTED_EXIT_CODE
+    from fastcifar.study import run
+
+    # 32 steps per epoch, 3 epochs: still training when the signal comes.
+    flags = {**study_flags(train_data), "rows": "densenet", "seeds": 1, "epochs": 3, "batch_size": 2}
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "fastcifar.study", "run", f"--out={str(out)!r}"]
+    cmd += [f"--{k}={v!r}" if not isinstance(v, bool) else f"--{k}" for k, v in flags.items()]
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "densenet" / "seed0" / "train.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "epoch 1/3" in log.read_text(errors="replace")):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+        time.sleep(0.2)
+    runner.send_signal(signum)
+    stdout, stderr = runner.communicate(timeout=180)
+    assert runner.returncode == PREEMPTED_EXIT_CODE, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert f"error: preempted by {signum.name}; the trainings saved their checkpoints: re-run the same" in last
+    assert "(checkpoint saved)" in stdout + stderr
+    (attempt,) = study_runs.read_record(log.parent)["attempts"]
+    assert attempt["status"] == "interrupted" and attempt["preempted"] and attempt["checkpoint"]
+    assert attempt["returncode"] == PREEMPTED_EXIT_CODE
+    assert study_runs.state(log.parent) == "interrupted"
+    assert f"preempted by {signum.name}" in log.read_text()
+
+    if signum != signal.SIGTERM:  # the next start is the same for every signal: checked once
+        return
+    report = run(out=str(out), print_fn=lambda line: None, **flags)
+    assert [r["status"] for r in report["runs"]] == ["finished"]
+    attempts = study_runs.read_record(log.parent)["attempts"]
+    assert [(a["status"], a["resumed"]) for a in attempts] == [("interrupted", False), ("finished", True)]
+
+
+def test_a_stopped_run_without_a_checkpoint_is_not_said_to_be_saved():
+    lines: list[str] = []
+    progress = Progress(2, lines.append)
+    spec = RunSpec("row", 0, "/nowhere", ())
+    for checkpoint in (True, False):
+        progress.finished(
+            spec, {"status": "interrupted", "device": "cpu", "seconds": 1.0, "checkpoint": checkpoint}, False
+        )
+    progress.close()
+    assert lines[0].endswith("(checkpoint saved)")
+    assert "checkpoint saved" not in lines[1] and lines[1].endswith("(no checkpoint yet: starts afresh next time)")
+
+
+@pytest.mark.slow
 def test_failing_row_is_reported_while_the_others_finish(monkeypatch, train_data, tmp_path):
     from fastcifar.study import rows as rows_module
     from fastcifar.study.__main__ import main

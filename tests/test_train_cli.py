@@ -240,3 +240,32 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_flags, tmp_path):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["config"]["epochs"] == 200 and state["epoch"] * 4 + state["step"] >= 1
     assert state["epoch"] < 200
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_cluster_stop_signal_saves_and_exits_preempted(tiny_flags, tmp_path, signum):
+    """SIGTERM / SIGUSR1 / SIGHUP are Ctrl-C with their own exit status (75); the printed resume
+    command is shell-quoted, so a run folder with a space survives a paste."""
+    import shlex
+
+    from fastcifar.preemption import PREEMPTED_EXIT_CODE
+    from fastcifar.training.checkpoint import load_checkpoint
+
+    out = tmp_path / "my runs" / "run"
+    stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
+        flags = {**tiny_flags, "epochs": 200, "eval_batch_size": 40, "out": out}
+        process = launch(command_line(flags), tmp_path, stdout=stdout, stderr=stderr)
+        deadline = time.monotonic() + 120
+        while "epoch 1/200" not in stderr_path.read_text():
+            assert process.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        process.send_signal(signum)
+        process.wait(timeout=120)
+    assert process.returncode == PREEMPTED_EXIT_CODE, stderr_path.read_text()
+    last = stdout_path.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"preempted by {signum.name} ") and "checkpoint saved" in last
+    assert shlex.split(last.split("continue with: ", 1)[1]) == ["python", "-m", "fastcifar.train", "--resume", str(out)]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] * 4 + state["step"] >= 1 and state["epoch"] < 200

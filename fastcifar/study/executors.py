@@ -1,7 +1,7 @@
 """Where the runs execute: this machine's devices (``local``) or a Ray cluster (``ray``).
 
 Both offer the same calls to the scheduler (:mod:`fastcifar.study.runner`): ``submit(spec) ->
-handle``, ``wait_any(handles) -> (handle, result)``, ``interrupt(handles)`` and ``close()``.
+handle``, ``wait_any(handles) -> (handle, result)``, ``interrupt(handles, signum)`` and ``close()``.
 ``result`` is the dict of :func:`fastcifar.study.jobs.attempt` after the scheduler's ``on_finish``
 has seen it. ``on_start(spec, device)`` and ``on_finish(spec, result) -> result`` are called
 where the attempt begins and ends (local: in the device's worker, before the device is free again,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import os
 import queue
+import signal
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -132,11 +133,12 @@ class LocalExecutor:
         handle = next(iter(done))
         return handle, handle.result()
 
-    def interrupt(self, handles: Iterable[futures.Future]) -> None:
-        """Ctrl-C: start nothing more, ask every training to save and stop, wait for the workers."""
+    def interrupt(self, handles: Iterable[futures.Future], signum: int = signal.SIGINT) -> None:
+        """Ctrl-C or ``signum``: start nothing more, pass ``signum`` on to every training (each one
+        saves and stops), wait for the workers."""
         self._stopping = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        jobs.interrupt_children()
+        jobs.interrupt_children(signum=signum)
         self._pool.shutdown(wait=True)
 
     def close(self) -> None:
@@ -224,8 +226,9 @@ class RayExecutor:
         ready, _ = self.ray.wait(list(handles), num_returns=1)
         return ready[0], self.on_finish(self._specs.pop(ready[0]), self.ray.get(ready[0]))
 
-    def interrupt(self, handles: Iterable[Any]) -> None:
-        """Ctrl-C: cancel the tasks; each one asks its training to save a checkpoint and stop."""
+    def interrupt(self, handles: Iterable[Any], signum: int = signal.SIGINT) -> None:
+        """Ctrl-C or ``signum``: cancel the tasks; each one asks its training (SIGINT) to save a
+        checkpoint and stop."""
         handles = list(handles)
         for handle in handles:
             self.ray.cancel(handle)

@@ -5,7 +5,8 @@ A run lives in ``<out>/<row>/seed<k>/``, an ordinary ``fastcifar.train`` run fol
 Its state is read from the folder alone, so re-running a study continues where it stopped:
 
 - ``finished``: ``summary.json`` exists (the training's own end marker);
-- ``interrupted``: a ``checkpoint.pt`` without a summary (resumed with ``--resume``);
+- ``interrupted``: a ``checkpoint.pt`` without a summary (resumed with ``--resume``), after Ctrl-C
+  or a preemption signal (SIGTERM, SIGUSR1, SIGHUP: the training saves and exits 75);
 - ``failed``: the last recorded attempt failed;
 - ``pending``: nothing yet (or killed before its first checkpoint: started afresh).
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from fastcifar.atomic import write_json_atomic
 from fastcifar.errors import UserError
+from fastcifar.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS
 
 RECORD_NAME = "study-run.json"
 LOG_NAME = "train.log"
@@ -138,8 +140,9 @@ def attempt(spec: RunSpec, device_label: str, device_flag: str | None, env: dict
     """Run (or resume) ``spec`` once as ``python -m fastcifar.train``; return what happened.
 
     The result: ``status`` (finished / interrupted / failed), ``returncode``, ``seconds``,
-    ``device``, ``resumed``, and for a finished run ``top1``, for a failed one ``error`` (the last
-    line the training printed) and ``retriable``.
+    ``device``, ``resumed``; for a finished run ``top1``; for an interrupted one ``preempted`` (a
+    preemption signal stopped it, not Ctrl-C) and ``checkpoint`` (whether one exists to resume);
+    for a failed one ``error`` (the last line the training printed) and ``retriable``.
     """
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,8 +181,12 @@ def attempt(spec: RunSpec, device_label: str, device_flag: str | None, env: dict
     if (folder / SUMMARY_NAME).is_file():
         summary = json.loads((folder / SUMMARY_NAME).read_text())
         return {**result, "status": "finished", "top1": summary.get("final_top1")}
-    if returncode in (0, 130, -signal.SIGINT, -signal.SIGTERM):  # fastcifar.train saved and stopped
-        return {**result, "status": "interrupted"}
+    # fastcifar.train saved and stopped (Ctrl-C: 0, a preemption signal: 75), or a signal ended it
+    # before training began (nothing to save: "checkpoint" tells which).
+    if returncode in (0, 130, PREEMPTED_EXIT_CODE, -signal.SIGINT, *(-s for s in PREEMPTION_SIGNALS)):
+        preempted = returncode == PREEMPTED_EXIT_CODE or -returncode in PREEMPTION_SIGNALS
+        checkpoint = (folder / CHECKPOINT_NAME).is_file()
+        return {**result, "status": "interrupted", "preempted": preempted, "checkpoint": checkpoint}
     return {
         **result,
         "status": "failed",
@@ -214,13 +221,14 @@ def last_line(path: Path, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
-def interrupt_children(timeout: float = 120.0) -> None:
-    """Ask every running training to save and stop (SIGINT), then wait; kill what does not stop."""
+def interrupt_children(timeout: float = 120.0, signum: int = signal.SIGINT) -> None:
+    """Ask every running training to save and stop (``signum``: SIGINT, or the preemption signal the
+    runner got, so that the training records it), then wait; kill what does not stop."""
     with _CHILDREN_LOCK:
         children = list(_CHILDREN)
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signum)
     deadline = time.monotonic() + timeout
     for child in children:
         try:

@@ -3,13 +3,16 @@
 The plan (experiments, rows, seeds, recipe, the training flags given for every row) is kept in
 ``<out>/study-plan.json``. Re-running the same command continues: finished runs are skipped,
 interrupted ones resumed, failed ones tried again; a failed attempt is retried once within a
-call, and a failure never stops the other runs.
+call, and a failure never stops the other runs. Ctrl-C (exit 130) or SIGTERM / SIGUSR1 / SIGHUP
+(exit 75) pass the signal on to the running trainings, which save and stop; their attempts are
+recorded as interrupted and the next call resumes them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +21,7 @@ from typing import Any
 
 from fastcifar.atomic import write_json_atomic
 from fastcifar.errors import UserError
+from fastcifar.preemption import PREEMPTED_EXIT_CODE, StopSignal, raising_on_preemption, signal_name
 from fastcifar.study import jobs
 from fastcifar.study.jobs import RunSpec
 from fastcifar.study.rows import EXPERIMENTS, RECIPES, RUNTIME_FLAGS, Row, runtime_args, select_rows, train_args
@@ -33,6 +37,12 @@ class Interrupted(UserError):
     """Ctrl-C during a study: one line, exit code 130 like any interrupted command."""
 
     exit_code = 130
+
+
+class Preempted(Interrupted):
+    """SIGTERM, SIGUSR1 or SIGHUP during a study: the trainings saved; exit code 75 (see fastcifar.preemption)."""
+
+    exit_code = PREEMPTED_EXIT_CODE
 
 
 def train_flag_names() -> list[str]:
@@ -139,7 +149,8 @@ class Progress:
             score = f"top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "top-1 ?"
             self.line(f"done   {spec.name} on {where}: {score}, {seconds:.1f} s")
         elif result["status"] == "interrupted":
-            self.line(f"stopped {spec.name} on {where} after {seconds:.1f} s (checkpoint saved)")
+            saved = "checkpoint saved" if result.get("checkpoint") else "no checkpoint yet: starts afresh next time"
+            self.line(f"stopped {spec.name} on {where} after {seconds:.1f} s ({saved})")
         else:
             then = "retrying once" if retry else "recorded as failed"
             self.line(
@@ -198,8 +209,8 @@ class Scheduler:
                 spec = in_flight.pop(handle)
                 if result["retry"]:
                     submit(spec)
-        except KeyboardInterrupt:
-            executor.interrupt(list(in_flight))
+        except KeyboardInterrupt as stopped:  # Ctrl-C, or a preemption signal (a StopSignal)
+            executor.interrupt(list(in_flight), signum=getattr(stopped, "signum", signal.SIGINT))
             raise
         return dict(self.outcome)
 
@@ -276,10 +287,16 @@ def _execute(
     pool = build_executor(executor, out_dir, flags.get("device"), devices, ray_address, scheduler)
     progress.line(pool.describe())
     try:
-        scheduler.execute(todo, pool)
-    except KeyboardInterrupt:
+        with raising_on_preemption():
+            scheduler.execute(todo, pool)
+    except KeyboardInterrupt as stopped:
         progress.close()
         pool.close()
+        if isinstance(stopped, StopSignal):
+            raise Preempted(
+                f"preempted by {signal_name(stopped.signum)}; the trainings saved their checkpoints: "
+                "re-run the same command to continue."
+            ) from None
         raise Interrupted(
             "interrupted; the trainings saved their checkpoints: re-run the same command to continue."
         ) from None

@@ -32,6 +32,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from fastcifar.errors import UserError
+from fastcifar.preemption import PREEMPTION_SIGNALS, signal_name
 from fastcifar.training.distributed import DistContext, all_reduce_sum
 from fastcifar.training.variant import Variant
 
@@ -316,34 +317,47 @@ def describe_step(
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) turned into a flag that the training loop checks between steps.
+    """Ctrl-C (SIGINT) and a cluster's stop signals turned into a flag the training loop checks between steps.
 
-    The first Ctrl-C lets the current step finish so a checkpoint can be written; a second one
-    raises KeyboardInterrupt at once.
+    The first Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP (:data:`fastcifar.preemption.PREEMPTION_SIGNALS`)
+    lets the current step finish so a checkpoint can be written; ``signal`` names it. A second
+    Ctrl-C raises KeyboardInterrupt at once; a repeated preemption signal is ignored (a scheduler
+    may signal every process of the job, and its SIGKILL ends the grace period anyway).
     """
 
     def __init__(self, announce: bool = True) -> None:
         self.requested = False
+        self.signal: str | None = None  # "SIGINT", "SIGTERM", ... once requested
         self.announce = announce
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def preempted(self) -> bool:
+        """True when a preemption signal (not Ctrl-C) asked to stop."""
+        return self.requested and self.signal != "SIGINT"
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested, self.signal = True, signal_name(signum)
         if self.announce:
-            print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+            what = "Ctrl-C" if signum == signal.SIGINT else self.signal
+            print(f"\n{what}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
     def __enter__(self) -> StopRequest:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in (signal.SIGINT, *PREEMPTION_SIGNALS):
+                self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread (e.g. embedded use): no handler, never set
-            self._previous = None
+            pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _stop_or_diverged(stop: bool, loss_sum: torch.Tensor, ctx: DistContext, device: torch.device) -> tuple[bool, bool]:

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import random
+import shlex
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -132,7 +133,7 @@ def disk_errors(path: Path, kept: str, out: Path | None = None) -> Iterator[None
     except OSError as err:
         advice = "free some space" if err.errno == errno.ENOSPC else ""
         if out is not None:
-            advice = f"{advice + ' and ' if advice else ''}continue with --resume {out}"
+            advice = f"{advice + ' and ' if advice else ''}continue with --resume {shlex.quote(str(out))}"
         message = f"cannot write {path}: {err.strerror or err}; {kept}" + (f" ({advice})" if advice else "")
         raise UserError(message) from None
 
@@ -414,8 +415,14 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
     return None
 
 
-def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[str, Any]:
-    """Stop after Ctrl-C: checkpoint at (``epoch`` done, ``partial`` of the next) and say how to go on."""
+def resume_command(out: Path) -> str:
+    """The shell command that continues the run in ``out`` (quoted: a path with spaces survives a paste)."""
+    return shlex.join(["python", "-m", PROG, "--resume", str(out)])
+
+
+def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch, stop_signal: str = "SIGINT") -> dict[str, Any]:
+    """Stop after Ctrl-C or a preemption signal (``stop_signal``): checkpoint at (``epoch`` done,
+    ``partial`` of the next) and say how to go on."""
     where = (
         f"in epoch {epoch + 1} after step {partial.step}/{training.steps_per_epoch}"
         if partial.step
@@ -424,13 +431,20 @@ def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch) -> dict[
     if partial.step:  # an epoch boundary was checkpointed when its epoch ended
         # The RNG states of the epoch's start: the resumed run replays that epoch's loader.
         training.save(epoch, partial, training.epoch_rng or ckpt.capture_rng_state())
+    preempted = stop_signal != "SIGINT"
     if training.ctx.is_main:
         print(
-            f"interrupted {where}; checkpoint saved to {training.checkpoint_file}; "
-            f"continue with: python -m {PROG} --resume {training.out}",
+            f"{f'preempted by {stop_signal}' if preempted else 'interrupted'} {where}; checkpoint saved to "
+            f"{training.checkpoint_file}; continue with: {resume_command(training.out)}",
             flush=True,
         )
-    return {"interrupted": True, "epoch": epoch, "step": partial.step, "checkpoint": str(training.checkpoint_file)}
+    return {
+        "interrupted": True,
+        "preempted": stop_signal if preempted else None,
+        "epoch": epoch,
+        "step": partial.step,
+        "checkpoint": str(training.checkpoint_file),
+    }
 
 
 def finish(training: TrainingRun) -> dict[str, Any]:
@@ -463,7 +477,8 @@ def run(
 ) -> dict[str, Any]:
     """Train according to ``config`` (continuing ``resume_state`` when given); return the summary.
 
-    The summary dict is the content of summary.json, or ``{"interrupted": True, ...}`` after Ctrl-C.
+    The summary dict is the content of summary.json, or ``{"interrupted": True, ...}`` after Ctrl-C
+    or a preemption signal (``"preempted"``: that signal's name, None for Ctrl-C).
     ``batch_hook(split, images, labels)`` sees every train and test batch (tests and debugging).
     """
     from fastcifar.training.variant import resolve_device
@@ -487,9 +502,9 @@ def run(
             for epoch in range(training.start_epoch, config.epochs):
                 stopped_at = train_epoch(training, epoch, stop)
                 if stopped_at is not None:
-                    return interrupt(training, epoch, stopped_at)
+                    return interrupt(training, epoch, stopped_at, stop.signal or "SIGINT")
                 if stop.requested and epoch + 1 < config.epochs:
-                    return interrupt(training, epoch + 1, PartialEpoch())
+                    return interrupt(training, epoch + 1, PartialEpoch(), stop.signal or "SIGINT")
         return finish(training)
     except BaseException:
         if created_out and ctx.is_main and not ckpt.checkpoint_path(config.out).exists():
