@@ -24,8 +24,10 @@ from typing import Any
 
 __all__ = [
     "atomic_path",
+    "folder_write_problem",
     "held",
     "locked_tempdir",
+    "read_json",
     "remove_stale",
     "remove_stale_temporaries",
     "try_lock",
@@ -111,6 +113,39 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented JSON (non-JSON values through ``str``) with a final newline, atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """None when ``folder`` exists (or can be made) and takes a new file; else why not, in a few words.
+
+    Checked before long work that ends in writing there, so that the mistake costs no time. The probe
+    is a real file (root writes into a chmod 0555 folder; a read-only mount refuses even root).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def read_json(path: str | os.PathLike, remedy: str) -> Any:
+    """The JSON content of ``path``; UserError naming the file and ``remedy`` when it cannot be parsed.
+
+    Files written here are whole or absent, but a copy cut short, a full disk outside this code or a
+    hand edit can still leave one truncated: that is a user's problem to fix, not a traceback.
+    """
+    from fastcifar.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is damaged (not valid JSON: {err}); {remedy}") from None
 
 
 def _remove_if_unlocked(path: Path) -> bool:

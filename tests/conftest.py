@@ -74,3 +74,38 @@ def call_compiling_triton():
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     return call
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: make creating anything under ``folder`` fail with EROFS in this process.
+
+    A read-only mount, as root sees it too (the tests run as root here, and root writes into a chmod
+    0555 folder). Covers what the code creates files and folders with: ``os.open`` with ``O_CREAT``
+    (``tempfile.mkstemp``, hence every atomic write) and ``os.mkdir`` (``Path.mkdir``).
+    """
+    import errno
+
+    roots: list[str] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def blocked(path) -> bool:
+        target = os.path.abspath(os.fsdecode(path))
+        return any(target == root or target.startswith(root + os.sep) for root in roots)
+
+    def refuse(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and blocked(path):
+            raise refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if blocked(path):
+            raise refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    return lambda folder: roots.append(os.path.abspath(folder))

@@ -16,7 +16,6 @@ dict so that Ray can ship it back.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import write_json_atomic
+from fastcifar.atomic import read_json, write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS
 
@@ -64,11 +63,18 @@ def run_folder(out: str | os.PathLike, row: str, seed: int) -> Path:
 
 
 def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's ``study-run.json`` (None when the run never started)."""
+    """The run's ``study-run.json`` (None when the run never started); UserError when it is damaged."""
     path = Path(folder) / RECORD_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return read_json(path, "delete it and re-run the study: the record is made again (its attempts are lost).")
+
+
+def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    """The finished run's ``summary.json``; UserError when it is damaged."""
+    return read_json(
+        Path(folder) / SUMMARY_NAME, "delete it and re-run the study: that run resumes from its checkpoint."
+    )
 
 
 def state(folder: str | os.PathLike) -> str:
@@ -179,7 +185,7 @@ def attempt(spec: RunSpec, device_label: str, device_flag: str | None, env: dict
         "seconds": round(time.monotonic() - start, 3),
     }
     if (folder / SUMMARY_NAME).is_file():
-        summary = json.loads((folder / SUMMARY_NAME).read_text())
+        summary = read_summary(folder)
         return {**result, "status": "finished", "top1": summary.get("final_top1")}
     # fastcifar.train saved and stopped (Ctrl-C: 0, a preemption signal: 75), or a signal ended it
     # before training began (nothing to save: "checkpoint" tells which).

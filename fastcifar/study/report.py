@@ -13,11 +13,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import atomic_path, write_json_atomic, write_text_atomic
+from fastcifar.atomic import atomic_path, folder_write_problem, write_json_atomic, write_text_atomic
+from fastcifar.errors import UserError
 from fastcifar.study import jobs
 from fastcifar.study.rows import CLAIMS, EXPERIMENTS, ROWS, Row, model_kwargs, study_result
 from fastcifar.study.runner import load_plan
 from fastcifar.study.stats import welch
+from fastcifar.training.metrics import read_jsonl
 
 TABLE_ORDER = ("table1", "table2", "base")
 TITLES = {
@@ -50,7 +52,6 @@ def count_params(row: Row, plan: dict[str, Any]) -> int | None:
     """
     import torch
 
-    from fastcifar.errors import UserError
     from fastcifar.models import create_model
 
     flags = plan["flags"]
@@ -84,10 +85,8 @@ def collect_runs(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
             if status == "failed" and failures:
                 entry["error"] = failures[-1].get("error", "")
             if status == "finished":
-                entry["summary"] = json.loads((folder / jobs.SUMMARY_NAME).read_text())
-                entry["history"] = [
-                    json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()
-                ]
+                entry["summary"] = jobs.read_summary(folder)
+                entry["history"] = read_jsonl(folder / "metrics.jsonl")
             collected.append(entry)
     return collected
 
@@ -415,6 +414,12 @@ def write_report(out: str | Path) -> dict[str, Any]:
     """Build the report from ``out``'s run folders and write study.md, study.json and the PNGs."""
     out = Path(out)
     report = build(out)
+    problem = folder_write_problem(out)
+    if problem is not None:
+        raise UserError(
+            f"cannot write the report into {out} ({problem}); the report depends on the folder's files only: "
+            f"copy it somewhere writable (cp -r {out} COPY) and run report on the copy."
+        )
     write_json_atomic(out / "study.json", report)
     write_text_atomic(out / "study.md", markdown(report))
     plot_curves(report, out / "curves.png")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import write_json_atomic
+from fastcifar.atomic import folder_write_problem, read_json, write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.preemption import PREEMPTED_EXIT_CODE, StopSignal, raising_on_preemption, signal_name
 from fastcifar.study import jobs
@@ -86,7 +86,16 @@ def load_plan(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out) / PLAN_NAME
     if not path.is_file():
         raise UserError(f"no {PLAN_NAME} in {out}: not a folder written by python -m fastcifar.study run.")
-    return json.loads(path.read_text())
+    return read_plan(path)
+
+
+def read_plan(path: Path) -> dict[str, Any]:
+    """``study-plan.json`` at ``path``; UserError naming it when it is damaged (e.g. a truncated copy)."""
+    return read_json(
+        path,
+        "delete it and re-run the study run command that made this folder "
+        "(finished runs are kept; the plan is written again).",
+    )
 
 
 def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +107,7 @@ def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
     path = out / PLAN_NAME
     if not path.is_file():
         return new
-    old = json.loads(path.read_text())
+    old = read_plan(path)
     for key in ("recipe", "tiny", "flags"):
         if old.get(key) != new[key]:
             raise UserError(
@@ -247,12 +256,9 @@ def _record_plan(
     out_dir: Path, experiment: str, rows: list[Row], seeds: int, recipe: str, tiny: bool, flags: dict[str, Any]
 ) -> list[RunSpec]:
     """Merge this call into ``<out_dir>/study-plan.json``, claim every run folder; return the runs."""
-    from fastcifar.study.executors import check_writable
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    problem = check_writable(str(out_dir))
+    problem = folder_write_problem(out_dir)
     if problem is not None:
-        raise UserError(problem)
+        raise UserError(f"cannot write the study folder {out_dir} ({problem}); pass a writable --out.")
     identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
     plan = merge_plan(
         out_dir,

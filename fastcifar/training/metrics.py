@@ -18,6 +18,33 @@ from fastcifar.environment import versions
 ACCURACY_THRESHOLDS = (50.0, 60.0, 70.0, 75.0)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of an append-only log such as metrics.jsonl ([] when absent).
+
+    A kill while appending leaves a half-written last line (no final newline): it is dropped, as the
+    row it would have held was never complete. A damaged line anywhere else is a UserError.
+    """
+    from fastcifar.errors import UserError
+
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # the unterminated last line of an interrupted append
+                break
+            raise UserError(
+                f"{path} line {number} is damaged (not valid JSON); restore the file or delete the run folder."
+            ) from None
+    return rows
+
+
 def time_to_thresholds(
     history: Sequence[dict[str, Any]], thresholds: Iterable[float] = ACCURACY_THRESHOLDS
 ) -> dict[str, float | None]:
