@@ -11,15 +11,26 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import write_json_atomic, write_text_atomic
+from fastcifar.atomic import folder_write_problem, write_json_atomic, write_text_atomic
 from fastcifar.environment import machine_record
 from fastcifar.training.engine import synchronize as sync  # the one "wait for queued device work" helper
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+
+def check_out_dir(folder: str | Path, flag: str) -> None:
+    """UserError (one line) before any measuring when the results folder cannot be written."""
+    from fastcifar.errors import UserError
+
+    problem = folder_write_problem(folder)
+    if problem is not None:
+        raise UserError(f"cannot write results into {folder} ({problem}); pass a writable {flag}.")
+
+
 __all__ = [
     "RESULTS_DIR",
     "Deadline",
+    "check_out_dir",
     "command_line",
     "environment_line",
     "markdown_table",

@@ -52,7 +52,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastcifar.kernels as kernels
-from bench.common import RESULTS_DIR, Deadline, new_record, save_record
+from bench.common import RESULTS_DIR, Deadline, check_out_dir, new_record, save_record
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("channels_last", "nchw")
@@ -378,6 +378,7 @@ def run_static(
 ) -> dict[str, Any]:
     """Compile every kernel launch the models use for sm_90; write kernels-static-<date>.json/.md."""
     _check(dtype, layout)
+    check_out_dir(out_dir, "--out_dir")
     rows = (
         static_rows(DTYPES[dtype], layout, batch)
         if not kernels.INTERPRET
@@ -459,6 +460,7 @@ def run_benchmarks(
     runs out, and the record keeps what was measured and lists what was not.
     """
     _check(dtype, layout)
+    check_out_dir(out_dir, "--out_dir")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = DTYPES[dtype]
     archs = SHORT_ARCHS if short else TIMED_ARCHS

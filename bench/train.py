@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, environment_line, new_record, save_record
+from bench.common import RESULTS_DIR, check_out_dir, environment_line, new_record, save_record
 from fastcifar.models import tiny_overrides
 from fastcifar.models.flops import count_model
 from fastcifar.training import engine
@@ -164,6 +164,12 @@ def bench_train(
     ``variants[name]`` is :func:`bench_variant`'s result, or ``error`` if the variant failed (the
     others still run). ``speedup_vs_eager_fp32`` compares images/s.
     """
+    from fastcifar.errors import UserError
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise UserError(
+            f"--batch_size must be an integer >= 2 (BatchNorm trains on batches of 2 or more), got {batch_size!r}."
+        )
     device = resolve_device(device)
     names = parse_variants(variants)
     model_kwargs = dict(model_kwargs or {})
@@ -240,6 +246,7 @@ def main(
     on CPU the registered tiny config (``fastcifar.models.tiny_overrides``) at batch 32 for 5 steps
     over :data:`CPU_VARIANTS`, whose figures are ratios on that CPU only.
     """
+    check_out_dir(out, "--out")
     device_obj = resolve_device(device)
     cuda = device_obj.type == "cuda"
     if model_kwargs is None:

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
-from fastcifar.atomic import write_json_atomic
+from fastcifar.atomic import folder_write_problem, write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.training import engine
 from fastcifar.training.variant import Variant, build_model, get_variant, parse_variants, resolve_device
@@ -243,10 +243,12 @@ class ProfileSettings:
         """UserError for a count out of range, an unknown schedule or an unknown model."""
         from fastcifar.models import list_models
 
-        for label, low in (("steps", 1), ("batch_size", 1), ("wait", 0), ("warmup", 0), ("compile_warmup", 1)):
+        minimum = {"steps": 1, "batch_size": 2, "wait": 0, "warmup": 0, "compile_warmup": 1}
+        for label, low in minimum.items():
             value = getattr(self, label)
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"--{label} must be an integer >= {low}, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                why = " (BatchNorm trains on batches of 2 or more)" if label == "batch_size" else ""
+                raise UserError(f"--{label} must be an integer >= {low}{why}, got {value!r}.")
         if self.schedule not in engine.SCHEDULES:
             raise UserError(f"unknown --schedule {self.schedule!r}; choose one of: {', '.join(engine.SCHEDULES)}.")
         if self.arch not in list_models(include_aliases=True):
@@ -518,7 +520,9 @@ def profile_variants(
     )
     settings.check()
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    problem = folder_write_problem(root)
+    if problem is not None:
+        raise UserError(f"cannot write the profile into {root} ({problem}); pass a writable --out folder.")
     total = sum(settings.total_steps(get_variant(name)) for name in names)
     results = {}
     with tqdm(total=total, desc="profile", unit="step") as bar:
