@@ -1,8 +1,9 @@
 """Training-step throughput of sk_densenet in several variants, side by side in one run.
 
-Variants are :data:`fastcifar.training.variant.VARIANTS`; each model is built with
-:func:`fastcifar.training.variant.build_model` and trained through :func:`fastcifar.training.engine.train_one_epoch`,
-i.e. the engine's one training step (forward, CE loss, backward, Adam, OneCycleLR):
+Variants are :data:`fastcifar.training.variant.VARIANTS`; each variant's step is built by
+:func:`fastcifar.training.engine.build_step`, as training builds it, and trained through
+:func:`fastcifar.training.engine.train_one_epoch`, i.e. the engine's one training step (forward, CE
+loss, backward, Adam, OneCycleLR):
 
 - ``eager_fp32``: eager, fp32, NCHW, PyTorch SK layers (the study's setting);
 - ``eager_bf16_cl``: eager, bf16 autocast, channels_last;
@@ -37,7 +38,7 @@ from bench.common import RESULTS_DIR, check_out_dir, environment_line, new_recor
 from fastcifar.models import tiny_overrides
 from fastcifar.models.flops import count_model
 from fastcifar.training import engine
-from fastcifar.training.variant import build_model, get_variant, parse_variants, resolve_device
+from fastcifar.training.variant import get_variant, parse_variants, resolve_device
 
 CUDA_VARIANTS = (
     "eager_fp32",
@@ -109,21 +110,25 @@ def bench_variant(
         train_flops_per_step = model_size(arch, model_kwargs, batch_size)["train_flops_per_step"]
     torch._dynamo.reset()  # every compiled variant pays (and reports) its own compilation
     torch.manual_seed(0)
-    model = build_model(arch, model_kwargs, variant, device)
-    forward = variant.wrap(model)
-    settings = engine.StepSettings.for_variant(variant, device)
-    images, labels = _batch(batch_size, device, seed=1)
-    optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=warmup_steps + repeats * steps, device=device
+    step = engine.build_step(
+        arch, model_kwargs, variant, device, lr=0.01, epochs=1, steps_per_epoch=warmup_steps + repeats * steps
     )
-    scaler = engine.build_scaler(settings)
+    images, labels = _batch(batch_size, device, seed=1)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
     def run(n: int) -> engine.EpochResult:
+        batches = [(images, labels)] * n
         return engine.train_one_epoch(
-            forward, [(images, labels)] * n, optimizer, scheduler, scaler, settings, log_every=n, progress=False
+            step.forward,
+            batches,
+            step.optimizer,
+            step.scheduler,
+            step.scaler,
+            step.settings,
+            log_every=n,
+            progress=False,
         )
 
     warm = run(warmup_steps)

@@ -139,3 +139,58 @@ def test_cudagraph_steps_are_marked_once_per_step_and_eval_batch(monkeypatch: py
         assert len(marks) == expected
         evaluate(model, batches, settings)
         assert len(marks) == 2 * expected
+
+
+def test_build_step_is_the_chain_training_used_to_assemble() -> None:
+    """build_step: registry model, the variant's settings, the study's optimiser and schedule, a scaler."""
+    from fastcifar.training.engine import StepSettings, build_optimizer, build_scaler, build_step, describe_step
+    from fastcifar.training.variant import VARIANTS, build_model
+
+    cpu, tiny = torch.device("cpu"), {"growth_rate": 4, "block_config": (2, 2, 2, 2)}
+    variant = VARIANTS["eager_bf16"]
+    torch.manual_seed(0)
+    step = build_step(
+        "sk_densenet", tiny, variant, cpu, lr=0.02, epochs=2, steps_per_epoch=3, num_classes=10, label_smoothing=0.1
+    )
+    torch.manual_seed(0)
+    model = build_model("sk_densenet", tiny, variant, cpu, num_classes=10)
+    settings = StepSettings.for_variant(variant, cpu, label_smoothing=0.1)
+    optimizer, scheduler = build_optimizer(model.parameters(), max_lr=0.02, epochs=2, steps_per_epoch=3, device=cpu)
+    assert step.forward is step.model and step.settings == settings  # eager: the model is the forward
+    for mine, theirs in zip(step.model.state_dict().values(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs)  # the same weights from the same seed
+    assert [p for g in step.optimizer.param_groups for p in g["params"]] == list(step.model.parameters())
+    assert step.describe() == describe_step(optimizer, scheduler, build_scaler(settings), settings)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = [p.detach().clone() for p in step.model.parameters()]
+    assert torch.isfinite(step(images, labels)) and step.scheduler.last_epoch == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters(), strict=True))
+    compiled = build_step("sk_densenet", tiny, VARIANTS["compiled_bf16"], cpu, lr=0.01, epochs=1, steps_per_epoch=1)
+    assert compiled.forward is not compiled.model and compiled.forward._orig_mod is compiled.model
+
+
+def test_a_partial_epoch_continues_where_it_stopped() -> None:
+    """train_one_epoch(partial=...) skips the steps already taken and carries their loss and samples."""
+    from fastcifar.training.engine import PartialEpoch, StepSettings, build_optimizer, build_scaler, train_one_epoch
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    seen: list[int] = []
+    batches = [(torch.full((4, 3, 2, 2), float(i)), torch.randint(0, 5, (4,))) for i in range(5)]
+    settings = StepSettings(device=torch.device("cpu"))
+    optimizer, scheduler = build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=5, device=settings.device
+    )
+    partial = PartialEpoch(step=2, loss_sum=10.0, samples=8, seconds=1.0)
+    result = train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        scheduler,
+        build_scaler(settings),
+        settings,
+        partial=partial,
+        progress=False,
+        batch_hook=lambda split, images, labels: seen.append(int(images[0, 0, 0, 0])),
+    )
+    assert seen == [2, 3, 4] and result.steps == 5 and result.samples == 8 + 12
+    assert result.loss_sum > 10.0 and scheduler.last_epoch == 3

@@ -160,6 +160,24 @@ def test_a_failed_first_epoch_leaves_no_run_folder(tiny_flags, tmp_path):
     assert not out.exists() and (tmp_path / "runs").exists()
 
 
+def test_a_nan_loss_names_the_checkpoint_the_run_kept(tiny_flags, tmp_path):
+    """The engine only says the loss diverged; the run says which checkpoint is left on disk."""
+    from fastcifar.training.engine import NonFiniteLoss
+
+    steps = []
+
+    def poison_epoch_two(split, images, labels):
+        if split == "train":
+            steps.append(1)
+            if len(steps) > 4:  # 4 steps per epoch
+                images.fill_(float("nan"))
+
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match=r"the last good checkpoint \(epoch 1\) is kept at") as failed:
+        run(tiny_flags, out, epochs=2, batch_hook=poison_epoch_two, log_every=1)
+    assert str(out / "checkpoint.pt") in str(failed.value) and "epoch 2/2" in str(failed.value)
+
+
 def test_a_full_disk_keeps_the_last_checkpoint(tiny_flags, tmp_path, monkeypatch):
     import fastcifar.atomic
     from fastcifar.training.checkpoint import load_checkpoint

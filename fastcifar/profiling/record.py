@@ -49,7 +49,7 @@ from torch.profiler import ProfilerActivity, record_function
 from fastcifar.atomic import folder_write_problem, write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.training import engine
-from fastcifar.training.variant import Variant, build_model, get_variant, parse_variants, resolve_device
+from fastcifar.training.variant import Variant, get_variant, parse_variants, resolve_device
 
 PROG = "fastcifar.profile"
 DEFAULT_VARIANTS = ("eager_fp32", "compiled_bf16_cl", "compiled_bf16_cl_triton")
@@ -267,13 +267,8 @@ class ProfileSettings:
 class StepTimer:
     """Runs the training step one step at a time, each in a ``train_step`` range, and times it."""
 
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    step: engine.TrainingStep
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    settings: engine.StepSettings
-    device: torch.device
     progress: Any = None
 
     def run(self, n: int) -> list[float]:
@@ -282,12 +277,9 @@ class StepTimer:
         for _ in range(n):
             start = time.perf_counter()
             with record_function("train_step"):
-                images, labels = next(self.batches)
-                engine.train_step(
-                    self.forward, images, labels, self.optimizer, self.scheduler, self.scaler, self.settings
-                )
+                self.step(*next(self.batches))
             # One sync per step: the step's range then covers its device work, and wall times are real.
-            engine.synchronize(self.device)
+            engine.synchronize(self.step.settings.device)
             times.append((time.perf_counter() - start) * 1e3)
             if self.progress is not None:
                 self.progress.update(1)
@@ -410,28 +402,29 @@ def profile_variant(name: str, settings: ProfileSettings, out: Path, progress: A
         old.unlink()
 
     torch.manual_seed(settings.seed)
-    model = build_model(settings.arch, settings.model_kwargs, variant, device, num_classes=settings.num_classes)
-    model.train()
-    impl = model_impl(model)
+    # Inductor reads this when it compiles, at the first step.
     inductor_kernel_ranges = variant.compile and _enable_inductor_cpu_kernel_ranges(device, settings.compile_backend)
-    forward = variant.wrap(model, backend=settings.compile_backend)
-    step_settings = engine.StepSettings.for_variant(variant, device, label_smoothing=settings.label_smoothing)
-    optimizer, scheduler = engine.build_optimizer(
-        model.parameters(),
-        max_lr=settings.lr,
+    step = engine.build_step(
+        settings.arch,
+        settings.model_kwargs,
+        variant,
+        device,
+        lr=settings.lr,
         epochs=1,
         steps_per_epoch=settings.total_steps(variant),
-        device=device,
+        num_classes=settings.num_classes,
         weight_decay=settings.weight_decay,
         schedule=settings.schedule,
+        label_smoothing=settings.label_smoothing,
+        compile_backend=settings.compile_backend,
     )
-    scaler = engine.build_scaler(step_settings)
-    described = engine.describe_step(optimizer, scheduler, scaler, step_settings)
+    step.model.train()
+    impl = model_impl(step.model)
+    described = step.describe()
     images = build_batches(device, settings.batch_size, settings.num_classes, variant.channels_last, settings.seed)
-    batches = engine.batches_in_ranges(images)
-    timer = StepTimer(forward, batches, optimizer, scheduler, scaler, step_settings, device, progress)
+    timer = StepTimer(step, engine.batches_in_ranges(images), progress)
 
-    with layer_ranges(model) if not variant.compile else contextlib.nullcontext(0) as wrapped_layers:
+    with layer_ranges(step.model) if not variant.compile else contextlib.nullcontext(0) as wrapped_layers:
         start = time.perf_counter()
         warmup_ms = timer.run(settings.warm_steps(variant))
         warmup_s = time.perf_counter() - start

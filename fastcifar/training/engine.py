@@ -1,8 +1,9 @@
 """The training step, one training epoch and one evaluation pass, with the study's optimiser.
 
-:func:`train_step` is the one optimisation step of the project: training
-(:func:`train_one_epoch`), the profiler (``fastcifar.profile``) and the training benchmark
-(``bench/train.py``) all run it, so what is profiled and timed is what trains.
+:func:`train_step` is the one optimisation step of the project and :func:`build_step` the one way
+its model, optimizer, schedule and scaler are built: training (:func:`train_one_epoch`), the
+profiler (``fastcifar.profile``) and the training benchmark (``bench/train.py``) all use both, so
+what is profiled and timed is what trains.
 
 Recipe (docs/training.md): Adam betas (0.9, 0.999), eps 1e-8, no weight decay;
 OneCycleLR with max_lr 0.01, pct_start 0.3 and beta1 cycled 0.95 -> 0.85 -> 0.95, stepped after
@@ -28,13 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
 from fastcifar.errors import UserError
 from fastcifar.preemption import PREEMPTION_SIGNALS, signal_name
 from fastcifar.training.distributed import DistContext, all_reduce_sum
-from fastcifar.training.variant import Variant
+from fastcifar.training.variant import Variant, build_model
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 SCHEDULES = ("onecycle", "constant")
@@ -52,7 +54,7 @@ LogitsHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class NonFiniteLoss(UserError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss became NaN or infinite (a run adds what it kept on disk)."""
 
     exit_code = 3
 
@@ -96,6 +98,19 @@ class StepSettings:
         if self.channels_last:
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+
+@dataclass
+class PartialEpoch:
+    """Progress inside an epoch stopped by Ctrl-C (all zero at an epoch boundary).
+
+    ``loss_sum`` and ``samples`` are summed over ranks; ``seconds`` is the train time so far.
+    """
+
+    step: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -316,6 +331,67 @@ def describe_step(
     return described
 
 
+@dataclass
+class TrainingStep:
+    """What one training step needs, built by :func:`build_step` for training, the profiler and bench.train.
+
+    ``model`` is the plain module (its parameters are the optimizer's; checkpoints save it);
+    ``forward`` is what a step calls: ``variant.wrap(model)``, compiled or the model itself.
+    """
+
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    settings: StepSettings
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:func:`train_step` on ``images (N, 3, H, W)``, ``labels (N,)``; the loss as a device scalar."""
+        return train_step(self.forward, images, labels, self.optimizer, self.scheduler, self.scaler, self.settings)
+
+    def describe(self) -> dict[str, Any]:
+        """:func:`describe_step` of this step's objects."""
+        return describe_step(self.optimizer, self.scheduler, self.scaler, self.settings)
+
+
+def build_step(
+    arch: str,
+    model_kwargs: dict[str, Any],
+    variant: Variant,
+    device: torch.device,
+    *,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    num_classes: int = 100,
+    weight_decay: float = 0.0,
+    schedule: str = "onecycle",
+    label_smoothing: float = 0.0,
+    compile_backend: str = "inductor",
+) -> TrainingStep:
+    """Model, forward, optimizer, schedule, scaler and settings of ``variant``'s training step.
+
+    The model is registry model ``arch`` with ``model_kwargs`` (weights drawn from torch's global
+    generator: seeding is the caller's); the schedule spans ``epochs * steps_per_epoch`` steps
+    peaking at ``lr`` (see :func:`build_optimizer`); ``compile_backend`` goes to
+    :meth:`Variant.wrap` for compiled variants.
+    """
+    model = build_model(arch, model_kwargs, variant, device, num_classes=num_classes)
+    settings = StepSettings.for_variant(variant, device, label_smoothing=label_smoothing)
+    optimizer, scheduler = build_optimizer(
+        model.parameters(),
+        max_lr=lr,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        device=device,
+        weight_decay=weight_decay,
+        schedule=schedule,
+    )
+    forward = variant.wrap(model, backend=compile_backend)
+    return TrainingStep(model, forward, optimizer, scheduler, build_scaler(settings), settings)
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) and a cluster's stop signals turned into a flag the training loop checks between steps.
 
@@ -383,9 +459,7 @@ def train_one_epoch(
     *,
     ctx: DistContext = SINGLE_PROCESS,
     stop: StopRequest | None = None,
-    skip_steps: int = 0,
-    carried_loss_sum: float = 0.0,
-    carried_samples: int = 0,
+    partial: PartialEpoch | None = None,
     log_every: int = 25,
     description: str = "train",
     batch_hook: BatchHook | None = None,
@@ -393,14 +467,16 @@ def train_one_epoch(
 ) -> EpochResult:
     """Train for one pass over ``loader``; ``model`` is in train mode on return.
 
-    ``skip_steps`` batches are drawn and dropped first (resume after Ctrl-C mid-epoch: the
-    loader replays the same epoch, so the skipped batches are the ones already trained on);
-    ``carried_*`` are that partial epoch's global loss sum and sample count.
+    ``partial`` continues an epoch stopped by Ctrl-C: its ``step`` batches are drawn and dropped
+    first (the loader replays the same epoch, so they are the ones already trained on) and its
+    loss sum and sample count are carried into the result.
 
     Raises NonFiniteLoss when the loss becomes NaN/inf (checked every ``log_every`` steps).
     """
     # One loop on purpose (~90 lines): timing, Ctrl-C, NaN checks and the progress bar all read and
     # update the same per-step state; split apart, each piece would take all of it as arguments.
+    partial = partial or PartialEpoch()
+    skip_steps = partial.step
     device = settings.device
     model.train()
     total_steps = len(loader)  # type: ignore[arg-type]
@@ -448,8 +524,8 @@ def train_one_epoch(
             if bad_any:
                 bar.close()
                 raise NonFiniteLoss(
-                    f"training loss became NaN/inf in step {steps} of {description}; the last good "
-                    "checkpoint is kept: lower --lr, use --amp bf16 instead of fp16, or check the data"
+                    f"training loss became NaN/inf in step {steps} of {description}: lower --lr, "
+                    "use --amp bf16 instead of fp16, or check the data"
                 )
             if ctx.is_main:
                 bar.set_postfix(loss=f"{local_loss.item() / max(local_samples, 1):.4f}", lr=f"{last_lr:.2e}")
@@ -464,8 +540,8 @@ def train_one_epoch(
     done = steps - skip_steps
     steady = (seconds - first_step_seconds) / (done - 1) if done > 1 else first_step_seconds
     return EpochResult(
-        loss_sum=carried_loss_sum + float(totals[0]),
-        samples=carried_samples + int(totals[1]),
+        loss_sum=partial.loss_sum + float(totals[0]),
+        samples=partial.samples + int(totals[1]),
         steps=steps,
         seconds=seconds,
         warmup_seconds=max(first_step_seconds - steady, 0.0),

@@ -35,6 +35,7 @@ from fastcifar.training import checkpoint as ckpt
 from fastcifar.training import distributed, engine
 from fastcifar.training.config import TrainConfig
 from fastcifar.training.distributed import DistContext
+from fastcifar.training.engine import PartialEpoch
 from fastcifar.training.metrics import RUN_FILES, RunLogger, summarize
 
 PROG = "fastcifar.train"
@@ -53,19 +54,6 @@ class QuietExit(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(0)
-
-
-@dataclass
-class PartialEpoch:
-    """Progress inside an epoch stopped by Ctrl-C (all zero at an epoch boundary).
-
-    ``loss_sum`` and ``samples`` are summed over ranks; ``seconds`` is the train time so far.
-    """
-
-    step: int = 0
-    loss_sum: float = 0.0
-    samples: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -192,18 +180,6 @@ def claim_out_dir(out: Path, ctx: DistContext) -> bool:
     return created
 
 
-def _model(config: TrainConfig, device: torch.device, num_classes: int) -> nn.Module:
-    """The registry model for ``config`` on ``device``; bad ``--model_kwargs`` values are one line."""
-    from fastcifar.training.variant import build_model
-
-    try:
-        return build_model(config.arch, config.model_kwargs, config.variant, device, num_classes=num_classes)
-    except (TypeError, ValueError) as err:
-        raise UserError(
-            f"--model_kwargs {config.model_kwargs} do not fit model {config.arch!r}: {str(err).splitlines()[0]}"
-        ) from None
-
-
 def _restore(training: TrainingRun, state: dict[str, Any]) -> None:
     """Load a checkpoint's states into ``training`` (its RNG states are restored last, by the caller)."""
     try:
@@ -260,38 +236,40 @@ def setup(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    variant = config.variant
-    model = _model(config, device, num_classes)
-    settings = engine.StepSettings.for_variant(variant, device, label_smoothing=config.label_smoothing)
-    optimizer, scheduler = engine.build_optimizer(
-        model.parameters(),
-        max_lr=config.lr,
+    step = engine.build_step(
+        config.arch,
+        config.model_kwargs,
+        config.variant,
+        device,
+        lr=config.lr,
         epochs=config.epochs,
         steps_per_epoch=len(train_loader),
-        device=device,
+        num_classes=num_classes,
         weight_decay=config.weight_decay,
         schedule=config.schedule,
+        label_smoothing=config.label_smoothing,
     )
-    eval_model = variant.wrap(model)
-    train_model = eval_model
+    train_model = step.forward
     if ctx.is_distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(
+            step.forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
     training = TrainingRun(
         config=config,
         ctx=ctx,
         device=device,
         out=Path(config.out),
-        model=model,
+        model=step.model,
         train_model=train_model,
-        eval_model=eval_model,
+        eval_model=step.forward,
         train_loader=train_loader,
         test_loader=test_loader,
-        settings=settings,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=engine.build_scaler(settings),
+        settings=step.settings,
+        optimizer=step.optimizer,
+        scheduler=step.scheduler,
+        scaler=step.scaler,
         logger=RunLogger(Path(config.out), enabled=ctx.is_main),
         num_classes=num_classes,
         batch_hook=batch_hook,
@@ -358,9 +336,7 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
             training.settings,
             ctx=ctx,
             stop=stop,
-            skip_steps=partial.step,
-            carried_loss_sum=partial.loss_sum,
-            carried_samples=partial.samples,
+            partial=partial,
             log_every=config.log_every,
             description=description,
             batch_hook=training.batch_hook,

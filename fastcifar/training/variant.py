@@ -205,10 +205,14 @@ def build_model(
     """Create registered model ``arch`` for ``variant``: on ``device``, in the variant's layout.
 
     Not compiled: a training step calls ``variant.wrap(model)``; checkpoints and evaluation keep
-    using the plain module. Seeding is the caller's (weights are drawn here).
+    using the plain module. Seeding is the caller's (weights are drawn here). Values the model
+    refuses (a ``TypeError`` or ``ValueError`` from its constructor) are one :class:`UserError` line.
     """
     from fastcifar.models import create_model
 
     kwargs = resolve_overrides(arch, overrides, variant)
-    model = create_model(arch, num_classes=num_classes, **kwargs)
+    try:
+        model = create_model(arch, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--model_kwargs {overrides} do not fit model {arch!r}: {str(err).splitlines()[0]}") from None
     return model.to(device=device, memory_format=variant.memory_format)
