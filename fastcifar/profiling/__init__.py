@@ -9,6 +9,10 @@ Modules, one purpose each:
   launches, host overhead, data wait, memory, SK select / Z-pool time).
 - :mod:`.hta_bridge`: the parts HolisticTraceAnalysis computes for GPU traces (optional extra).
 - :mod:`.report`: ``report.md``, ``report.json`` and PNG charts.
+- :mod:`.optrace`: every aten op of one training step traced on the meta device (FLOPs, bytes,
+  eager launches; CUDA's bf16 autocast policy and the fused Adam step reproduced there).
+- :mod:`.roofline`: the computed floor of a step from such a trace (compute, memory unfused and
+  under ideal fusion, per-op, launches), behind ``python -m bench.roofline``.
 """
 
 from __future__ import annotations
