@@ -34,7 +34,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,7 @@ class Context:
     out: Path
     suite: Suite | None = None
     compile_backend: str = "inductor"
+    floors: dict = field(default_factory=dict)  # (amp, channels_last, peaks) -> step_floor's figures
 
     @property
     def model_kwargs(self) -> dict:
@@ -316,7 +317,57 @@ def section_train_variant(ctx: Context, name: str, deadline: Deadline) -> dict:
     row["batch_size"] = ctx.batch_size
     if dropped:
         row["arguments_not_supported"] = dropped
+    try:  # the timing is what GPU time was spent on: a floor that cannot be computed must not lose it
+        floor = step_floor(ctx, name)
+    except Exception as err:
+        row["floor_error"] = f"{type(err).__name__}: {err}"[:500]
+        return row
+    seconds = row["step_ms"] / 1000
+    row["floor"] = floor
+    row["times_floor"] = row["step_ms"] / floor["floor_ms_per_step"]
+    row["achieved_gb_per_s"] = floor["bytes_per_step_fused_bound"] / seconds / 1e9
     return row
+
+
+def step_floor(ctx: Context, name: str) -> dict:
+    """The computed floor of variant ``name``'s training step (:mod:`fastcifar.profiling.roofline`).
+
+    Against the ceilings the environment section measured (copy bandwidth, matmul rate), or the
+    H200 datasheet where it has not run; the variant's precision and layout decide the trace (bf16
+    autocast + channels_last or fp32 NCHW, the PyTorch layers: the floor of the step's aten ops).
+    Traced once per precision and layout, on the meta device.
+    """
+    from fastcifar.profiling.roofline import Peaks, roofline
+
+    variant = variant_vocabulary()[name]
+    env = ctx.earlier("environment")
+    matmul, copy = (env.get("matmul") or {}).get("tflop_per_s"), (env.get("copy") or {}).get("gb_per_s")
+    peaks = Peaks.measured(matmul, copy) if matmul and copy else Peaks()
+    key = (variant.amp != "off", variant.channels_last, peaks)
+    if key not in ctx.floors:
+        r = roofline(
+            ARCH,
+            amp=key[0],
+            channels_last=key[1],
+            batch_size=ctx.batch_size,
+            eval_batch_size=ctx.batch_size,
+            peaks=peaks,
+            overrides=ctx.model_kwargs,
+        )
+        figures = r.train_floors()
+        ctx.floors[key] = {
+            "floor_ms_per_step": figures["floor_ms"],
+            "compute_ms_per_step": figures["compute_ms"],
+            "memory_fused_ms_per_step": figures["memory_fused_ms"],
+            "memory_unfused_ms_per_step": figures["memory_unfused_ms"],
+            "launch_ms_per_step": figures["launch_ms"],
+            "bytes_per_step_fused_bound": r.train.bytes_fused,
+            "bytes_per_step_unfused": r.train.bytes_unfused,
+            "eager_kernels_per_step": r.train.launches,
+            "traced": f"{'bf16 autocast' if key[0] else 'fp32'}{' + channels_last' if key[1] else ''}",
+            "peaks": peaks.source,
+        }
+    return ctx.floors[key]
 
 
 def _no_sync_check(ctx: Context, compiled: bool) -> dict:
@@ -559,6 +610,7 @@ GOALS = {
     "fast_vs_eager_fp32": (">=", 3.0, "images/s"),
     "projected_30_epochs_seconds": ("<=", 90.0, "(aim 60 s)"),
     "augment_share_of_fast_step": ("<=", 0.05, "of a fast step"),
+    "fast_times_floor": ("<=", 3.0, "the computed floor (max of compute and ideal-fusion memory)"),
     "mfu": (None, None, "of the measured matmul rate"),
     "sk_select_min_fraction_of_copy": (">=", 0.80, "of copy bandwidth (fwd+bwd, 32x32 and 16x16)"),
 }
@@ -639,7 +691,11 @@ def derive(sections: dict, fast_name: str | None = None) -> dict:
       projection from throughput (no evaluation, no data loading; goal <= 90 s, aim 60 s);
     - ``augment_share_of_fast_step``: seconds our train transform takes per image over the seconds
       of a fast training step per image (goal <= 5%);
-    - ``mfu``: the fast variant's achieved TFLOP/s over the measured bf16 matmul rate;
+    - ``fast_times_floor``: the fast variant's measured step over its computed floor
+      (:func:`step_floor`: max of compute and ideal-fusion memory at the measured ceilings; goal
+      <= 3x), and ``fast_achieved_gb_per_s``, the floor's bytes over the measured step;
+    - ``mfu``: the fast variant's achieved TFLOP/s (training FLOPs of :mod:`fastcifar.models.flops`)
+      over the measured bf16 matmul rate;
     - ``sk_select_min_fraction_of_copy``: the lowest Triton SK select fwd+bwd GB/s at 32x32 and
       16x16 over the measured copy bandwidth (goal >= 80%);
     - ``best_variant``: the train variant with the highest images/s, and its ratio to eager fp32.
@@ -656,6 +712,8 @@ def derive(sections: dict, fast_name: str | None = None) -> dict:
         "projected_30_epochs_seconds": None,
         "augment_share_of_fast_step": None,
         "augment_route": None,
+        "fast_times_floor": fast.get("times_floor"),
+        "fast_achieved_gb_per_s": fast.get("achieved_gb_per_s"),
         "mfu": None,
         "sk_select_min_fraction_of_copy": min(fractions.values()) if fractions else None,
         "sk_select_fraction_of_copy": fractions or None,
@@ -777,9 +835,15 @@ def _headline(name: str, entry: dict) -> str:
             return f"copy {res['copy']['gb_per_s']:,.0f} GB/s, matmul {res['matmul']['tflop_per_s']:,.1f} TFLOP/s"
         if name.startswith("train:"):
             mfu = f", MFU {100 * res['mfu']:.1f}%" if res.get("mfu") else ""
+            floor = (
+                f", {res['times_floor']:.1f}x floor ({res['floor']['floor_ms_per_step']:.2f} ms), "
+                f"{res['achieved_gb_per_s']:,.0f} GB/s"
+                if res.get("times_floor")
+                else ""
+            )
             return (
                 f"{res['images_per_s']:,.0f} img/s, {res['step_ms']:.1f} ms/step, "
-                f"compile {res.get('compile_seconds', 0):.0f} s{mfu}"
+                f"compile {res.get('compile_seconds', 0):.0f} s{mfu}{floor}"
             )
         if name.startswith("augment_no_sync"):
             return f"no host sync ({res['route']} route)"

@@ -83,6 +83,10 @@ def test_every_section_runs_or_says_why_without_optional_packages(tmp_path: Path
     fast, eager = sections["train:eager_bf16"]["result"], sections["train:eager_fp32"]["result"]
     assert fast["images_per_s"] > 0 and eager["images_per_s"] > 0
     assert fast["train_flops_per_step"] == eager["train_flops_per_step"]  # counted once, passed on
+    for row in (fast, eager):  # read against the computed floor at the measured ceilings
+        assert row["times_floor"] == pytest.approx(row["step_ms"] / row["floor"]["floor_ms_per_step"])
+        assert row["achieved_gb_per_s"] > 0 and row["floor"]["peaks"].startswith("measured")
+    assert fast["floor"]["traced"] == "bf16 autocast" and eager["floor"]["traced"] == "fp32"
 
     loader = sections["gpu_loader"]["result"]
     assert loader["epochs"][-1]["images"] == (loader["images"] // 256) * 256  # drop_last epoch
@@ -244,7 +248,10 @@ def test_derived_goal_figures_follow_from_the_sections() -> None:
             },
         },
         "train:eager_fp32": {"status": "ok", "result": {"images_per_s": 4_000.0}},
-        f"train:{fast}": {"status": "ok", "result": {"images_per_s": 16_000.0, "mfu": 0.21}},
+        f"train:{fast}": {
+            "status": "ok",
+            "result": {"images_per_s": 16_000.0, "mfu": 0.21, "times_floor": 2.5, "achieved_gb_per_s": 1900.0},
+        },
         "train:compiled_bf16_cl": {"status": "failed", "error": "boom"},
         "kernels": {
             "status": "ok",
@@ -268,6 +275,7 @@ def test_derived_goal_figures_follow_from_the_sections() -> None:
     assert derived["fast_vs_eager_fp32"] == pytest.approx(4.0)
     assert derived["projected_30_epochs_seconds"] == pytest.approx(30 * 50_000 / 16_000)
     assert derived["mfu"] == pytest.approx(0.21)
+    assert derived["fast_times_floor"] == 2.5 and derived["fast_achieved_gb_per_s"] == 1900.0
     # Per shape the better of direct and compiled launches; 8x8 and forward-only rows are not goals.
     assert derived["sk_select_fraction_of_copy"] == {"2x80x32x32": 0.85, "2x80x16x16": 0.78}
     assert derived["sk_select_min_fraction_of_copy"] == pytest.approx(0.78)
@@ -276,6 +284,7 @@ def test_derived_goal_figures_follow_from_the_sections() -> None:
     assert derived["goals_met"] == {
         "fast_vs_eager_fp32": True,
         "projected_30_epochs_seconds": False,  # 94 s
+        "fast_times_floor": True,
         "augment_share_of_fast_step": False,
         "sk_select_min_fraction_of_copy": False,
     }
@@ -292,6 +301,7 @@ def test_derived_goal_figures_follow_from_the_sections() -> None:
     }
     text = render_markdown(record)
     assert "| augment_share_of_fast_step | 8.0% | <= 5.0% of a fast step | no |" in text
+    assert "| fast_times_floor | 2.50x | <= 3.00x the computed floor" in text
     assert "| fast_vs_eager_fp32 | 4.00x |" in text and "| projected_30_epochs_seconds | 94 s |" in text
     assert "| train:compiled_bf16_cl | failed | 2.0 | 1.0 | boom |" in text
 
@@ -388,3 +398,36 @@ def test_sigterm_saves_what_was_measured(tmp_path: Path) -> None:
     statuses = [e["status"] for e in record["sections"].values()]
     assert statuses[0] == "ok" and "interrupted" in statuses
     assert "## Goal figures" in (out / "results.md").read_text()
+
+
+def test_a_train_section_reads_its_step_against_the_floor_and_counts_corrected_flops(tmp_path: Path) -> None:
+    """CPU tiny: × floor, achieved bandwidth and MFU follow from the measured step and the counts."""
+    import torch
+
+    from bench.common import Deadline
+    from bench.suite import Context, section_train_variant
+    from fastcifar.models import tiny_overrides
+    from fastcifar.models.flops import count_model
+    from fastcifar.profiling.roofline import Peaks, roofline
+
+    environment = {"matmul": {"tflop_per_s": 0.5}, "copy": {"gb_per_s": 20.0}}
+
+    class EnvironmentOnly:
+        record = {"sections": {}}
+
+        def result(self, name: str) -> dict:
+            return environment if name == "environment" else {}
+
+    ctx = Context(device=torch.device("cpu"), tiny=True, out=tmp_path, suite=EnvironmentOnly())
+    row = section_train_variant(ctx, "eager_fp32", Deadline(300))
+    overrides = tiny_overrides("sk_densenet")
+    assert row["train_flops_per_step"] == 8 * count_model("sk_densenet", **overrides).train_flops
+    assert row["mfu"] == pytest.approx(row["train_flops_per_step"] / (row["step_ms"] / 1000) / 1e12 / 0.5)
+    expected = roofline("sk_densenet", amp=False, batch_size=8, eval_batch_size=8, overrides=overrides,
+                        peaks=Peaks.measured(0.5, 20.0))  # fmt: skip
+    assert row["floor"]["floor_ms_per_step"] == pytest.approx(expected.floor_ms)
+    assert row["floor"]["bytes_per_step_fused_bound"] == expected.train.bytes_fused
+    assert row["times_floor"] == pytest.approx(row["step_ms"] / expected.floor_ms)
+    assert row["achieved_gb_per_s"] == pytest.approx(expected.train.bytes_fused / (row["step_ms"] / 1000) / 1e9)
+    # The floor is traced once per precision and layout.
+    assert section_train_variant(ctx, "eager_fp32", Deadline(300))["floor"] is row["floor"]
