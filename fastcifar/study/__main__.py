@@ -45,6 +45,7 @@ def run(
     ray_address: str | None = None,
     devices: Any = None,
     tiny: bool = False,
+    plan: bool = False,
     **train_flags: Any,
 ) -> None:
     """Train every (row, seed) of an experiment that is not finished yet, then write the report.
@@ -59,8 +60,21 @@ def run(
         ray_address: the Ray cluster to join (default: start a local one).
         devices: GPU indices for the local executor, e.g. 0,1 (default: every visible GPU).
         tiny: use each model's tiny configuration (smoke runs and tests).
+        plan: print each row's device hours (from measured step times where a GPU run recorded them,
+            else from the computed roofline floor at a stated efficiency) and run nothing.
         train_flags: any ``fastcifar.train`` flag, applied to every row (--epochs, --fast, --dataset, ...).
     """
+    if plan:
+        from fastcifar.study.cost import plan_table
+        from fastcifar.study.rows import select_rows
+
+        selected = select_rows(experiment, rows)
+        print(
+            plan_table(
+                selected, seeds=seeds, epochs=int(train_flags.get("epochs", 30)), fast=bool(train_flags.get("fast"))
+            )
+        )
+        return
     from fastcifar.study.runner import run as run_study
 
     report = run_study(

@@ -126,12 +126,12 @@ CLAIMS["all"] = tuple(dict.fromkeys(c for name in ("table1", "table2", "base") f
 def study_result(row: Row) -> StudyResult:
     """The study's figures for ``row``: the registry's StudyResult whose overrides match the row's."""
     for result in get_entry(row.model).study:
-        if result.overrides == row.overrides or (not result.overrides and _is_default(row)):
+        if result.overrides == row.overrides or (not result.overrides and is_default(row)):
             return result
     return StudyResult()
 
 
-def _is_default(row: Row) -> bool:
+def is_default(row: Row) -> bool:
     """True when the row's overrides only restate the model's defaults (e.g. ``k=5``)."""
     import inspect
 
