@@ -458,6 +458,31 @@ def test_same_study_through_a_local_ray_cluster(reference_study, train_data, tmp
     attempts = [study_runs.read_record(tmp_path / "ray" / r["folder"])["attempts"] for r in report["runs"]]
     assert all(a[-1]["device"].endswith(":cpu") for a in attempts)
     assert without_timing(report) == without_timing(reference_study[1])
+    # Every task, on whichever node, is told the study's one compile cache (on the shared study folder).
+    cache = str((tmp_path / "ray" / "compile-cache").resolve())
+    for r in report["runs"]:
+        assert f"--compile_cache={cache!r}" in (tmp_path / "ray" / r["folder"] / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_seeds_of_a_compiled_row_share_one_compile_cache(train_data, tmp_path, monkeypatch):
+    """The study gives its runs one cache: the second seed of a row finds every graph the first compiled."""
+    from fastcifar.study import run
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "not-this-one"))  # the study's cache wins
+    out = tmp_path / "study"
+    flags = {**study_flags(train_data), "rows": "densenet", "compile": True, "model_kwargs": {"block_config": [1]}}
+    lines: list[str] = []
+    report = run(out=str(out), print_fn=lines.append, **flags)
+    summaries = [json.loads((out / r["folder"] / "summary.json").read_text()) for r in report["runs"]]
+    first, second = (summary["compile_cache"] for summary in summaries)
+    cache = str((out / "compile-cache").resolve())
+    assert first["dir"] == second["dir"] == cache and any(os.scandir(cache))
+    assert first["hits"] == 0 and first["misses"] >= 3 and first["hit"] is False  # forward, backward, evaluation
+    assert second == {**first, "hits": first["misses"], "misses": 0, "hit": True}
+    assert all(summary["compile_seconds"] > 0 for summary in summaries)
+    assert not (tmp_path / "not-this-one").exists()
+    assert any(line.endswith(f"compile cache {cache}") for line in lines)
 
 
 @pytest.mark.slow

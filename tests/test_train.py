@@ -193,6 +193,14 @@ def test_compiled_matches_eager(tiny_flags, tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-3)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=2e-3)
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    # Inductor's cache lookups: forward, backward and the evaluation forward at least (hit or not:
+    # this process's cache may hold them from an earlier test).
+    from fastcifar.training.compile_cache import resolve_cache_dir
+
+    cache = compiled["compile_cache"]
+    assert cache["dir"] == resolve_cache_dir()[0] and cache["hits"] + cache["misses"] >= 3
+    assert cache["hit"] == (cache["misses"] == 0)
+    assert eager["compile_cache"] == {"dir": None, "hits": 0, "misses": 0, "bypasses": 0, "hit": None}
 
 
 def test_recipe_flags_reach_the_run(tiny_flags, tmp_path, monkeypatch):

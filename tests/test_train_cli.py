@@ -55,6 +55,10 @@ BAD_INPUTS = {
     "negative weight decay": (["--weight_decay", "-1"], "--weight_decay must be at least 0"),
     "out holds a run": (["--out", "{existing}"], "--resume"),
     "resume changing the run": (["--resume", "{existing}", "--epochs", "5"], "--epochs: saved 30, given 5"),
+    "unwritable compile cache": (
+        ["--compile", "--compile_cache", "{existing}/checkpoint.pt/cache"],
+        "cannot write the compile cache",
+    ),
 }
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from fastcifar.errors import UserError
 from fastcifar.models.registry import StudyResult, get_entry, tiny_overrides
+from fastcifar.training.config import RESUME_MAY_CHANGE
 
 RECIPES = ("study", "uniform")
 # Flags that do not change what a run computes: they may differ between attempts of one run (they
 # are what fastcifar.train's --resume accepts), so they are not part of a run's identity.
-RUNTIME_FLAGS = ("device", "workers", "log_every")
+RUNTIME_FLAGS = RESUME_MAY_CHANGE
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ def train_args(
 
 
 def runtime_args(flags: dict[str, Any]) -> list[str]:
-    """``--workers`` / ``--log_every`` for every attempt, fresh or resumed (the executor adds ``--device``)."""
+    """``--workers`` / ``--log_every`` / ``--compile_cache`` for every attempt, fresh or resumed (the
+    executor adds ``--device``)."""
     return [token for name in RUNTIME_FLAGS if name != "device" for token in _flag(name, flags.get(name))]
 
 

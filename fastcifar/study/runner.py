@@ -27,6 +27,9 @@ from fastcifar.study.jobs import RunSpec
 from fastcifar.study.rows import EXPERIMENTS, RECIPES, RUNTIME_FLAGS, Row, runtime_args, select_rows, train_args
 
 PLAN_NAME = "study-plan.json"
+# The compile cache every run of a study shares unless --compile_cache says otherwise: on the
+# study's own storage, so it outlives /tmp and reaches every node that can see the study folder.
+COMPILE_CACHE_NAME = "compile-cache"
 EXECUTORS = ("local", "ray")
 # Training flags the study sets per run itself (or that would break a folder per run).
 RESERVED_TRAIN_FLAGS = ("arch", "seed", "out", "resume")
@@ -334,6 +337,7 @@ def run(
     selected = select_rows(experiment, rows)
     flags = normalise_train_flags(train_flags)
     out_dir = Path(out or f"runs/study-{experiment}")
+    flags.setdefault("compile_cache", str((out_dir / COMPILE_CACHE_NAME).resolve()))
     specs = _record_plan(out_dir, experiment, selected, seeds, recipe, tiny, flags)
 
     states = {spec.name: jobs.state(spec.folder) for spec in specs}
@@ -344,6 +348,7 @@ def run(
         f"study {experiment}: {len(selected)} rows x {seeds} seeds = {len(specs)} runs in {out_dir} "
         f"({counts['finished']} finished, {counts['interrupted']} to resume, {counts['failed']} failed before, "
         f"{counts['pending']} to start); recipe {recipe}"
+        + (f"; compile cache {flags['compile_cache']}" if flags.get("compile") else "")
     )
     start = time.monotonic()
     if todo:

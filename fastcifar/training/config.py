@@ -22,11 +22,11 @@ from fastcifar.errors import UserError
 # numpy's legacy seeding (np.random.seed) takes seeds below 2**32.
 MAX_SEED = 2**32 - 1
 # Flags that may differ when a run is resumed: where and how fast it runs, not what it computes.
-RESUME_MAY_CHANGE = ("device", "workers", "log_every")
+RESUME_MAY_CHANGE = ("device", "workers", "log_every", "compile_cache")
 # Flags that are not TrainConfig fields, with their help.
 EXTRA_FLAGS = {
     "resume": "run folder to continue (or --resume with --out DIR); other flags may be repeated with their saved "
-    "values, and only --device, --workers and --log_every may change",
+    "values, and only " + ", ".join(f"--{name}" for name in RESUME_MAY_CHANGE) + " may change",
     "fast": "preset: compile + channels_last + bf16 + Triton kernels + gpu loader",
     "baseline": "preset: the study's pipeline: eager fp32 NCHW, PyTorch layers, torch DataLoader",
 }
@@ -110,6 +110,13 @@ class TrainConfig:
     data_root: str = flag("data", "folder holding <dataset>/{train,test}.beton (stored as an absolute path)", "path")
     device: str | None = flag(None, "cpu, cuda or cuda:N (default: cuda when available)", "device", optional=True)
     compile: bool = flag(False, "torch.compile the model", "bool")
+    compile_cache: str | None = flag(
+        None,
+        "folder of the torch.compile cache (Inductor's graphs, Triton's kernels in DIR/triton); default: "
+        "TORCHINDUCTOR_CACHE_DIR, else Inductor's per-user /tmp/torchinductor_<user>",
+        "path",
+        optional=True,
+    )
     compile_mode: str | None = choice(
         None, "torch.compile mode (default, reduce-overhead, max-autotune, ...)", _compile_modes, optional=True
     )

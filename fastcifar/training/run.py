@@ -33,6 +33,7 @@ from fastcifar.errors import UserError
 from fastcifar.evaluation.export import EXPORT_FILES, export_run
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training import distributed, engine
+from fastcifar.training.compile_cache import cache_counts, compile_cache, counts_since
 from fastcifar.training.config import TrainConfig
 from fastcifar.training.distributed import DistContext
 from fastcifar.training.engine import PartialEpoch
@@ -80,6 +81,7 @@ class TrainingRun:
     start_epoch: int = 0
     partial: PartialEpoch = field(default_factory=PartialEpoch)
     epoch_rng: dict[str, Any] | None = None  # generator states at the start of the current epoch
+    cache_dir: str | None = None  # the compile cache of a compiled run (fastcifar.training.compile_cache)
 
     @property
     def checkpoint_file(self) -> Path:
@@ -293,7 +295,9 @@ def _announce(training: TrainingRun, resuming: bool) -> None:
     print(
         f"{what}: {config.arch} on {config.dataset} ({training.train_loader.num_samples * ctx.world_size} train "
         f"images, {training.steps_per_epoch} steps/epoch), device {training.device}, loader {config.loader}, "
-        f"amp {config.amp}, compile {config.compile}, channels_last {config.channels_last}, "
+        f"amp {config.amp}, compile {config.compile}"
+        + (f" (cache {training.cache_dir})" if training.cache_dir else "")
+        + f", channels_last {config.channels_last}, "
         f"world_size {ctx.world_size}; out {training.out}",
         flush=True,
     )
@@ -324,6 +328,7 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
     """
     config, ctx, partial = training.config, training.ctx, training.partial
     training.epoch_rng = ckpt.capture_rng_state()
+    lookups_before = cache_counts()
     training.train_loader.set_epoch(epoch)
     description = f"epoch {epoch + 1}/{config.epochs}"
     try:
@@ -380,6 +385,8 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
         "train_images": result.samples,
         "warmup_seconds": warmup,
         "compile_seconds": warmup if config.compile else 0.0,
+        # Inductor's FX graph cache lookups of this epoch (this process's compiles happen in its first).
+        "compile_cache_lookups": counts_since(lookups_before),
     }
     training.history.append(row)
     training.partial = PartialEpoch()
@@ -426,6 +433,7 @@ def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch, stop_sig
 def finish(training: TrainingRun) -> dict[str, Any]:
     """Write the export (model.safetensors + model.json), then summary.json (rank 0); return the summary."""
     extra = {
+        "compile_cache": compile_cache_summary(training),
         "world_size": training.ctx.world_size,
         "device": str(training.device),
         # What each step did (optimizer, schedule, precision, composition), as fastcifar.profile records it.
@@ -441,11 +449,32 @@ def finish(training: TrainingRun) -> dict[str, Any]:
         print(
             f"done: final top1 {summary['final_top1']:.2f}% top5 {summary['final_top5']:.2f}%, best top1 "
             f"{summary['best_top1']:.2f}% (epoch {summary['best_top1_epoch']}), {summary['total_seconds']:.1f} s, "
-            f"{summary['images_per_s']:.0f} img/s, compile {summary['compile_seconds']:.1f} s; "
+            f"{summary['images_per_s']:.0f} img/s, compile {summary['compile_seconds']:.1f} s"
+            f"{_cache_words(summary['compile_cache'])}; "
             f"{training.out}/summary.json",
             flush=True,
         )
     return summary
+
+
+def _cache_words(cache: dict[str, Any]) -> str:
+    if cache["hit"] is None:
+        return ""
+    found = f"{cache['hits']} of {cache['hits'] + cache['misses']} graphs found"
+    return f" (cache {'hit' if cache['hit'] else 'miss'}: {found})"
+
+
+def compile_cache_summary(training: TrainingRun) -> dict[str, Any]:
+    """The compile cache a run used and its lookups over all epochs (every process of a resumed run).
+
+    ``hit``: every lookup found its graph (True), some had to compile (False), none happened (None).
+    """
+    lookups = {"hits": 0, "misses": 0, "bypasses": 0}
+    for row in training.history:
+        for name, count in row.get("compile_cache_lookups", {}).items():
+            lookups[name] = lookups.get(name, 0) + count
+    used = lookups["hits"] + lookups["misses"]
+    return {"dir": training.cache_dir, **lookups, "hit": (lookups["misses"] == 0) if used else None}
 
 
 def run(
@@ -460,6 +489,17 @@ def run(
     from fastcifar.training.variant import resolve_device
 
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    with compile_cache(config.compile_cache, enabled=config.compile) as cache_dir:
+        return _run(config, device, cache_dir, resume_state, batch_hook)
+
+
+def _run(
+    config: TrainConfig,
+    device: torch.device,
+    cache_dir: str | None,
+    resume_state: dict[str, Any] | None,
+    batch_hook: engine.BatchHook | None,
+) -> dict[str, Any]:
     ctx = distributed.setup(device.type)
     created_out = False
     training = None
@@ -471,6 +511,7 @@ def run(
             config = replace(config, out=shared[0])
         created_out = claim_out_dir(Path(config.out), ctx)
         training = setup(config, device, ctx, resume_state, batch_hook)
+        training.cache_dir = cache_dir
         _announce(training, resuming=resume_state is not None)
         if resume_state is not None:  # last, after everything above that may draw random numbers
             ckpt.restore_rng_state(resume_state["rng"])
