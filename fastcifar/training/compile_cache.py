@@ -7,8 +7,9 @@ Inductor caches compiled graphs (FX graph cache, AOTAutograd cache, autotuning r
 its graphs there and skips code generation. ``--compile_cache DIR`` points both at ``DIR``
 (Triton's at ``DIR/triton``); without it the environment is left alone.
 
-:func:`compile_cache` applies and checks the folder for the length of a run; :func:`check_cache_dir`
-is the one writability check (a UserError naming the folder and where it came from);
+:func:`compile_cache` applies and checks the folder for the length of a run;
+:func:`check_compile_cache` is the one writability check before compiling (a UserError naming the
+folder and where it came from; :meth:`fastcifar.training.variant.Variant.wrap` calls it too);
 :func:`cache_counts` reads Inductor's own hit / miss counters.
 """
 
@@ -18,7 +19,6 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 from fastcifar.errors import UserError
 
@@ -30,15 +30,19 @@ COUNTERS = {"hits": "fxgraph_cache_hit", "misses": "fxgraph_cache_miss", "bypass
 
 
 def default_cache_dir() -> str:
-    """Inductor's own default folder (``<tmp>/torchinductor_<user>``)."""
+    """Inductor's own default folder, ``<tmp>/torchinductor_<user>``.
+
+    Restated from torch's ``cache_dir_utils.default_cache_dir``: importing that imports
+    torch._dynamo, which fails with a traceback when this very folder cannot be written.
+    """
+    import getpass
+    import re
+
     try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
-
-        return inductor_default()
-    except ImportError:  # older layouts: the same rule
-        import getpass
-
-        return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
 
 
 def resolve_cache_dir(directory: str | None = None) -> tuple[str, str]:
@@ -61,19 +65,28 @@ def check_cache_dir(path: str | os.PathLike, source: str = "--compile_cache") ->
     ``source`` says where the folder came from (``--compile_cache``, ``TORCHINDUCTOR_CACHE_DIR`` or
     ``default``), so the message tells what to change.
     """
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        what = {"default": "Inductor's default compile cache", INDUCTOR_ENV: f"{INDUCTOR_ENV}"}.get(
-            source, "--compile_cache"
-        )
-        raise UserError(
-            f"cannot write the compile cache {folder} ({what}): {err.strerror or err}; "
-            "pass a writable --compile_cache DIR"
-        ) from None
+    from fastcifar.atomic import folder_write_problem
+
+    problem = folder_write_problem(path)
+    if problem is None:
+        return
+    if source == "--compile_cache":
+        what, remedy = "--compile_cache", "pass a writable --compile_cache DIR"
+    else:
+        what = INDUCTOR_ENV if source == INDUCTOR_ENV else "Inductor's default compile cache"
+        remedy = f"set {INDUCTOR_ENV} to a writable folder (fastcifar.train: or pass --compile_cache DIR)"
+    raise UserError(f"cannot write the compile cache {path} ({what}): {problem}; {remedy}")
+
+
+def check_compile_cache(directory: str | None = None) -> str:
+    """Check the folder compiles will use (:func:`resolve_cache_dir`) before any compiling; return it.
+
+    torch.compile needs it with any backend (importing torch._dynamo creates it) and Inductor writes
+    its generated code there.
+    """
+    path, source = resolve_cache_dir(directory)
+    check_cache_dir(path, source)
+    return path
 
 
 def _clear_inductor_path_caches() -> None:
@@ -97,8 +110,7 @@ def compile_cache(directory: str | None, enabled: bool = True) -> Iterator[str |
     if not enabled:
         yield None
         return
-    path, source = resolve_cache_dir(directory)
-    check_cache_dir(path, source)
+    path = check_compile_cache(directory)
     if not directory:
         yield path
         return

@@ -72,7 +72,9 @@ class Variant:
         """
         if not self.compile:
             return model
-        check_inductor_cache()
+        from fastcifar.training.compile_cache import check_compile_cache
+
+        check_compile_cache()
         if backend == "inductor":
             return torch.compile(model, mode=self.compile_mode)
         return torch.compile(model, backend=backend)
@@ -86,35 +88,6 @@ class Variant:
             "amp": self.amp,
             "kernels": self.kernels,
         }
-
-
-def check_inductor_cache() -> None:
-    """UserError (one line) when Inductor's cache folder cannot be written, before any compiling.
-
-    torch.compile needs it with any backend (importing torch._dynamo creates it) and Inductor writes
-    its generated code there: ``TORCHINDUCTOR_CACHE_DIR``, default ``<tmp>/torchinductor_<user>``
-    (torch's ``cache_dir_utils.default_cache_dir``, restated: importing it would import torch._dynamo,
-    which fails on this very folder with a traceback).
-    """
-    import getpass
-    import os
-    import tempfile
-
-    from fastcifar.atomic import folder_write_problem
-
-    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not folder:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = f"uid_{os.getuid()}"
-        folder = os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
-    problem = folder_write_problem(folder)
-    if problem is not None:
-        raise UserError(
-            f"--compile needs a writable Inductor cache folder, and {folder} is not ({problem}); "
-            "set TORCHINDUCTOR_CACHE_DIR to a writable folder."
-        )
 
 
 VARIANTS: dict[str, Variant] = {
