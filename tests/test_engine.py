@@ -194,3 +194,47 @@ def test_a_partial_epoch_continues_where_it_stopped() -> None:
     )
     assert seen == [2, 3, 4] and result.steps == 5 and result.samples == 8 + 12
     assert result.loss_sum > 10.0 and scheduler.last_epoch == 3
+
+
+@pytest.mark.parametrize("compiling", [True, False], ids=["compiling", "eager"])
+def test_the_first_compiled_step_says_so_and_stays_out_of_the_rate(monkeypatch, compiling) -> None:
+    """The bar reads "(compiling)" during the first step of a compiled model; after it, the bar's rate and
+    ETA count from the end of that step (tqdm's ``initial`` moves past it), an eager bar counts it."""
+    import fastcifar.training.engine as engine
+
+    bars = []
+
+    class RecordedBar(engine.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    seen = []
+
+    def hook(split, images, labels):
+        bar = bars[-1]
+        seen.append((bar.desc, bar.n, bar.format_dict["initial"]))
+
+    monkeypatch.setattr(engine, "tqdm", RecordedBar)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    settings = engine.StepSettings(device=torch.device("cpu"))
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=3, device=settings.device
+    )
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 5, (4,))) for _ in range(3)]
+    engine.train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        scheduler,
+        engine.build_scaler(settings),
+        settings,
+        description="epoch 1/1",
+        batch_hook=hook,
+        compiling=compiling,
+    )
+    if compiling:
+        assert seen == [("epoch 1/1 (compiling)", 0, 0), ("epoch 1/1", 1, 1), ("epoch 1/1", 2, 1)]
+    else:
+        assert seen == [("epoch 1/1", 0, 0), ("epoch 1/1", 1, 0), ("epoch 1/1", 2, 0)]

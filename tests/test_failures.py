@@ -178,6 +178,38 @@ def test_a_nan_loss_names_the_checkpoint_the_run_kept(tiny_flags, tmp_path):
     assert str(out / "checkpoint.pt") in str(failed.value) and "epoch 2/2" in str(failed.value)
 
 
+@pytest.mark.parametrize(
+    "settings, named, not_named",
+    [
+        ({"amp": "bf16"}, ["lower --lr, now 0.01"], ["--amp bf16", "--channels_last"]),
+        ({"amp": "bf16", "channels_last": True}, ["add --channels_last false"], ["--amp bf16"]),
+        ({"amp": "fp16"}, ["use --amp bf16", "lower --lr"], ["--channels_last"]),
+    ],
+    ids=["bf16", "bf16-channels_last", "fp16"],
+)
+def test_a_nan_loss_names_the_causes_that_apply_to_the_run(tiny_flags, tmp_path, settings, named, not_named):
+    from fastcifar.training.engine import NonFiniteLoss
+
+    def poison(split, images, labels):
+        images.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLoss) as failed:
+        run(tiny_flags, tmp_path / "nan", batch_hook=poison, log_every=1, **settings)
+    message = str(failed.value)
+    assert message.startswith("training loss became NaN/inf in epoch 1/1; no checkpoint was written; likely causes: ")
+    assert all(text in message for text in named) and not any(text in message for text in not_named), message
+
+
+def test_summary_records_the_kernels_that_ran(tiny_flags, tmp_path, monkeypatch):
+    """--kernels triton on a CPU without the Triton interpreter runs the PyTorch reference: recorded as such."""
+    import fastcifar.kernels._runtime as runtime
+
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    summary = run(tiny_flags, tmp_path / "run", kernels="triton")
+    assert summary["config"]["kernels"] == "triton" and summary["kernels"] == "torch"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["kernels"] == "torch"
+
+
 def test_a_full_disk_keeps_the_last_checkpoint(tiny_flags, tmp_path, monkeypatch):
     import fastcifar.atomic
     from fastcifar.training.checkpoint import load_checkpoint

@@ -193,14 +193,15 @@ def test_missing_betons_are_prepared_first(tmp_path, monkeypatch):
 
 def test_presets_and_explicit_flags():
     from fastcifar.train import resolve_config
+    from fastcifar.training.config import presets
     from fastcifar.training.variant import BASELINE, FAST
 
-    fast = resolve_config(fast=True, out="x")
-    assert fast.variant == FAST and fast.loader == "gpu"
-    assert (fast.compile, fast.channels_last, fast.amp, fast.kernels) == (True, True, "bf16", "triton")
+    # The GPU preset (on a CPU --fast differs: test_variant.py::test_fast_on_a_cpu_is_the_layout_that_trains_there).
+    assert presets("cuda")["fast"] == {**FAST.describe(), "loader": "gpu"}
+    assert (FAST.compile, FAST.channels_last, FAST.amp, FAST.kernels) == (True, True, "bf16", "triton")
     base = resolve_config(baseline=True, out="x")
     assert base.variant == BASELINE and base.loader == "torch"
-    mixed = resolve_config(fast=True, amp="fp16", loader="ffcv", out="x")  # an explicit flag beats the preset
+    mixed = resolve_config(fast=True, device="cpu", amp="fp16", loader="ffcv", out="x")  # explicit beats the preset
     assert (mixed.amp, mixed.loader, mixed.compile) == ("fp16", "ffcv", True)
     study = resolve_config(out="x")
     assert (study.epochs, study.batch_size, study.lr, study.label_smoothing) == (30, 256, 0.01, 0.0)

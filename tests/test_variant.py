@@ -140,3 +140,40 @@ def test_build_model_injects_the_variants_kernels_unless_overridden() -> None:
 def test_build_model_rejects_unknown_names(arch: str, overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build_model(arch, overrides, BASELINE, torch.device("cpu"))
+
+
+def test_fast_on_a_cpu_is_the_layout_that_trains_there(capsys: pytest.CaptureFixture) -> None:
+    """--fast on a CPU: NCHW bf16 with the PyTorch layers (said in one line); the GPU preset is FAST."""
+    from fastcifar.training.config import presets, resolve_config
+    from fastcifar.training.variant import FAST_CPU, fast_variant
+
+    assert fast_variant("cuda") == FAST and presets("cuda")["fast"] == {**FAST.describe(), "loader": "gpu"}
+    config = resolve_config(fast=True, device="cpu", out="x")
+    assert config.variant == FAST_CPU == fast_variant("cpu")
+    assert (config.compile, config.channels_last, config.amp, config.kernels) == (True, False, "bf16", "torch")
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("--fast on a CPU: compile + bf16 in NCHW") and "channels_last" in line
+    explicit = resolve_config(fast=True, device="cpu", channels_last=True, out="x")  # a given flag still wins
+    assert explicit.channels_last and explicit.amp == "bf16"
+    # The reproduction of the upstream CPU bug that --fast avoids there: a grouped dilated conv under
+    # bf16 autocast gets finite weight gradients in the CPU preset's layout.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=2).to(memory_format=FAST_CPU.memory_format)
+    x = torch.randn(16, 24, 32, 32).contiguous(memory_format=FAST_CPU.memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x).float().square().mean().backward()
+    assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_kernels_in_use_is_what_the_layers_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastcifar.kernels._runtime as runtime
+    from fastcifar.training.variant import kernels_in_use
+
+    cpu = torch.device("cpu")
+    triton_model = build_model("sk_densenet", TINY, Variant(kernels="triton"), cpu, num_classes=10)
+    torch_model = build_model("sk_densenet", TINY, Variant(kernels="torch"), cpu, num_classes=10)
+    monkeypatch.setattr(runtime, "INTERPRET", False)  # a CPU without the interpreter: the reference runs
+    assert kernels_in_use(triton_model, cpu) == "torch" and kernels_in_use(torch_model, cpu) == "torch"
+    monkeypatch.setattr(runtime, "INTERPRET", True)  # the Triton kernels, interpreted
+    assert kernels_in_use(triton_model, cpu) == "triton" and kernels_in_use(torch_model, cpu) == "torch"
+    assert kernels_in_use(build_model("resnet18", {}, Variant(), cpu, num_classes=10), cpu) is None

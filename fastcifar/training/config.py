@@ -27,7 +27,7 @@ RESUME_MAY_CHANGE = ("device", "workers", "log_every", "compile_cache")
 EXTRA_FLAGS = {
     "resume": "run folder to continue (or --resume with --out DIR); other flags may be repeated with their saved "
     "values, and only " + ", ".join(f"--{name}" for name in RESUME_MAY_CHANGE) + " may change",
-    "fast": "preset: compile + channels_last + bf16 + Triton kernels + gpu loader",
+    "fast": "preset: compile + channels_last + bf16 + Triton kernels + gpu loader (on a CPU: NCHW, PyTorch layers)",
     "baseline": "preset: the study's pipeline: eager fp32 NCHW, PyTorch layers, torch DataLoader",
 }
 
@@ -272,11 +272,15 @@ def parse_flag(name: str, value: Any) -> Any:
     return _PARSERS[meta["kind"]](name, value, meta)
 
 
-def presets() -> dict[str, dict[str, Any]]:
-    """The preset flags: the model part from fastcifar.training.variant, the loader part from here."""
-    from fastcifar.training.variant import BASELINE, FAST
+def presets(device_type: str = "cuda") -> dict[str, dict[str, Any]]:
+    """The preset flags on a ``device_type`` device: the model part from fastcifar.training.variant
+    (``--fast`` differs on a CPU, see :data:`~fastcifar.training.variant.FAST_CPU`), the loader part from here."""
+    from fastcifar.training.variant import BASELINE, fast_variant
 
-    return {"fast": {**FAST.describe(), "loader": "gpu"}, "baseline": {**BASELINE.describe(), "loader": "torch"}}
+    return {
+        "fast": {**fast_variant(device_type).describe(), "loader": "gpu"},
+        "baseline": {**BASELINE.describe(), "loader": "torch"},
+    }
 
 
 def check_flag_names(names: Any) -> None:
@@ -287,20 +291,29 @@ def check_flag_names(names: Any) -> None:
         raise UserError(f"unknown flag --{unknown[0]}; valid flags: " + ", ".join(f"--{n}" for n in known) + ".")
 
 
-def _requested(flags: dict[str, Any]) -> dict[str, Any]:
+def _requested(flags: dict[str, Any], saved_device: str | None = None, announce: bool = False) -> dict[str, Any]:
     """The TrainConfig values the given ``flags`` ask for: each given flag checked, a preset expanded.
 
     A flag given explicitly wins over its preset value; fields neither given nor preset are absent.
+    ``--fast`` depends on the device the run uses (the given ``--device``, else ``saved_device``,
+    else the default); with ``announce`` the CPU choice is said in one line (rank 0).
     """
     flags = dict(flags)
     fast = _parse_bool("fast", flags.pop("fast", False), {})
     baseline = _parse_bool("baseline", flags.pop("baseline", False), {})
     if fast and baseline:
         raise UserError("--fast and --baseline are opposite presets; pass at most one of them.")
-    preset = presets()["fast" if fast else "baseline"] if fast or baseline else {}
-    values = {name: value for name, value in preset.items() if name not in flags}
-    values.update({name: parse_flag(name, value) for name, value in flags.items()})
-    return values
+    values = {name: parse_flag(name, value) for name, value in flags.items()}
+    preset: dict[str, Any] = {}
+    if fast or baseline:
+        from fastcifar.training.variant import FAST_CPU_NOTE, resolve_device
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device_type = resolve_device(values.get("device", saved_device), local_rank).type
+        preset = presets(device_type)["fast" if fast else "baseline"]
+        if fast and device_type != "cuda" and announce and os.environ.get("RANK", "0") == "0":
+            print(FAST_CPU_NOTE, flush=True)
+    return {**{name: value for name, value in preset.items() if name not in values}, **values}
 
 
 def resolve_config(**flags: Any) -> TrainConfig:
@@ -312,7 +325,7 @@ def resolve_config(**flags: Any) -> TrainConfig:
     check_flag_names(flags)
     if "resume" in flags:
         raise UserError("resolve_config does not resume; call fastcifar.train.train(resume=...)")
-    requested = _requested(flags)
+    requested = _requested(flags, announce=True)
     values = {spec.name: requested.get(spec.name, default_value(spec)) for spec in config_fields()}
     if not flags.get("out"):
         values["out"] = _parse_path("out", str(Path("runs") / f"{values['arch']}-{time.strftime('%Y%m%d-%H%M%S')}"), {})
@@ -349,7 +362,7 @@ def resumed_config(saved: dict[str, Any], folder: str, flags: dict[str, Any]) ->
     if not isinstance(saved, dict) or not set(saved) <= names:
         raise UserError(f"the checkpoint in {folder} records an unknown config; start a new run.")
     config = replace(TrainConfig(**saved), out=_parse_path("out", folder, {}))
-    requested = _requested(flags)
+    requested = _requested(flags, saved_device=config.device)
     differ = [
         f"--{name}: saved {_shown(getattr(config, name))}, given {_shown(value)}"
         for name, value in requested.items()

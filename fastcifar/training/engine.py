@@ -59,6 +59,24 @@ class NonFiniteLoss(UserError):
     exit_code = 3
 
 
+def likely_nonfinite_causes(settings: StepSettings, lr: float | None = None) -> str:
+    """The likely causes of a NaN/inf loss that apply to a run with ``settings``, each with its remedy.
+
+    Only causes these settings can have are named: a bf16 run is never told to use bf16.
+    """
+    causes = []
+    if settings.device.type == "cpu" and settings.amp == "bf16" and settings.channels_last:
+        causes.append(
+            "CPU bf16 with channels_last, which gives non-finite gradients for grouped dilated convolutions "
+            "(add --channels_last false)"
+        )
+    if settings.amp == "fp16":
+        causes.append("fp16's narrow range (use --amp bf16)")
+    causes.append("a learning rate too high for this model (lower --lr" + (f", now {lr:g})" if lr is not None else ")"))
+    causes.append("non-finite values in the data")
+    return "; ".join(causes)
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """How each step runs: where, in which precision and memory layout, with which loss.
@@ -436,6 +454,15 @@ class StopRequest:
         self._previous = {}
 
 
+def _leave_out_of_rate(bar: tqdm, description: str) -> None:
+    """Show ``description`` on ``bar`` and count its rate and ETA from now on, from its current count
+    (what came before, a compiled first step, is left out)."""
+    done = bar.n
+    bar.reset()  # restarts the clock and the smoothed rate
+    bar.n = bar.initial = bar.last_print_n = done
+    bar.set_description_str(description)
+
+
 def _stop_or_diverged(stop: bool, loss_sum: torch.Tensor, ctx: DistContext, device: torch.device) -> tuple[bool, bool]:
     """Read back (one sync) whether any rank wants to stop and whether any rank's loss is non-finite."""
     flags = torch.stack(
@@ -464,12 +491,16 @@ def train_one_epoch(
     description: str = "train",
     batch_hook: BatchHook | None = None,
     progress: bool = True,
+    compiling: bool = False,
 ) -> EpochResult:
     """Train for one pass over ``loader``; ``model`` is in train mode on return.
 
     ``partial`` continues an epoch stopped by Ctrl-C: its ``step`` batches are drawn and dropped
     first (the loader replays the same epoch, so they are the ones already trained on) and its
     loss sum and sample count are carried into the result.
+
+    ``compiling``: the first step compiles the model; the progress bar says so until it is done and
+    leaves it out of its rate and ETA.
 
     Raises NonFiniteLoss when the loss becomes NaN/inf (checked every ``log_every`` steps).
     """
@@ -489,7 +520,7 @@ def train_one_epoch(
     bar = tqdm(
         total=total_steps,
         initial=skip_steps,
-        desc=description,
+        desc=f"{description} (compiling)" if compiling else description,
         disable=not (progress and ctx.is_main),
         leave=False,
         dynamic_ncols=True,
@@ -515,6 +546,8 @@ def train_one_epoch(
             synchronize(device)
             first_step_seconds = time.perf_counter() - first_start
         bar.update(1)
+        if timed_first and compiling:
+            _leave_out_of_rate(bar, description)
         stop_now = stop is not None and stop.requested
         at_check = steps % log_every == 0 or steps == total_steps
         # Single process: honour Ctrl-C after any step (no sync needed). Several ranks: agree at
@@ -524,8 +557,8 @@ def train_one_epoch(
             if bad_any:
                 bar.close()
                 raise NonFiniteLoss(
-                    f"training loss became NaN/inf in step {steps} of {description}: lower --lr, "
-                    "use --amp bf16 instead of fp16, or check the data"
+                    f"training loss became NaN/inf in step {steps} of {description}; "
+                    f"likely causes: {likely_nonfinite_causes(settings)}"
                 )
             if ctx.is_main:
                 bar.set_postfix(loss=f"{local_loss.item() / max(local_samples, 1):.4f}", lr=f"{last_lr:.2e}")

@@ -38,6 +38,7 @@ from fastcifar.training.config import TrainConfig
 from fastcifar.training.distributed import DistContext
 from fastcifar.training.engine import PartialEpoch
 from fastcifar.training.metrics import RUN_FILES, RunLogger, summarize
+from fastcifar.training.variant import kernels_in_use
 
 PROG = "fastcifar.train"
 # Files whose presence makes a folder a run (refused as --out of a new run).
@@ -345,6 +346,7 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
             log_every=config.log_every,
             description=description,
             batch_hook=training.batch_hook,
+            compiling=config.compile and epoch == training.start_epoch,  # this process's first step
         )
     except engine.NonFiniteLoss as err:
         kept = (
@@ -352,8 +354,9 @@ def train_epoch(training: TrainingRun, epoch: int, stop: engine.StopRequest) -> 
             if training.history and training.checkpoint_file.is_file()
             else "no checkpoint was written"
         )
+        causes = engine.likely_nonfinite_causes(training.settings, lr=config.lr)
         raise engine.NonFiniteLoss(
-            f"training loss became NaN/inf in {description}; {kept}; lower --lr or use --amp bf16 instead of fp16."
+            f"training loss became NaN/inf in {description}; {kept}; likely causes: {causes}."
         ) from err
     train_seconds = partial.seconds + result.seconds
     if result.interrupted:
@@ -436,6 +439,9 @@ def finish(training: TrainingRun) -> dict[str, Any]:
         "compile_cache": compile_cache_summary(training),
         "world_size": training.ctx.world_size,
         "device": str(training.device),
+        # What the SK / Triplet layers ran (config.kernels is what was asked: triton runs the PyTorch
+        # reference on a CPU); None for a model without them.
+        "kernels": kernels_in_use(training.model, training.device),
         # What each step did (optimizer, schedule, precision, composition), as fastcifar.profile records it.
         "step": engine.describe_step(training.optimizer, training.scheduler, training.scaler, training.settings),
     }

@@ -107,6 +107,21 @@ VARIANTS: dict[str, Variant] = {
 }
 # --fast keeps the default compile mode until a GPU run shows reduce-overhead is faster.
 FAST: Variant = VARIANTS["compiled_bf16_cl_triton"]
+# --fast on a CPU: NCHW, because CPU bf16 autocast with channels_last gives non-finite weight
+# gradients for grouped dilated convolutions (the SK layers' branches; an upstream bug, see
+# docs/training.md), and the PyTorch layers, because the Triton kernels run on CUDA only.
+FAST_CPU: Variant = VARIANTS["compiled_bf16"]
+FAST_CPU_NOTE = (
+    "--fast on a CPU: compile + bf16 in NCHW with the PyTorch layers (CPU bf16 with channels_last gives "
+    "non-finite gradients for grouped dilated convolutions, and the Triton kernels need CUDA)"
+)
+
+
+def fast_variant(device_type: str) -> Variant:
+    """What ``--fast`` runs on a device of type ``device_type`` (``"cuda"``: :data:`FAST`, else :data:`FAST_CPU`)."""
+    return FAST if device_type == "cuda" else FAST_CPU
+
+
 BASELINE: Variant = VARIANTS["eager_fp32"]
 
 
@@ -170,6 +185,23 @@ def resolve_overrides(arch: str, overrides: dict[str, Any], variant: Variant) ->
     if variant.kernels is not None and "impl" in entry.override_names() and "impl" not in kwargs:
         kwargs["impl"] = variant.kernels
     return kwargs
+
+
+def kernels_in_use(model: nn.Module, device: torch.device) -> str | None:
+    """What ``model``'s SK / Triplet layers run on ``device``: ``"triton"``, ``"torch"``, or None (it has none).
+
+    ``impl="triton"`` runs the Triton kernels on CUDA tensors (and on CPU tensors under
+    ``TRITON_INTERPRET=1``); elsewhere ``fastcifar.kernels`` runs its PyTorch reference: ``"torch"``.
+    """
+    from fastcifar.models.layers import SKSelect, ZPool
+
+    impls = {module.impl for module in model.modules() if isinstance(module, (SKSelect, ZPool))}
+    if "triton" in impls:
+        from fastcifar.kernels import use_triton
+
+        if not use_triton(torch.empty(0, device=device)):
+            impls = (impls - {"triton"}) | {"torch"}
+    return ",".join(sorted(impls)) or None
 
 
 def build_model(
