@@ -118,17 +118,12 @@ def bench_variant(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
+    optimizer, scheduler, scaler, settings = step.optimizer, step.scheduler, step.scaler, step.settings
+
     def run(n: int) -> engine.EpochResult:
         batches = [(images, labels)] * n
         return engine.train_one_epoch(
-            step.forward,
-            batches,
-            step.optimizer,
-            step.scheduler,
-            step.scaler,
-            step.settings,
-            log_every=n,
-            progress=False,
+            step.forward, batches, optimizer, scheduler, scaler, settings, log_every=n, progress=False
         )
 
     warm = run(warmup_steps)

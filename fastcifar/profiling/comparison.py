@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastcifar.atomic import write_json_atomic, write_text_atomic
+from fastcifar.atomic import folder_write_problem, write_json_atomic, write_text_atomic
 from fastcifar.errors import UserError
 from fastcifar.profiling.categories import CATEGORIES
 from fastcifar.profiling.hta_bridge import hta_available, hta_figures
@@ -123,22 +122,19 @@ def analyze(
     return report
 
 
-def _unwritable(target: Path, err: OSError) -> UserError:
+def _unwritable(target: Path, why: OSError | str) -> UserError:
+    why = why.strerror or str(why) if isinstance(why, OSError) else why
     return UserError(
-        f"cannot write the report into {str(target)!r} ({err.strerror or err}); "
+        f"cannot write the report into {str(target)!r} ({why}); "
         "pass --out with a writable folder (the traces are only read)."
     )
 
 
 def check_writable(target: Path) -> None:
     """Fail before any analysis when ``target`` cannot take the report (creating it if missing)."""
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".report-probe-", dir=target)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise _unwritable(target, err) from None
+    problem = folder_write_problem(target)
+    if problem is not None:
+        raise _unwritable(target, problem)
 
 
 # ---------------------------------------------------------------------------------------------
