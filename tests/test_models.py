@@ -421,3 +421,25 @@ def test_cli_unknown_model_is_user_error():
 
     with pytest.raises(UserError):
         main(models="resnet19")
+
+
+def test_entries_are_data_over_their_networks_signature():
+    """An id's options are its network's keyword parameters less those the id fixes; defaults apply first."""
+    import inspect
+
+    from fastcifar.models import get_entry
+
+    for name in list_models():
+        entry = get_entry(name)
+        params = inspect.signature(entry.network).parameters
+        assert entry.override_names() == [p for p in params if p != "num_classes" and p not in entry.fixed], name
+        assert set(entry.defaults) <= set(entry.override_names()) and set(entry.fixed) <= set(params), name
+    triplet = get_entry("triplet_resnet")
+    assert triplet.fixed["triplet"] and "triplet" not in triplet.override_names()
+    assert "impl" in triplet.override_names() and "impl" not in get_entry("resnet18").override_names()
+    sk = get_entry("sk_densenet")
+    assert sk.option_defaults()["k"] == 5 and get_entry("sk_densenet_catsk").option_defaults()["k"] == 2
+    # An override replaces the id's default; a fixed argument is not an option.
+    assert n_params(create_model("sk_densenet", k=2)) == SK_DENSENET_K[2]
+    with pytest.raises(UserError, match="no option 'stride_bug'"):
+        create_model("sknet26", stride_bug=True)

@@ -26,6 +26,7 @@ from fastcifar.models.registry import (
     create_model,
     get_entry,
     list_models,
+    register,
     register_model,
     tiny_overrides,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
+    "register",
     "register_model",
     "resolve_impl",
     "sk_select_torch",

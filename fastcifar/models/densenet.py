@@ -11,13 +11,14 @@ Two layouts exist in the study and both are kept, because the reported numbers n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from fastcifar.errors import UserError
 from fastcifar.models.layers import CoordinateAttention, SKConv, TripletAttention, conv_bn_act
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 # Layers per dense block of the study's "DenseNet121" (DenseNet-121 depths at growth 20).
 _DEFAULT_BLOCKS = (6, 12, 24, 16)
@@ -48,6 +49,33 @@ def sk_layer_indices(num_layers: int, k: int) -> set[int]:
     """
     step = max(1, num_layers // k)
     return {i for i in range(num_layers) if i % step == 0}
+
+
+def dense_stages(
+    channels: int,
+    growth_rate: int,
+    block_config: Sequence[int],
+    compression: float,
+    layer: Callable[[int, int, int], nn.Module],
+    transition: Callable[[int, int], nn.Module],
+) -> tuple[nn.Sequential, int]:
+    """The dense blocks of both layouts, a transition between consecutive blocks; also the channels out.
+
+    ``layer(in_channels, i, num_layers)`` builds layer ``i`` of a block of ``num_layers``, which adds
+    ``growth_rate`` channels; ``transition(in_channels, out_channels)`` compresses by ``compression``.
+    """
+    stages: list[nn.Module] = []
+    for b, num_layers in enumerate(block_config):
+        layers = []
+        for i in range(num_layers):
+            layers.append(layer(channels, i, num_layers))
+            channels += growth_rate
+        stages.append(nn.Sequential(*layers))
+        if b < len(block_config) - 1:
+            out_channels = int(channels * compression)
+            stages.append(transition(channels, out_channels))
+            channels = out_channels
+    return nn.Sequential(*stages), channels
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,70 +127,6 @@ class PreActTransition(nn.Module):
         return self.pool(self.conv(self.bn(x)))
 
 
-class PreActDenseNet(nn.Module):
-    """Pre-activation DenseNet-BC for 32x32 inputs (docs/models.md §11, §13, §14).
-
-    Args:
-        growth_rate: k; the stem gives 2k channels, bottlenecks 4k.
-        block_config: layers per dense block.
-        attention: optional factory for a module after every bottleneck's 1x1 conv (on 4k channels).
-        stem_sk / concat_sk_k: the catsk variant's SKConv after the stem and after the concat of
-            the layers chosen by :func:`sk_layer_indices` with this k (None = no SK).
-        sk_kwargs: SKConv settings (groups, reduction, impl, ...).
-    Shapes: ``(N, 3, 32, 32) -> (N, num_classes)``.
-    """
-
-    def __init__(
-        self,
-        num_classes: int = 100,
-        *,
-        growth_rate: int = 20,
-        block_config: Sequence[int] = _DEFAULT_BLOCKS,
-        compression: float = 0.5,
-        attention: AttentionFactory | None = None,
-        stem_sk: bool = False,
-        concat_sk_k: int | None = None,
-        sk_kwargs: dict | None = None,
-    ) -> None:
-        super().__init__()
-        _check_config(growth_rate, block_config, compression)
-        if concat_sk_k is not None:
-            _check_sk_k(concat_sk_k)
-        sk_kwargs = sk_kwargs or {}
-        channels = 2 * growth_rate
-        stem: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1, bias=False)]
-        if stem_sk:
-            stem.append(SKConv(channels, **sk_kwargs))
-        self.stem = nn.Sequential(*stem)
-        stages: list[nn.Module] = []
-        for b, num_layers in enumerate(block_config):
-            sk_at = sk_layer_indices(num_layers, concat_sk_k) if concat_sk_k else set()
-            layers = []
-            for i in range(num_layers):
-                layers.append(
-                    PreActBottleneck(
-                        channels,
-                        growth_rate,
-                        attention=attention(4 * growth_rate) if attention else None,
-                        post_concat=(SKConv(channels + growth_rate, **sk_kwargs) if i in sk_at else None),
-                    )
-                )
-                channels += growth_rate
-            stages.append(nn.Sequential(*layers))
-            if b < len(block_config) - 1:
-                out_channels = int(channels * compression)
-                stages.append(PreActTransition(channels, out_channels))
-                channels = out_channels
-        self.features = nn.Sequential(*stages)
-        self.final = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W) -> (N, num_classes)``."""
-        x = self.final(self.features(self.stem(x)))
-        return self.classifier(x.mean(dim=(2, 3)))
-
-
 # --------------------------------------------------------------------------------------------
 # Post-activation SK-DenseNet
 # --------------------------------------------------------------------------------------------
@@ -187,10 +151,28 @@ class PostActBottleneck(nn.Module):
         return torch.cat([x, self.conv2(self.sk(self.conv1(x)))], dim=1)
 
 
-class PostActDenseNet(nn.Module):
-    """Post-activation DenseNet-BC with a stem SKConv and SKConv in every ⌊n/k⌋-th layer (docs/models.md §12).
+# --------------------------------------------------------------------------------------------
+# The network (both layouts)
+# --------------------------------------------------------------------------------------------
 
-    The study's reported counts also include one never-used CA per bottleneck (823,198 dead
+
+class DenseNet(nn.Module):
+    """DenseNet-BC for 32x32 inputs in the study's two layouts; its keyword parameters are every DenseNet id's options.
+
+    Args:
+        growth_rate: k; the stem gives 2k channels, bottlenecks 4k.
+        block_config: layers per dense block; compression: channel factor of each transition.
+        layout: ``"pre"`` (BN-ReLU-conv layers, bare stem, transitions without ReLU, final BN-ReLU;
+            docs/models.md §11, §13, §14) or ``"post"`` (conv-BN-ReLU layers and transitions, stem
+            conv-BN-ReLU + SKConv, no final BN; §12).
+        attention: ``"ca"`` or ``"triplet"`` (``no_spatial``, ``impl``) after every bottleneck's 1x1
+            conv, on 4k channels (pre-activation layout).
+        k: SKConv (``sk_*``, ``impl``) after the stem and in the layers :func:`sk_layer_indices`
+            chooses: inside the bottleneck after its 1x1 conv (post-activation; required there) or
+            after the concat (pre-activation; None = no SK).
+
+    The ids fix ``layout`` and ``attention`` and leave out the options that do not apply to them.
+    The study's post-activation counts also include one never-used CA per bottleneck (823,198 dead
     parameters at k=20); they cannot change the output, so they are not built here.
 
     Shapes: ``(N, 3, 32, 32) -> (N, num_classes)``.
@@ -203,34 +185,63 @@ class PostActDenseNet(nn.Module):
         growth_rate: int = 20,
         block_config: Sequence[int] = _DEFAULT_BLOCKS,
         compression: float = 0.5,
-        k: int = 5,
-        sk_kwargs: dict | None = None,
+        layout: str = "pre",
+        attention: str | None = None,
+        no_spatial: bool = False,
+        k: int | None = None,
+        sk_groups: int = 2,
+        sk_reduction: int = 8,
+        sk_min_dim: int = 32,
+        sk_branches: int = 2,
+        impl: str | None = None,
     ) -> None:
         super().__init__()
         _check_config(growth_rate, block_config, compression)
-        _check_sk_k(k)
-        sk_kwargs = sk_kwargs or {}
+        post = layout == "post"
+        if post or k is not None:
+            _check_sk_k(k)
+        sk_kwargs = dict(groups=sk_groups, reduction=sk_reduction, min_dim=sk_min_dim, branches=sk_branches, impl=impl)
+        attend: dict[str | None, AttentionFactory | None] = {
+            None: None,
+            "ca": CoordinateAttention,
+            "triplet": lambda _channels: TripletAttention(no_spatial=no_spatial, impl=impl),
+        }
+        factory = attend[attention]
         channels = 2 * growth_rate
-        self.stem = nn.Sequential(conv_bn_act(3, channels, 3), SKConv(channels, **sk_kwargs))
-        stages: list[nn.Module] = []
-        for b, num_layers in enumerate(block_config):
-            sk_at = sk_layer_indices(num_layers, k)
-            layers = []
-            for i in range(num_layers):
-                sk = SKConv(4 * growth_rate, **sk_kwargs) if i in sk_at else None
-                layers.append(PostActBottleneck(channels, growth_rate, sk=sk))
-                channels += growth_rate
-            stages.append(nn.Sequential(*layers))
-            if b < len(block_config) - 1:
-                out_channels = int(channels * compression)
-                stages.append(nn.Sequential(conv_bn_act(channels, out_channels, 1), nn.AvgPool2d(2)))
-                channels = out_channels
-        self.features = nn.Sequential(*stages)
+
+        def sk_at(i: int, num_layers: int) -> bool:
+            return k is not None and i in sk_layer_indices(num_layers, k)
+
+        def pre_layer(in_channels: int, i: int, num_layers: int) -> nn.Module:
+            return PreActBottleneck(
+                in_channels,
+                growth_rate,
+                attention=factory(4 * growth_rate) if factory else None,
+                post_concat=SKConv(in_channels + growth_rate, **sk_kwargs) if sk_at(i, num_layers) else None,
+            )
+
+        def post_layer(in_channels: int, i: int, num_layers: int) -> nn.Module:
+            sk = SKConv(4 * growth_rate, **sk_kwargs) if sk_at(i, num_layers) else None
+            return PostActBottleneck(in_channels, growth_rate, sk=sk)
+
+        def post_transition(in_channels: int, out_channels: int) -> nn.Module:
+            return nn.Sequential(conv_bn_act(in_channels, out_channels, 1), nn.AvgPool2d(2))
+
+        stem: list[nn.Module] = [
+            conv_bn_act(3, channels, 3) if post else nn.Conv2d(3, channels, 3, padding=1, bias=False)
+        ]
+        if k is not None:
+            stem.append(SKConv(channels, **sk_kwargs))
+        self.stem = nn.Sequential(*stem)
+        layer, transition = (post_layer, post_transition) if post else (pre_layer, PreActTransition)
+        self.features, channels = dense_stages(channels, growth_rate, block_config, compression, layer, transition)
+        self.final = nn.Identity() if post else nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W) -> (N, num_classes)``."""
-        return self.classifier(self.features(self.stem(x)).mean(dim=(2, 3)))
+        x = self.final(self.features(self.stem(x)))
+        return self.classifier(x.mean(dim=(2, 3)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,156 +252,84 @@ _DEAD_CA_NOTE = "report count includes 823,198 dead CA params"
 # Two dense blocks of two layers at growth 4: a transition, and (for the SK variants) the stem SK
 # plus SK in every layer, in a few thousand parameters.
 _TINY = {"growth_rate": 4, "block_config": (2, 2)}
-_SK_DENSENET_METHOD = "DenseNet+SK Conv(//{k}, Conv1->SK Conv->Conv2)"
 
 
-@register_model(
-    "densenet121",
-    summary="pre-activation DenseNet-BC, growth 20, blocks 6/12/24/16 (the study's 'DenseNet121')",
-    study=(StudyResult("2.8M", 74.36, 94.3, method="DenseNet121", source="Table 2"),),
-    tiny=_TINY,
-)
-def densenet121(
-    num_classes: int = 100,
-    *,
-    growth_rate: int = 20,
-    block_config: Sequence[int] = _DEFAULT_BLOCKS,
-    compression: float = 0.5,
-) -> nn.Module:
-    return PreActDenseNet(num_classes, growth_rate=growth_rate, block_config=block_config, compression=compression)
+def _sk_densenet_study(k: int, reported: str, **figures: object) -> StudyResult:
+    """sk_densenet's row of Table 2 at ``k`` (the default k=5 is the report's best model)."""
+    overrides = {} if k == 5 else {"k": k}
+    note = ("k=5; " if k == 5 else "") + _DEAD_CA_NOTE
+    method = f"DenseNet+SK Conv(//{k}, Conv1->SK Conv->Conv2)"
+    return StudyResult(reported, overrides=overrides, note=note, method=method, **figures)
 
 
-@register_model(
-    "densenet_ca",
-    summary="densenet121 + Coordinate Attention after every bottleneck 1x1 conv",
-    study=(StudyResult("2.92M", 75.54, 94.11, method="DenseNet+CA Conv(Conv1->CA Conv->Conv2)", source="Table 2"),),
-    tiny=_TINY,
-)
-def densenet_ca(
-    num_classes: int = 100,
-    *,
-    growth_rate: int = 20,
-    block_config: Sequence[int] = _DEFAULT_BLOCKS,
-    compression: float = 0.5,
-) -> nn.Module:
-    return PreActDenseNet(
-        num_classes,
-        growth_rate=growth_rate,
-        block_config=block_config,
-        compression=compression,
-        attention=CoordinateAttention,
-    )
+# What the ids without SK fix: those options do not apply to them.
+_NO_SK = {"k": None, "sk_groups": 2, "sk_reduction": 8, "sk_min_dim": 32, "sk_branches": 2}
+_NO_ATTENTION = {"attention": None, "no_spatial": False}
 
 
-@register_model(
-    "densenet_triplet",
-    summary="densenet121 + Triplet Attention after every bottleneck 1x1 conv",
-    study=(
+def _without_sk(name: str, attention: str | None, summary: str, study: StudyResult) -> ModelEntry:
+    """A pre-activation id without SK: the baseline, or CA / Triplet after every bottleneck 1x1 conv."""
+    triplet_options = {} if attention == "triplet" else {"no_spatial": False, "impl": None}
+    fixed = {"layout": "pre", "attention": attention, **triplet_options, **_NO_SK}
+    return ModelEntry(name, DenseNet, summary, fixed=fixed, study=(study,), tiny=_TINY)
+
+
+def _with_sk(
+    name: str,
+    layout: str,
+    summary: str,
+    defaults: dict[str, Any],
+    study: tuple[StudyResult, ...],
+    tiny: dict[str, Any] = _TINY,
+) -> ModelEntry:
+    """An SK id (no attention): SK after the stem and in every n//k-th layer; ``defaults`` its k and SK settings."""
+    fixed = {"layout": layout, **_NO_ATTENTION}
+    return ModelEntry(name, DenseNet, summary, defaults=defaults, fixed=fixed, study=study, tiny=tiny)
+
+
+for _entry in (
+    _without_sk(
+        "densenet121",
+        None,
+        "pre-activation DenseNet-BC, growth 20, blocks 6/12/24/16 (the study's 'DenseNet121')",
+        StudyResult("2.8M", 74.36, 94.3, method="DenseNet121", source="Table 2"),
+    ),
+    _without_sk(
+        "densenet_ca",
+        "ca",
+        "densenet121 + Coordinate Attention after every bottleneck 1x1 conv",
+        StudyResult("2.92M", 75.54, 94.11, method="DenseNet+CA Conv(Conv1->CA Conv->Conv2)", source="Table 2"),
+    ),
+    _without_sk(
+        "densenet_triplet",
+        "triplet",
+        "densenet121 + Triplet Attention after every bottleneck 1x1 conv",
         StudyResult(
             "2.81M", 74.87, 94.04, method="DenseNet+Triple attention(Conv1->Triple attention->Conv2)", source="Table 2"
         ),
     ),
-    tiny=_TINY,
-)
-def densenet_triplet(
-    num_classes: int = 100,
-    *,
-    growth_rate: int = 20,
-    block_config: Sequence[int] = _DEFAULT_BLOCKS,
-    compression: float = 0.5,
-    no_spatial: bool = False,
-    impl: str | None = None,
-) -> nn.Module:
-    return PreActDenseNet(
-        num_classes,
-        growth_rate=growth_rate,
-        block_config=block_config,
-        compression=compression,
-        attention=lambda _channels: TripletAttention(no_spatial=no_spatial, impl=impl),
-    )
-
-
-def _sk_dense_post(num_classes: int, *, k: int, sk_kwargs: dict, **common) -> nn.Module:
-    """sk_densenet's network: post-activation, stem SK, SK inside every n//k-th bottleneck."""
-    return PostActDenseNet(num_classes, k=k, sk_kwargs=sk_kwargs, **common)
-
-
-def _sk_dense_catsk(num_classes: int, *, k: int, sk_kwargs: dict, **common) -> nn.Module:
-    """sk_densenet_catsk's network: pre-activation, stem SK, SK after every n//k-th concat."""
-    return PreActDenseNet(num_classes, stem_sk=True, concat_sk_k=k, sk_kwargs=sk_kwargs, **common)
-
-
-def _register_sk_densenet(
-    name: str,
-    network: Callable[..., nn.Module],
-    *,
-    summary: str,
-    study: tuple[StudyResult, ...],
-    tiny: dict,
-    k: int,
-    sk_groups: int,
-    sk_reduction: int,
-) -> None:
-    """Register one SK DenseNet reading; ``k``, ``sk_groups`` and ``sk_reduction`` are its defaults."""
-
-    @register_model(name, summary=summary, study=study, tiny=tiny)
-    def build(
-        num_classes: int = 100,
-        *,
-        growth_rate: int = 20,
-        block_config: Sequence[int] = _DEFAULT_BLOCKS,
-        compression: float = 0.5,
-        k: int = k,
-        sk_groups: int = sk_groups,
-        sk_reduction: int = sk_reduction,
-        sk_min_dim: int = 32,
-        sk_branches: int = 2,
-        impl: str | None = None,
-    ) -> nn.Module:
-        sk_kwargs = dict(groups=sk_groups, reduction=sk_reduction, min_dim=sk_min_dim, branches=sk_branches, impl=impl)
-        common = dict(growth_rate=growth_rate, block_config=block_config, compression=compression)
-        return network(num_classes, k=k, sk_kwargs=sk_kwargs, **common)
-
-
-_register_sk_densenet(
-    "sk_densenet",
-    _sk_dense_post,
-    summary="post-activation DenseNet-BC + stem SK + SK (G=2, r=8) in every n//k-th layer",
-    study=(
-        StudyResult(
-            "4.13M", 75.41, 94.25, {"k": 2}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=2), source="Table 2"
+    _with_sk(
+        "sk_densenet",
+        "post",
+        "post-activation DenseNet-BC + stem SK + SK (G=2, r=8) in every n//k-th layer",
+        {"k": 5, "sk_groups": 2, "sk_reduction": 8},
+        (
+            _sk_densenet_study(2, "4.13M", top1=75.41, top5=94.25, source="Table 2"),
+            _sk_densenet_study(4, "4.78M", top1=76.94, top5=94.72, source="Table 2"),
+            # The report's best model; its final losses are given under Figure 6.
+            _sk_densenet_study(
+                5, "5.18M", top1=77.27, top5=94.76, source="Table 2, Figure 6", train_loss=0.207, test_loss=0.96
+            ),
+            _sk_densenet_study(6, "5.31M", top1=76.74, top5=94.68, source="Table 2"),
         ),
-        StudyResult(
-            "4.78M", 76.94, 94.72, {"k": 4}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=4), source="Table 2"
-        ),
-        # The report's best model; its final losses are given under Figure 6.
-        StudyResult(
-            "5.18M",
-            77.27,
-            94.76,
-            {},
-            "k=5; " + _DEAD_CA_NOTE,
-            method=_SK_DENSENET_METHOD.format(k=5),
-            source="Table 2, Figure 6",
-            train_loss=0.207,
-            test_loss=0.96,
-        ),
-        StudyResult(
-            "5.31M", 76.74, 94.68, {"k": 6}, _DEAD_CA_NOTE, method=_SK_DENSENET_METHOD.format(k=6), source="Table 2"
-        ),
+        tiny={**_TINY, "k": 2},
     ),
-    tiny={**_TINY, "k": 2},
-    k=5,
-    sk_groups=2,
-    sk_reduction=8,
-)
-_register_sk_densenet(
-    "sk_densenet_catsk",
-    _sk_dense_catsk,
-    summary="pre-activation DenseNet-BC + stem SK + SK (G=4, r=16) after the concat, n//2 rule",
-    study=(StudyResult("5.9M", 74.68, 94.15, method="DenseNet+SK Conv(//2, Conv2->Cat->SK Conv)", source="Table 2"),),
-    tiny=_TINY,
-    k=2,
-    sk_groups=4,
-    sk_reduction=16,
-)
+    _with_sk(
+        "sk_densenet_catsk",
+        "pre",
+        "pre-activation DenseNet-BC + stem SK + SK (G=4, r=16) after the concat, n//2 rule",
+        {"k": 2, "sk_groups": 4, "sk_reduction": 16},
+        (StudyResult("5.9M", 74.68, 94.15, method="DenseNet+SK Conv(//2, Conv2->Cat->SK Conv)", source="Table 2"),),
+    ),
+):
+    register(_entry)

@@ -14,7 +14,7 @@ from torch import nn
 
 from fastcifar.errors import UserError
 from fastcifar.models.layers import CoordinateAttention, TripletAttention, conv_bn_act
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 # Rows (expansion t, channels c, repeats n, first stride s) of the 9.7M configuration.
 STUDY_CONFIG: tuple[tuple[int, int, int, int], ...] = (
@@ -149,56 +149,34 @@ class CAMobileNetV2(nn.Module):
 _TINY = {"config": ((1, 8, 1, 1), (6, 16, 2, 2)), "head_width": 32}
 
 
-@register_model(
-    "ca_mobilenetv2",
-    aliases=("ca_resnet",),
-    summary="MobileNetV2 + CA in each expanding block (the study's 'CA on ResNet', CANet.ipynb)",
-    study=(
-        StudyResult(
-            "9.7M",
-            66.66,
-            90.25,
-            method="Coordinate attention",
-            source="base methods; Table 1",
-            train_loss=0.91,
-            test_loss=1.22,
+register(
+    ModelEntry(
+        "ca_mobilenetv2",
+        CAMobileNetV2,
+        "MobileNetV2 + CA in each expanding block (the study's 'CA on ResNet', CANet.ipynb)",
+        fixed={"project_act": True, "triplet": False, "impl": None},
+        study=(
+            StudyResult(
+                "9.7M",
+                66.66,
+                90.25,
+                method="Coordinate attention",
+                source="base methods; Table 1",
+                train_loss=0.91,
+                test_loss=1.22,
+            ),
         ),
-    ),
-    tiny=_TINY,
-)
-def ca_mobilenetv2(
-    num_classes: int = 100,
-    *,
-    config: Sequence[Sequence[int]] = STUDY_CONFIG,
-    stem_width: int = 32,
-    head_width: int = 1280,
-    dropout: float = 0.1,
-) -> nn.Module:
-    return CAMobileNetV2(num_classes, config=config, stem_width=stem_width, head_width=head_width, dropout=dropout)
-
-
-@register_model(
-    "ca_triplet",
-    summary="ca_mobilenetv2 with linear projections + Triplet on every block output (Triple+CA)",
-    study=(StudyResult("9.7M", 67.0, 90.5, method="Coordinate attention+Triple attention", source="Table 1"),),
-    tiny=_TINY,
-)
-def ca_triplet(
-    num_classes: int = 100,
-    *,
-    config: Sequence[Sequence[int]] = STUDY_CONFIG,
-    stem_width: int = 32,
-    head_width: int = 1280,
-    dropout: float = 0.1,
-    impl: str | None = None,
-) -> nn.Module:
-    return CAMobileNetV2(
-        num_classes,
-        config=config,
-        stem_width=stem_width,
-        head_width=head_width,
-        dropout=dropout,
-        project_act=False,
-        triplet=True,
-        impl=impl,
+        tiny=_TINY,
+        aliases=("ca_resnet",),
     )
+)
+register(
+    ModelEntry(
+        "ca_triplet",
+        CAMobileNetV2,
+        "ca_mobilenetv2 with linear projections + Triplet on every block output (Triple+CA)",
+        fixed={"project_act": False, "triplet": True},
+        study=(StudyResult("9.7M", 67.0, 90.5, method="Coordinate attention+Triple attention", source="Table 1"),),
+        tiny=_TINY,
+    )
+)

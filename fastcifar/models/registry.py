@@ -1,8 +1,11 @@
-"""The one model registry: ``@register_model`` on a builder, ``create_model(name, ...)`` to build.
+"""The one model registry: an entry per model id, ``create_model(name, ...)`` to build.
 
-A builder is a function ``builder(num_classes: int = 100, *, <overrides>) -> nn.Module``; its
-keyword parameters are the overrides :func:`create_model` accepts (e.g. ``growth_rate``,
-``block_config``), so a typo in an override name is caught with the list of valid ones.
+An entry is data (:class:`ModelEntry`): the id, the family's network (a class or function
+``network(num_classes: int = 100, *, <options>) -> nn.Module``), the arguments that make the id
+what it is (``fixed``, e.g. ``triplet=True``), its own ``defaults`` for some options, and the
+study's figures. The network's other keyword parameters are the options the id accepts (e.g.
+``growth_rate``, ``block_config``), so a typo in an override name is caught with the list of
+valid ones, and no id restates its family's options.
 
 Each entry also carries the study's reported figures (:class:`StudyResult`, see docs/models.md
 "The study's figures") and one ``tiny`` override set: a configuration of the same family small
@@ -47,18 +50,31 @@ class StudyResult:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its id, builder, one-line summary, the study's figures, a tiny config."""
+    """A registered model: its id, network, fixed arguments, option defaults, summary, study figures, tiny config.
+
+    ``create_model(name, **overrides)`` calls ``network(num_classes, **defaults, **overrides, **fixed)``
+    (overrides replacing defaults); ``fixed`` arguments are not options of the id.
+    """
 
     name: str
-    builder: Builder
+    network: Builder
     summary: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
     study: tuple[StudyResult, ...] = ()
     tiny: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
     def override_names(self) -> list[str]:
-        """Keyword overrides the builder accepts (everything but ``num_classes``)."""
-        params = inspect.signature(self.builder).parameters
-        return [p for p in params if p != "num_classes"]
+        """The id's options: the network's keyword parameters but ``num_classes`` and ``fixed``, in order."""
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(self.network).parameters.values()
+        return [p.name for p in params if p.kind in keyword and p.name != "num_classes" and p.name not in self.fixed]
+
+    def option_defaults(self) -> dict[str, Any]:
+        """Every option's value when not overridden: the id's ``defaults``, else the network's own."""
+        params = inspect.signature(self.network).parameters
+        return {name: self.defaults.get(name, params[name].default) for name in self.override_names()}
 
     def check_overrides(self, overrides: dict[str, Any], *, what: str = "options") -> None:
         """Raise :class:`UserError` naming the valid ``what`` when ``overrides`` has an unknown name."""
@@ -70,9 +86,37 @@ class ModelEntry:
                 f"valid {what}: {', '.join(valid) or '(none)'}."
             )
 
+    def build(self, num_classes: int, overrides: dict[str, Any]) -> nn.Module:
+        """The network with ``num_classes`` outputs, the id's defaults and then ``overrides`` applied."""
+        return self.network(num_classes=num_classes, **{**self.defaults, **overrides, **self.fixed})
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add ``entry`` under its id and aliases.
+
+    Its ``defaults`` and ``tiny`` config must name options of the id and ``fixed`` parameters of
+    its network, checked here so a renamed network argument cannot leave a stale entry behind.
+    """
+    for key in (entry.name, *entry.aliases):
+        if key in _REGISTRY or key in _ALIASES:
+            raise ValueError(f"model id {key!r} is registered twice")
+    parameters = inspect.signature(entry.network).parameters
+    for label, names, valid in (
+        ("defaults", entry.defaults, entry.override_names()),
+        ("tiny config", entry.tiny, entry.override_names()),
+        ("fixed arguments", entry.fixed, parameters),
+    ):
+        stale = sorted(set(names) - set(valid))
+        if stale:
+            raise ValueError(f"{label} of {entry.name!r} names unknown overrides {stale}")
+    _REGISTRY[entry.name] = entry
+    for alias in entry.aliases:
+        _ALIASES[alias] = entry.name
+    return entry
 
 
 def register_model(
@@ -82,25 +126,18 @@ def register_model(
     aliases: tuple[str, ...] = (),
     study: tuple[StudyResult, ...] = (),
     tiny: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    fixed: dict[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator that registers ``builder`` under ``name`` (and ``aliases``).
+    """Decorator form of :func:`register`: ``@register_model(name, ...)`` over a network."""
 
-    ``tiny`` is the family's small configuration (overrides of ``builder``), checked here so a
-    renamed builder argument cannot leave a stale tiny config behind.
-    """
-
-    def decorate(builder: Builder) -> Builder:
-        for key in (name, *aliases):
-            if key in _REGISTRY or key in _ALIASES:
-                raise ValueError(f"model id {key!r} is registered twice")
-        entry = ModelEntry(name, builder, summary, study, dict(tiny or {}))
-        stale = sorted(set(entry.tiny) - set(entry.override_names()))
-        if stale:
-            raise ValueError(f"tiny config of {name!r} names unknown overrides {stale}")
-        _REGISTRY[name] = entry
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return builder
+    def decorate(network: Builder) -> Builder:
+        register(
+            ModelEntry(
+                name, network, summary, dict(defaults or {}), dict(fixed or {}), study, dict(tiny or {}), aliases
+            )
+        )
+        return network
 
     return decorate
 
@@ -155,4 +192,4 @@ def create_model(name: str, num_classes: int = 100, **overrides: Any) -> nn.Modu
     entry.check_overrides(overrides)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    return entry.builder(num_classes=num_classes, **overrides)
+    return entry.build(num_classes, overrides)

@@ -9,7 +9,7 @@ from torch import nn
 
 from fastcifar.errors import UserError
 from fastcifar.models.layers import check_stage_lists, conv_bn_act, imagenet_stem, init_kaiming_fan_out
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 # Res2Net-26: blocks per stage and their planes (output channels are planes * 4).
 _LAYERS = (2, 2, 2, 2)
@@ -113,20 +113,14 @@ class Res2Net(nn.Module):
         return self.classifier(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
-@register_model(
-    "res2net",
-    summary="Res2Net-26 (26w x 4s), 3x3/2 stem + max-pool (Res2Net.ipynb)",
-    study=(
-        StudyResult("14.03M", 60.0, 85.36, method="Res2Net", source="base methods", train_loss=1.1, test_loss=1.55),
-    ),
-    tiny={"layers": (1, 1), "planes": (8, 16)},
+register(
+    ModelEntry(
+        "res2net",
+        Res2Net,
+        "Res2Net-26 (26w x 4s), 3x3/2 stem + max-pool (Res2Net.ipynb)",
+        study=(
+            StudyResult("14.03M", 60.0, 85.36, method="Res2Net", source="base methods", train_loss=1.1, test_loss=1.55),
+        ),
+        tiny={"layers": (1, 1), "planes": (8, 16)},
+    )
 )
-def res2net(
-    num_classes: int = 100,
-    *,
-    layers: Sequence[int] = _LAYERS,
-    planes: Sequence[int] = _PLANES,
-    base_width: int = 26,
-    scale: int = 4,
-) -> nn.Module:
-    return Res2Net(num_classes, layers=layers, planes=planes, base_width=base_width, scale=scale)

@@ -14,7 +14,7 @@ from torch import nn
 
 from fastcifar.errors import UserError
 from fastcifar.models.layers import GCBlock, TripletAttention, check_stage_lists, conv_bn_act, imagenet_stem
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 STEMS = ("imagenet", "cifar")
 # ResNet-18: BasicBlocks per stage and their widths.
@@ -51,7 +51,8 @@ class ResNet(nn.Module):
     Args:
         widths / depths: channels and BasicBlocks per stage (strides 1, 2, 2, ...).
         stem: ``"imagenet"`` (7x7/2 + max-pool) or ``"cifar"`` (3x3/1).
-        triplet: put a TripletAttention after each block's second BN.
+        triplet: put a TripletAttention after each block's second BN (and initialise as the Triplet
+            notebook does).
         gc_stage: stage index (0-based) with a GC block after its first BasicBlock, or None.
     Shapes: ``(N, 3, H, W) -> (N, num_classes)``.
     """
@@ -93,6 +94,8 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.classifier = nn.Linear(channels, num_classes)
+        if triplet:  # the Triplet notebook's network, with its own initialisation
+            _init_normal_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W) -> (N, num_classes)``."""
@@ -114,52 +117,44 @@ def _init_normal_fan_out(model: nn.Module) -> None:
 _TINY = {"widths": (8, 16), "depths": (1, 1)}
 
 
-@register_model("resnet18", summary="ResNet-18, ImageNet stem (ResNet.ipynb)", study=(StudyResult(),), tiny=_TINY)
-def resnet18(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    depths: Sequence[int] = _DEPTHS,
-    stem: str = "imagenet",
-) -> nn.Module:
-    return ResNet(num_classes, widths=widths, depths=depths, stem=stem)
-
-
-@register_model(
-    "triplet_resnet",
-    summary="ResNet-18 (ImageNet stem) + Triplet Attention before every residual add",
-    study=(
-        StudyResult(
-            "11.23M", 59.6, 85.5, method="Triplet Attention", source="base methods", train_loss=1.30, test_loss=1.54
+register(
+    ModelEntry(
+        "resnet18",
+        ResNet,
+        "ResNet-18, ImageNet stem (ResNet.ipynb)",
+        fixed={"triplet": False, "gc_stage": None, "impl": None},
+        study=(StudyResult(),),
+        tiny=_TINY,
+    )
+)
+register(
+    ModelEntry(
+        "triplet_resnet",
+        ResNet,
+        "ResNet-18 (ImageNet stem) + Triplet Attention before every residual add",
+        fixed={"triplet": True, "gc_stage": None},
+        study=(
+            StudyResult(
+                "11.23M",
+                59.6,
+                85.5,
+                method="Triplet Attention",
+                source="base methods",
+                train_loss=1.30,
+                test_loss=1.54,
+            ),
         ),
-    ),
-    tiny=_TINY,
+        tiny=_TINY,
+    )
 )
-def triplet_resnet(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    depths: Sequence[int] = _DEPTHS,
-    stem: str = "imagenet",
-    impl: str | None = None,
-) -> nn.Module:
-    model = ResNet(num_classes, widths=widths, depths=depths, stem=stem, triplet=True, impl=impl)
-    _init_normal_fan_out(model)
-    return model
-
-
-@register_model(
-    "gcnet",
-    summary="CIFAR ResNet-18 + one GC block between stage 3's blocks (GCNet.ipynb, fixed to run)",
-    study=(StudyResult(note="the study's notebook does not run"),),
-    tiny={"widths": (8, 16, 16), "depths": (1, 1, 2)},
+register(
+    ModelEntry(
+        "gcnet",
+        ResNet,
+        "CIFAR ResNet-18 + one GC block between stage 3's blocks (GCNet.ipynb, fixed to run)",
+        defaults={"stem": "cifar", "gc_stage": 2},
+        fixed={"triplet": False, "impl": None},
+        study=(StudyResult(note="the study's notebook does not run"),),
+        tiny={"widths": (8, 16, 16), "depths": (1, 1, 2)},
+    )
 )
-def gcnet(
-    num_classes: int = 100,
-    *,
-    widths: Sequence[int] = _WIDTHS,
-    depths: Sequence[int] = _DEPTHS,
-    stem: str = "cifar",
-    gc_stage: int = 2,
-) -> nn.Module:
-    return ResNet(num_classes, widths=widths, depths=depths, stem=stem, gc_stage=gc_stage)

@@ -28,7 +28,7 @@ from fastcifar.models.layers import (
     imagenet_stem,
     init_kaiming_fan_out,
 )
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 CA_PLACES = (None, "post", "pre")
 # SKNet-26: output and SK channels per stage, units per stage.
@@ -91,13 +91,16 @@ class SKNet(nn.Module):
         stem_width: int = 64,
         stride_bug: bool = False,
         ca: str | None = None,
-        sk_kwargs: dict | None = None,
+        sk_groups: int = 32,
+        sk_reduction: int = 16,
+        impl: str | None = None,
     ) -> None:
         super().__init__()
         check_stage_lists(widths=widths, mids=mids, depths=depths)
         if ca not in CA_PLACES:
             raise UserError(f"unknown CA placement {ca!r}; choose 'post', 'pre' or None.")
         self.stem = imagenet_stem(stem_width)
+        sk_kwargs = dict(groups=sk_groups, reduction=sk_reduction, impl=impl)
         units: list[nn.Module] = []
         channels = stem_width
         for s, (width, mid, depth) in enumerate(zip(widths, mids, depths)):
@@ -129,104 +132,44 @@ class SKNet(nn.Module):
         return self.classifier(self.units(self.stem(x)).mean(dim=(2, 3)))
 
 
-def _sknet(
-    num_classes: int,
-    *,
-    widths: Sequence[int],
-    mids: Sequence[int],
-    depths: Sequence[int],
-    sk_groups: int,
-    sk_reduction: int,
-    impl: str | None,
-    stride_bug: bool,
-    ca: str | None = None,
-) -> SKNet:
-    return SKNet(
-        num_classes,
-        widths=widths,
-        mids=mids,
-        depths=depths,
-        stride_bug=stride_bug,
-        ca=ca,
-        sk_kwargs=dict(groups=sk_groups, reduction=sk_reduction, impl=impl),
-    )
-
-
 # Two stages of one unit each, 32 groups -> 8: every SKNet reading (bug, CA) at a few thousand params.
 _TINY = {"widths": (32, 64), "mids": (32, 32), "depths": (1, 1), "sk_groups": 8}
 
 
-def _register_sknet(name: str, summary: str, study: tuple[StudyResult, ...], **variant) -> None:
-    """Register one SKNet-26 reading; ``variant`` fixes ``stride_bug`` and ``ca`` for that id."""
-
-    @register_model(name, summary=summary, study=study, tiny=_TINY)
-    def build(
-        num_classes: int = 100,
-        *,
-        widths: Sequence[int] = _WIDTHS,
-        mids: Sequence[int] = _MIDS,
-        depths: Sequence[int] = _DEPTHS,
-        sk_groups: int = 32,
-        sk_reduction: int = 16,
-        impl: str | None = None,
-    ) -> nn.Module:
-        return _sknet(
-            num_classes,
-            widths=widths,
-            mids=mids,
-            depths=depths,
-            sk_groups=sk_groups,
-            sk_reduction=sk_reduction,
-            impl=impl,
-            **variant,
+for _entry in (
+    ModelEntry(
+        "sknet26",
+        SKNet,
+        "SKNet-26 (M=2, G=32, r=16), strides 1/2/2/2 applied: the corrected network",
+        fixed={"stride_bug": False, "ca": None},
+        study=(StudyResult(note="the study ran sknet26_study"),),
+        tiny=_TINY,
+    ),
+    ModelEntry(
+        "sknet26_study",
+        SKNet,
+        "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
+        fixed={"stride_bug": True, "ca": None},
+        study=(
+            StudyResult(
+                "4.81M", 69.65, 91.06, method="SKNet", source="base methods; Table 1", train_loss=0.36, test_loss=1.28
+            ),
+        ),
+        tiny=_TINY,
+    ),
+    *(
+        ModelEntry(
+            f"sknet_ca_{place}",
+            SKNet,
+            f"sknet26_study + {where} (docs/models.md §3; no study code exists)",
+            fixed={"stride_bug": True, "ca": place},
+            study=(StudyResult("6.65M", top1, top5, note="6.65M not reproducible", method=method, source="Table 1"),),
+            tiny=_TINY,
         )
-
-
-_register_sknet(
-    "sknet26",
-    "SKNet-26 (M=2, G=32, r=16), strides 1/2/2/2 applied: the corrected network",
-    (StudyResult(note="the study ran sknet26_study"),),
-    stride_bug=False,
-)
-_register_sknet(
-    "sknet26_study",
-    "SKNet-26 as the study ran it: stride->M bug (first unit M=1, every stage at 8x8)",
-    (
-        StudyResult(
-            "4.81M", 69.65, 91.06, method="SKNet", source="base methods; Table 1", train_loss=0.36, test_loss=1.28
-        ),
+        for place, where, top1, top5, method in (
+            ("post", "CA(mid) after each SKConv", 70.02, 91.86, "SKNet(Conv1->SK Conv->CA Conv->Conv2)"),
+            ("pre", "CA(in) on each unit's input", 70.12, 91.72, "SKNet(CA Conv->Conv1->SK Conv->Conv2)"),
+        )
     ),
-    stride_bug=True,
-)
-_register_sknet(
-    "sknet_ca_post",
-    "sknet26_study + CA(mid) after each SKConv (docs/models.md §3; no study code exists)",
-    (
-        StudyResult(
-            "6.65M",
-            70.02,
-            91.86,
-            note="6.65M not reproducible",
-            method="SKNet(Conv1->SK Conv->CA Conv->Conv2)",
-            source="Table 1",
-        ),
-    ),
-    stride_bug=True,
-    ca="post",
-)
-_register_sknet(
-    "sknet_ca_pre",
-    "sknet26_study + CA(in) on each unit's input (docs/models.md §3; no study code exists)",
-    (
-        StudyResult(
-            "6.65M",
-            70.12,
-            91.72,
-            note="6.65M not reproducible",
-            method="SKNet(CA Conv->Conv1->SK Conv->Conv2)",
-            source="Table 1",
-        ),
-    ),
-    stride_bug=True,
-    ca="pre",
-)
+):
+    register(_entry)

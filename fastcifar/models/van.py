@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fastcifar.models.layers import LKA, check_stage_lists
-from fastcifar.models.registry import StudyResult, register_model
+from fastcifar.models.registry import ModelEntry, StudyResult, register
 
 # Per stage: embedding width, blocks and MLP ratio of the 11.06M configuration.
 _EMBED_DIMS = (64, 128, 320, 512)
@@ -135,17 +135,14 @@ class VAN(nn.Module):
         return self.classifier(x.mean(dim=(2, 3)))
 
 
-@register_model(
-    "van",
-    summary="Visual Attention Network (LKA), dims 64/128/320/512, depths 2/2/2/2",
-    study=(StudyResult("11.06M", 63.02, 88.46, method="VAN", source="base methods", train_loss=1.09, test_loss=1.39),),
-    tiny={"embed_dims": (8, 16), "depths": (1, 1), "mlp_ratios": (2, 2)},
+register(
+    ModelEntry(
+        "van",
+        VAN,
+        "Visual Attention Network (LKA), dims 64/128/320/512, depths 2/2/2/2",
+        study=(
+            StudyResult("11.06M", 63.02, 88.46, method="VAN", source="base methods", train_loss=1.09, test_loss=1.39),
+        ),
+        tiny={"embed_dims": (8, 16), "depths": (1, 1), "mlp_ratios": (2, 2)},
+    )
 )
-def van(
-    num_classes: int = 100,
-    *,
-    embed_dims: Sequence[int] = _EMBED_DIMS,
-    depths: Sequence[int] = _DEPTHS,
-    mlp_ratios: Sequence[int] = _MLP_RATIOS,
-) -> nn.Module:
-    return VAN(num_classes, embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios)

@@ -134,10 +134,8 @@ def study_result(row: Row) -> StudyResult:
 
 def is_default(row: Row) -> bool:
     """True when the row's overrides only restate the model's defaults (e.g. ``k=5``)."""
-    import inspect
-
-    params = inspect.signature(get_entry(row.model).builder).parameters
-    return all(params[name].default == value for name, value in row.overrides.items() if name in params)
+    defaults = get_entry(row.model).option_defaults()
+    return all(defaults[name] == value for name, value in row.overrides.items() if name in defaults)
 
 
 def select_rows(experiment: str, rows: str | tuple | list | None = None) -> list[Row]:
