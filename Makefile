@@ -1,11 +1,20 @@
-# The two commands of the README: `make train` (the main job) and `make test`.
+# The two commands of the README: `make train` (the main job) and `make test` (`make test-oldest`: the
+# same checks that depend on torch/triton on the oldest supported versions).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 ARCH ?= sk_densenet
 TRAIN_ARGS ?=
 
-.PHONY: setup train test lint clean-venv
+# The oldest stack pyproject.toml declares (the GPU machine's): Python 3.12 where pyenv or PATH has
+# it (else python3), torch 2.11.0, torchvision 0.26.0, triton 3.6.0; NumPy and the rest as pip
+# resolves them today. Only the tests that depend on those versions run there.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
+OLDEST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0
+OLDEST_TESTS := $(sort $(wildcard tests/test_kernels_*.py)) tests/test_models.py tests/test_models_compile.py tests/test_augment_compiled.py
+
+.PHONY: setup train test test-oldest lint clean-venv
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
@@ -26,5 +35,12 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
+## The kernel, model and compile tests on the oldest supported stack, in its own venv ($(OLDEST_VENV)).
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest -n 2 --dist loadgroup -q $(OLDEST_TESTS)
+
+$(OLDEST_VENV)/.installed: pyproject.toml scripts/setup.sh
+	SETUP_PYTHON="$(OLDEST_PYTHON)" SETUP_EXTRAS=dev SETUP_PINS="$(OLDEST_PINS)" bash scripts/setup.sh $(OLDEST_VENV)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLDEST_VENV)
