@@ -200,25 +200,10 @@ def _restore(training: TrainingRun, state: dict[str, Any]) -> None:
     training.partial = PartialEpoch(**state["partial"])
 
 
-def setup(
-    config: TrainConfig,
-    device: torch.device,
-    ctx: DistContext,
-    resume_state: dict[str, Any] | None = None,
-    batch_hook: engine.BatchHook | None = None,
-) -> TrainingRun:
-    """Data, model, optimizer, schedule, scaler and logger for ``config`` (restored from ``resume_state``)."""
+def _loaders(config: TrainConfig, device: torch.device, ctx: DistContext) -> tuple[Any, Any]:
+    """The run's train loader (augmented, this rank's shard) and test loader."""
     from fastcifar.data.loaders import build_loader
-    from fastcifar.data.prepare import load_meta
 
-    ensure_dataset(config, ctx)
-    num_classes = int(load_meta(config.data_root, config.dataset)["num_classes"])
-    saved_classes = num_classes if resume_state is None else int(resume_state.get("num_classes", num_classes))
-    if saved_classes != num_classes:
-        raise UserError(
-            f"the run in {config.out} trained a {saved_classes}-class model, but {config.dataset} in "
-            f"{config.data_root} has {num_classes} classes; resume with the data it was started on."
-        )
     loader_options = dict(
         root=config.data_root,
         dataset=config.dataset,
@@ -234,6 +219,28 @@ def setup(
         config.loader, "train", batch_size=config.batch_size, randaugment=config.randaugment, **loader_options
     )
     test_loader = build_loader(config.loader, "test", batch_size=config.eval_batch_size, **loader_options)
+    return train_loader, test_loader
+
+
+def setup(
+    config: TrainConfig,
+    device: torch.device,
+    ctx: DistContext,
+    resume_state: dict[str, Any] | None = None,
+    batch_hook: engine.BatchHook | None = None,
+) -> TrainingRun:
+    """Data, model, optimizer, schedule, scaler and logger for ``config`` (restored from ``resume_state``)."""
+    from fastcifar.data.prepare import load_meta
+
+    ensure_dataset(config, ctx)
+    num_classes = int(load_meta(config.data_root, config.dataset)["num_classes"])
+    saved_classes = num_classes if resume_state is None else int(resume_state.get("num_classes", num_classes))
+    if saved_classes != num_classes:
+        raise UserError(
+            f"the run in {config.out} trained a {saved_classes}-class model, but {config.dataset} in "
+            f"{config.data_root} has {num_classes} classes; resume with the data it was started on."
+        )
+    train_loader, test_loader = _loaders(config, device, ctx)
 
     # Same seed, same initial weights on every rank (DDP also broadcasts rank 0's).
     torch.manual_seed(config.seed)
