@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastcifar.atomic import folder_write_problem
 from fastcifar.errors import UserError
 from fastcifar.study import jobs
 from fastcifar.study.jobs import RunSpec
@@ -147,16 +148,11 @@ class LocalExecutor:
 
 def check_writable(out: str) -> str | None:
     """None when this machine can create files in ``out``; otherwise the one-line reason."""
-    probe = Path(out) / f".write-check-{socket.gethostname()}-{os.getpid()}"
-    try:
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        return (
-            f"node {socket.gethostname()} cannot write {out} ({err.strerror or err}); the study folder "
-            "must be on storage every node shares"
-        )
-    return None
+    problem = folder_write_problem(out)
+    if problem is None:
+        return None
+    host = socket.gethostname()
+    return f"node {host} cannot write {out} ({problem}); the study folder must be on storage every node shares"
 
 
 def _ray_attempt(spec: RunSpec, out: str, use_gpu: bool) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastcifar.atomic import remove_stale_temporaries
+from fastcifar.atomic import folder_write_problem, remove_stale_temporaries
 from fastcifar.errors import UserError
 from fastcifar.evaluation.export import EXPORT_FILES, export_run
 from fastcifar.training import checkpoint as ckpt
@@ -163,15 +163,15 @@ def claim_out_dir(out: Path, ctx: DistContext) -> bool:
     """
     created, problem = False, None
     if ctx.is_main:
-        try:
-            created = not out.exists()
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            remove_stale_temporaries(out, OWNED_NAMES)
-        except OSError as err:
-            problem = f"cannot write the run folder {out}: {err.strerror or err}; pass a writable --out"
+        created = not out.exists()
+        reason = folder_write_problem(out)
+        if reason is None:
+            try:
+                remove_stale_temporaries(out, OWNED_NAMES)
+            except OSError as err:
+                reason = err.strerror or str(err)
+        if reason is not None:
+            problem = f"cannot write the run folder {out}: {reason}; pass a writable --out"
     if ctx.is_distributed:
         shared = [problem]
         torch.distributed.broadcast_object_list(shared, src=0)
