@@ -371,4 +371,4 @@ def main(
 if __name__ == "__main__":
     from fastcifar.cli import run_cli
 
-    run_cli(main, prog="python -m bench.augment")
+    run_cli(main, "bench.augment")

@@ -296,6 +296,7 @@ def _reading(results: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    from fastcifar.cli import run_cli
+    from fastcifar.cli import command, run_cli, signature_flags
 
-    run_cli(main, prog="python -m bench.loaders")
+    # main passes its **kwargs on to run: the flags are main's and run's.
+    run_cli(command(main, extra_flags=signature_flags(run)[0]), "bench.loaders")

@@ -21,7 +21,7 @@ from bench.common import sync
 # Import name -> what it adds; absent ones are recorded, never needed by the suite.
 OPTIONAL_MODULES = {
     "ffcv": "FFCV loaders (the suite uses in-memory data instead)",
-    "fire": "the fire-based command lines (the suite and fastcifar.analyze use argparse)",
+    "fire": "fire dispatches the command lines (without it fastcifar.cli calls the command itself)",
     "hta": "HolisticTraceAnalysis breakdowns in the profile report",
     "torch_tb_profiler": "TensorBoard's profiler plugin (traces also open in Perfetto)",
 }

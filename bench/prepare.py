@@ -180,4 +180,4 @@ def main(
 if __name__ == "__main__":
     from fastcifar.cli import run_cli
 
-    run_cli(main, prog="python -m bench.prepare")
+    run_cli(main, "bench.prepare")

@@ -48,7 +48,7 @@ from bench.common import Deadline, new_record, sync, write_record  # noqa: E402
 from fastcifar.environment import machine_record  # noqa: E402
 from fastcifar.errors import UserError  # noqa: E402
 
-PROG = "python -m bench.suite"
+PROG = "bench.suite"
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "sk_densenet"
 DEFAULT_BUDGET_S = 420.0
@@ -866,57 +866,46 @@ def _headline(name: str, entry: dict) -> str:
 # --- command line ---------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (see fastcifar.errors)
-        raise UserError(message)
+def suite(
+    out: str = os.environ.get("OUT") or "bench/results/suite",
+    device: str | None = None,
+    budget: float = DEFAULT_BUDGET_S,
+    plan: bool = False,
+    estimates: str | None = None,
+    tiny: bool = False,
+    full: bool = False,
+    skip: str = "",
+    train_variants: str | None = None,
+    profile_variants: str | None = None,
+    compile_backend: str | None = None,
+    fast_variant: str | None = None,
+) -> None:
+    """Run every GPU-related check and timing inside a time budget (see the module docstring).
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--out", default=os.environ.get("OUT") or "bench/results/suite", help="results folder")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=DEFAULT_BUDGET_S,
-        help=f"seconds the suite may take, from its start (default {DEFAULT_BUDGET_S:.0f})",
-    )
-    parser.add_argument("--plan", action="store_true", help="print the sections and their estimates; run nothing")
-    parser.add_argument(
-        "--estimates",
-        default=None,
-        help="a previous results.json: plan with its measured seconds instead of the built-in estimates",
-    )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--tiny", dest="tiny", action="store_true", default=None, help="tiny sizes (default on CPU)")
-    size.add_argument("--full", dest="tiny", action="store_false", help="full sizes (default on CUDA)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to leave out (e.g. cuda_tests,profile)")
-    parser.add_argument(
-        "--train_variants",
-        default=None,
-        help="comma-separated variants of fastcifar.training.variant.VARIANTS "
-        f"(default CUDA: {','.join(GPU_TRAIN_VARIANTS)}; CPU: {','.join(CPU_TRAIN_VARIANTS)})",
-    )
-    parser.add_argument(
-        "--profile_variants",
-        default=None,
-        help="comma-separated fastcifar.profile variants (default: the baseline and the fast variant)",
-    )
-    parser.add_argument(
-        "--compile_backend",
-        default=None,
-        help="torch.compile backend for the profile section (default: inductor on CUDA, "
-        "aot_eager on CPU, which traces without code generation)",
-    )
-    parser.add_argument(
-        "--fast_variant",
-        default=None,
-        help="the variant the goal figures call fast (default: fastcifar.training.variant.FAST's name)",
-    )
-    args = parser.parse_args(argv)
-    if not (args.budget > 0 and math.isfinite(args.budget)):
-        raise UserError(f"--budget must be a positive number of seconds, got {args.budget}.")
-    return args
+    Args:
+        out: results folder.
+        device: cuda or cpu (default: cuda when available).
+        budget: seconds the suite may take, from its start.
+        plan: print the sections and their estimates; run nothing.
+        estimates: a previous results.json: plan with its measured seconds instead of the built-in estimates.
+        tiny: tiny sizes (default on CPU).
+        full: full sizes (default on CUDA).
+        skip: comma-separated sections to leave out (e.g. cuda_tests,profile).
+        train_variants: comma-separated variants of fastcifar.training.variant.VARIANTS (default CUDA:
+            the GPU_TRAIN_VARIANTS; CPU: the CPU_TRAIN_VARIANTS of this module).
+        profile_variants: comma-separated fastcifar.profile variants (default: the baseline and the fast variant).
+        compile_backend: torch.compile backend for the profile section (default: inductor on CUDA, aot_eager on
+            CPU, which traces without code generation).
+        fast_variant: the variant the goal figures call fast (default: fastcifar.training.variant.FAST's name).
+    """
+    if tiny and full:
+        raise UserError("--tiny and --full are opposite sizes; pass at most one of them.")
+    if not (budget > 0 and math.isfinite(budget)):
+        raise UserError(f"--budget must be a positive number of seconds, got {budget}.")
+    args = argparse.Namespace(**{**locals(), "tiny": True if tiny else False if full else None})
+    code = run(args)
+    if code:
+        raise SystemExit(code)
 
 
 def load_estimates(path: str | None) -> dict[str, float]:
@@ -956,8 +945,8 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise SuiteInterrupted(signal.Signals(signum).name)
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The suite with :func:`suite`'s checked flags; returns the exit status (1 when a section failed)."""
     deadline = Deadline(args.budget)
     from fastcifar.training.variant import resolve_device
 
@@ -1012,13 +1001,12 @@ def run(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry; fastcifar.cli runs it without fire where fire is absent (the GPU machine)."""
+    from fastcifar.cli import run_cli
+
+    run_cli(suite, PROG, argv=argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

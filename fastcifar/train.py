@@ -21,18 +21,17 @@ The flags are the fields of :class:`fastcifar.training.config.TrainConfig` plus 
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastcifar.cli import Command, command, run_cli
 from fastcifar.errors import UserError
 from fastcifar.preemption import PREEMPTED_EXIT_CODE
-from fastcifar.training.config import EXTRA_FLAGS, TrainConfig, config_fields, default_value, flag_help, resolve_config
+from fastcifar.training.config import TrainConfig, command_flags, resolve_config
 
 PROG = "fastcifar.train"
-__all__ = ["PROG", "TrainConfig", "main", "resolve_config", "train"]
+__all__ = ["PROG", "TrainConfig", "main", "resolve_config", "train", "train_command"]
 
 
 def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags: Any) -> dict[str, Any]:
@@ -73,41 +72,15 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     return run_module.run(config, resume_state=state, batch_hook=batch_hook)
 
 
-# ------------------------------------------------------------------------------------------
-# Command line: fire, with a signature and --help built from TrainConfig
+def train_command(batch_hook: Callable[[str, Any, Any], None] | None = None) -> Command:
+    """The command line: :func:`train` with TrainConfig's flags (fastcifar.cli checks, parses, prints --help)."""
 
+    def command_line_train(**flags: Any) -> None:
+        result = train(batch_hook=batch_hook, **flags)
+        if result.get("preempted"):  # saved after SIGTERM / SIGUSR1 / SIGHUP: a status that says so
+            raise SystemExit(PREEMPTED_EXIT_CODE)
 
-def given_flag_names(argv: list[str]) -> list[str]:
-    """The flag names on a command line, checked before any work starts (see :func:`fastcifar.cli.check_arguments`)."""
-    from fastcifar.cli import check_arguments
-
-    return check_arguments(argv, list(flag_help()))
-
-
-def _command_docstring() -> str:
-    lines = [__doc__.split("\n\n")[0].split(": ", 1)[1], "", "Args:"]
-    lines += [f"    {name}: {text}" for name, text in flag_help().items()]
-    return "\n".join(lines) + "\n"
-
-
-def _command_signature() -> inspect.Signature:
-    """Keyword-only parameters, one per flag, with TrainConfig's defaults (what --help shows)."""
-    types = {"str": str, "int": int, "float": float, "bool": bool, "dict[str, Any]": dict}
-    parameters = [
-        inspect.Parameter(
-            spec.name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=default_value(spec),
-            annotation=types[str(spec.type).removesuffix(" | None")],
-        )
-        for spec in config_fields()
-    ]
-    extras = {"resume": (None, str), "fast": (False, bool), "baseline": (False, bool)}
-    parameters += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=extras[name][0], annotation=extras[name][1])
-        for name in EXTRA_FLAGS
-    ]
-    return inspect.Signature(parameters)
+    return command(command_line_train, flags=command_flags(), summary=__doc__.split("\n\n")[0].split(": ", 1)[1])
 
 
 def main(argv: list[str] | None = None, *, batch_hook: Callable[[str, Any, Any], None] | None = None) -> None:
@@ -115,23 +88,7 @@ def main(argv: list[str] | None = None, *, batch_hook: Callable[[str, Any, Any],
 
     ``batch_hook`` is passed to :func:`train` (a test entry point runs this under torchrun with one).
     """
-    from fastcifar.cli import run_cli
-
-    args = sys.argv[1:] if argv is None else list(argv)
-
-    def command(**flags: Any) -> None:
-        given = set(given_flag_names(args))
-        # fire fills in the signature's defaults; only the flags on the command line count as given
-        # (presets and --resume tell given flags from defaults).
-        result = train(batch_hook=batch_hook, **{name: value for name, value in flags.items() if name in given})
-        if result.get("preempted"):  # saved after SIGTERM / SIGUSR1 / SIGHUP: a status that says so
-            raise SystemExit(PREEMPTED_EXIT_CODE)
-
-    command.__signature__ = _command_signature()  # type: ignore[attr-defined]
-    command.__doc__ = _command_docstring()
-    command.__name__ = "train"
-    # run_cli checks the arguments against this signature before fire parses them (and before torch is imported).
-    run_cli(command, PROG, argv=args)
+    run_cli(train_command(batch_hook), PROG, argv=argv)
 
 
 if __name__ == "__main__":

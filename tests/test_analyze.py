@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_user_error
 
 from fastcifar.errors import UserError
 from fastcifar.profiling import categories as C
@@ -16,6 +17,7 @@ from fastcifar.profiling.comparison import analyze
 from fastcifar.profiling.trace import load_trace
 from fastcifar.profiling.trace_metrics import variant_metrics
 
+PROG = "fastcifar.analyze"
 PID, TID, BWD_TID = 100, 100, 101
 
 
@@ -263,8 +265,7 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fastcifar.analyze", str(tmp_path / "nothing")], capture_output=True, text=True
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("fastcifar.analyze: error:") and "Traceback" not in proc.stderr
+    assert_user_error(proc, PROG, "does not exist")
 
 
 # --- bad input, unwritable output, impossible figures ---------------------------------------------
@@ -272,14 +273,6 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fastcifar.analyze", *args], capture_output=True, text=True)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastcifar.analyze: error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def profile_folder(tmp_path: Path) -> Path:
@@ -292,15 +285,15 @@ def profile_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--top_m", "3"], "unrecognized arguments: --top_m"),
+        (["--top_m", "3"], "unknown flag --top_m"),
         (["--top_n", "0"], "--top_n"),
-        (["--chart"], "unrecognized arguments: --chart"),
-        (["extra"], "unrecognized arguments: extra"),
+        (["--chart"], "unknown flag --chart"),
+        (["extra"], "unexpected argument 'extra'"),
     ],
 )
 def test_cli_rejects_mistyped_flags_before_any_work(tmp_path: Path, flags: list[str], fragment: str) -> None:
     root = profile_folder(tmp_path)
-    assert_one_line_error(run_cli(str(root), *flags), fragment)
+    assert_user_error(run_cli(str(root), *flags), PROG, fragment)
     assert not (root / "report.json").exists()  # nothing was analysed
 
 
@@ -315,10 +308,10 @@ def test_cli_writes_the_report_elsewhere_with_out(tmp_path: Path) -> None:
 def test_cli_unwritable_output_is_one_line(tmp_path: Path) -> None:
     root = profile_folder(tmp_path)
     (root / "report.json").mkdir()  # something in the way of the final name
-    assert_one_line_error(run_cli(str(root), "--nocharts"), "cannot write the report", "--out")
+    assert_user_error(run_cli(str(root), "--nocharts"), PROG, "cannot write the report", "--out")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    assert_one_line_error(run_cli(str(root), "--out", str(blocker / "sub")), "cannot write the report")
+    assert_user_error(run_cli(str(root), "--out", str(blocker / "sub")), PROG, "cannot write the report")
     assert not any(p.name.endswith(".tmp") for p in root.iterdir())
 
 
@@ -328,7 +321,7 @@ def test_cli_read_only_folder_is_one_line(tmp_path: Path) -> None:
     for folder in (root / "eager", root):
         folder.chmod(0o555)
     try:
-        assert_one_line_error(run_cli(str(root)), "cannot write the report", "--out")
+        assert_user_error(run_cli(str(root)), PROG, "cannot write the report", "--out")
         assert run_cli(str(root), "--out", str(tmp_path / "elsewhere")).returncode == 0
     finally:
         for folder in (root, root / "eager"):
@@ -350,7 +343,7 @@ def test_cli_read_only_folder_is_one_line(tmp_path: Path) -> None:
 def test_damaged_run_json_is_one_line(tmp_path: Path, content: bytes, fragment: str) -> None:
     root = profile_folder(tmp_path)
     (root / "eager" / "run.json").write_bytes(content)
-    assert_one_line_error(run_cli(str(root), "--nocharts"), "run.json", fragment)
+    assert_user_error(run_cli(str(root), "--nocharts"), PROG, "run.json", fragment)
     assert not (root / "report.json").exists()
 
 
@@ -368,7 +361,7 @@ def test_damaged_trace_events_are_one_line(tmp_path: Path, event: dict) -> None:
     root = tmp_path / "prof"
     write_trace(root / "eager", cpu_step(0.0) + [event])
     proc = run_cli(str(root), "--nocharts")
-    assert_one_line_error(proc, "profile again")
+    assert_user_error(proc, PROG, "profile again")
     assert not (root / "report.json").exists()
 
 

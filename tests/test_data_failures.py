@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_user_error
 
 from fastcifar.atomic import held, remove_stale
 from fastcifar.data import archive as archives
@@ -30,7 +31,7 @@ from fastcifar.errors import UserError
 pytest.importorskip("ffcv")
 
 REPO = Path(__file__).resolve().parents[1]
-PROG = "python -m fastcifar.data"
+PROG = "fastcifar.data"
 # conftest's synthetic_root: 1024 train / 300 test images, seed 0.
 SYNTHETIC_FLAGS = ["--n_train", "1024", "--n_test", "300", "--seed", "0"]
 
@@ -51,14 +52,8 @@ def _run(args: list[str], prelude: str = "", timeout: float = 120, **kwargs) -> 
 
 
 def _assert_one_line_error(run: subprocess.CompletedProcess, words: str) -> str:
-    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
-    assert "Traceback" not in run.stderr, run.stderr[-2000:]
     # FFCV's progress bar may share stderr (carriage returns); the error is the last line.
-    lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "Errno" in line]
-    assert errors == [lines[-1]], run.stderr[-2000:]
-    assert lines[-1].startswith(f"{PROG}: error: ") and words in lines[-1], lines[-1]
-    return lines[-1]
+    return assert_user_error(run, PROG, words, progress_ok=True)
 
 
 def _hidden(folder: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_user_error
 
 from fastcifar.data import archive as archives
 from fastcifar.data import beton, synthetic
@@ -329,11 +330,7 @@ _CLI_WITH_MD5 = (
 def _cli_error(args: list[str], words: str, md5: str | None = None) -> None:
     cmd = [sys.executable, "-m", "fastcifar.data"] if md5 is None else [sys.executable, "-c", _CLI_WITH_MD5, md5]
     run = subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m fastcifar.data: error: "), run.stderr
-    assert words in lines[0]
+    assert_user_error(run, "fastcifar.data", words)
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -7,22 +7,16 @@ import json
 import shutil
 
 import pytest
-from tiny_runs import InterruptAtStep
+from tiny_runs import InterruptAtStep, train_tiny
 
 from fastcifar.errors import UserError
-
-
-def run(tiny_flags, out, **flags):
-    from fastcifar.train import train
-
-    return train(**{**tiny_flags, "out": str(out), **flags})
 
 
 @pytest.fixture(scope="module")
 def interrupted(tiny_flags, tmp_path_factory):
     """A 2-epoch run stopped by Ctrl-C in the middle of epoch 2 (checkpoint + checkpoint.prev.pt)."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    assert run(tiny_flags, out, epochs=2, batch_hook=InterruptAtStep(6))["interrupted"]
+    assert train_tiny(tiny_flags, out, epochs=2, batch_hook=InterruptAtStep(6))["interrupted"]
     return out
 
 
@@ -35,7 +29,7 @@ def stopped_run(interrupted, tmp_path):
 def test_a_new_run_never_writes_into_another_run(tiny_flags, stopped_run):
     before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
     with pytest.raises(UserError, match="already holds a run") as refused:
-        run(tiny_flags, stopped_run, epochs=2)
+        train_tiny(tiny_flags, stopped_run, epochs=2)
     assert f"--resume {stopped_run}" in str(refused.value)
     assert {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()} == before
 
@@ -100,7 +94,7 @@ def test_a_new_run_in_a_folder_cleans_stale_temporaries(tiny_flags, tmp_path):
     out.mkdir()
     stale = out / ".checkpoint.pt.zz12.tmp"
     stale.write_bytes(b"half")
-    run(tiny_flags, out)
+    train_tiny(tiny_flags, out)
     assert not stale.exists() and (out / "summary.json").exists()
 
 
@@ -156,7 +150,7 @@ def test_a_failed_first_epoch_leaves_no_run_folder(tiny_flags, tmp_path):
 
     out = tmp_path / "runs" / "nan"
     with pytest.raises(NonFiniteLoss):
-        run(tiny_flags, out, batch_hook=poison, log_every=1)
+        train_tiny(tiny_flags, out, batch_hook=poison, log_every=1)
     assert not out.exists() and (tmp_path / "runs").exists()
 
 
@@ -232,7 +226,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tiny_flags, tmp_path, monkeypatch
     monkeypatch.setattr(fastcifar.atomic, "_fsync", fsync)
     out = tmp_path / "run"
     with pytest.raises(UserError, match="No space left on device") as failed:
-        run(tiny_flags, out, epochs=2, batch_hook=fill_in_epoch_two)
+        train_tiny(tiny_flags, out, epochs=2, batch_hook=fill_in_epoch_two)
     assert f"--resume {out}" in str(failed.value)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last good one, intact
     assert not list(out.glob(".*.tmp"))

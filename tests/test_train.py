@@ -7,15 +7,10 @@ import math
 
 import pytest
 import torch
+from tiny_runs import train_tiny
 from torch import nn
 
 METRIC_FIELDS = ("epoch", "train_loss", "test_loss", "top1", "top5", "images_per_s", "epoch_seconds", "lr")
-
-
-def tiny_run(tiny_flags, out, **flags):
-    from fastcifar.train import train
-
-    return train(**{**tiny_flags, "out": str(out), **flags})
 
 
 # ------------------------------------------------------------------------------------------
@@ -142,7 +137,7 @@ def test_time_to_thresholds():
 @pytest.mark.parametrize("loader", ["gpu", "ffcv", "torch"])
 def test_one_epoch_end_to_end(tiny_flags, tmp_path, loader):
     out = tmp_path / "run"
-    summary = tiny_run(tiny_flags, out, loader=loader)
+    summary = train_tiny(tiny_flags, out, loader=loader)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and set(METRIC_FIELDS) <= set(rows[0])
     row = rows[0]
@@ -162,7 +157,7 @@ def test_one_epoch_end_to_end(tiny_flags, tmp_path, loader):
 
 def test_metrics_and_summary_are_consistent(tiny_flags, tmp_path):
     out = tmp_path / "run"
-    summary = tiny_run(tiny_flags, out, epochs=3, label_smoothing=0.1, lr=0.02)
+    summary = train_tiny(tiny_flags, out, epochs=3, label_smoothing=0.1, lr=0.02)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and summary["epochs"] == 3
     assert summary["best_top1"] == max(r["top1"] for r in rows) >= summary["final_top1"] == rows[-1]["top1"]
@@ -183,8 +178,8 @@ def test_metrics_and_summary_are_consistent(tiny_flags, tmp_path):
 def test_compiled_matches_eager(tiny_flags, tmp_path):
     # Compilation on CPU is slow: the smallest model (one dense block) for one epoch of 4 steps.
     smallest = {**tiny_flags["model_kwargs"], "block_config": (1,)}
-    eager = tiny_run(tiny_flags, tmp_path / "eager", model_kwargs=smallest)
-    compiled = tiny_run(tiny_flags, tmp_path / "compiled", model_kwargs=smallest, compile=True)
+    eager = train_tiny(tiny_flags, tmp_path / "eager", model_kwargs=smallest)
+    compiled = train_tiny(tiny_flags, tmp_path / "compiled", model_kwargs=smallest, compile=True)
     rows = {
         name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("eager", "compiled")
@@ -217,7 +212,7 @@ def test_recipe_flags_reach_the_run(tiny_flags, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loaders, "build_loader", build_loader)
     out = tmp_path / "run"
-    summary = tiny_run(tiny_flags, out, weight_decay=5e-4, schedule="constant", randaugment=False, lr=0.004)
+    summary = train_tiny(tiny_flags, out, weight_decay=5e-4, schedule="constant", randaugment=False, lr=0.004)
     assert ("train", False) in seen
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["lr"] == pytest.approx(0.004 / 25)  # OneCycle's starting lr, never stepped

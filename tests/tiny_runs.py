@@ -1,4 +1,4 @@
-"""Helpers for the small training runs the tests start: their flags, their command line, a Ctrl-C hook."""
+"""Helpers for the small training runs the tests start: their flags, the run itself, its command line, a Ctrl-C hook."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def one_epoch_flags(data_root: str | Path) -> dict[str, Any]:
         device="cpu",
         workers=1,
     )
+
+
+def train_tiny(tiny_flags: Mapping[str, Any], out: str | Path, **flags: Any) -> dict[str, Any]:
+    """``fastcifar.train.train`` with conftest's ``tiny_flags``, ``out`` and ``flags`` over them; its summary."""
+    from fastcifar.train import train
+
+    return train(**{**tiny_flags, "out": str(out), **flags})
 
 
 def command_line(flags: Mapping[str, Any]) -> list[str]:

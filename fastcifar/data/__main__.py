@@ -15,7 +15,7 @@ import json
 from fastcifar.cli import run_cli
 from fastcifar.data.prepare import dataset_dir, load_meta, prepare
 
-PROG = "python -m fastcifar.data"
+PROG = "fastcifar.data"
 
 
 def info(dataset: str = "cifar100", root: str = "data", full: bool = False) -> None:

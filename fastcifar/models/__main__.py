@@ -139,7 +139,7 @@ def cli(argv: list[str] | None = None) -> None:
     run_cli(main, PROG, argv=argv)
 
 
-PROG = "python -m fastcifar.models"
+PROG = "fastcifar.models"
 
 if __name__ == "__main__":
     cli()

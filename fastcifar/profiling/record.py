@@ -28,8 +28,6 @@ Examples::
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import os
 import platform
 import resource
@@ -47,6 +45,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
 from fastcifar.atomic import folder_write_problem, write_json_atomic
+from fastcifar.cli import to_mapping
 from fastcifar.errors import UserError
 from fastcifar.training import engine
 from fastcifar.training.variant import Variant, get_variant, parse_variants, resolve_device
@@ -80,20 +79,6 @@ def range_kinds() -> dict[type[nn.Module], str]:
 # ---------------------------------------------------------------------------------------------
 # Building blocks of a run
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_model_kwargs(model_kwargs: str | dict | None) -> dict:
-    """Model overrides from a dict or a JSON object string (``'{"growth_rate": 4}'``)."""
-    if model_kwargs is None or model_kwargs == "":
-        return {}
-    if isinstance(model_kwargs, str):
-        try:
-            model_kwargs = json.loads(model_kwargs)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--model_kwargs must be a JSON object, e.g. '{{\"growth_rate\": 4}}' ({err}).") from None
-    if not isinstance(model_kwargs, dict):
-        raise UserError(f"--model_kwargs must be a JSON object, got {model_kwargs!r}.")
-    return dict(model_kwargs)
 
 
 def build_batches(
@@ -481,10 +466,13 @@ def profile_variants(
         steps: profiled (active) steps, also the number of wall-clock timed steps.
         batch_size: images per step.
         out: output folder; one subfolder per variant.
-        model_kwargs: overrides for ``create_model`` (dict or JSON string), e.g. a tiny config.
+        model_kwargs: overrides for ``create_model`` (a dict, as JSON or a Python literal), e.g. a tiny config.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; default CUDA when available.
         wait, warmup: profiler schedule steps before the active ones.
         compile_warmup: steps run before timing when compiling (compilation happens there).
+        num_classes: classes of the model's head and of the synthetic labels.
+        seed: seed of the weights and of the synthetic batches.
+        with_stack: record Python stacks in the trace (larger traces).
         compile_backend: ``torch.compile`` backend; ``"aot_eager"`` traces without code
             generation (quick checks of the pipeline on CPU), ``"inductor"`` is the real thing.
         lr, weight_decay, schedule, label_smoothing: as ``python -m fastcifar.train`` takes them
@@ -497,7 +485,7 @@ def profile_variants(
         arch=arch,
         steps=steps,
         batch_size=batch_size,
-        model_kwargs=parse_model_kwargs(model_kwargs),
+        model_kwargs={} if model_kwargs in (None, "") else to_mapping("model_kwargs", model_kwargs),
         device=resolve_device(device),
         wait=wait,
         warmup=warmup,
@@ -526,7 +514,7 @@ def profile_variants(
 
 
 def main(**flags: Any) -> None:
-    """Profile the training step of several variants (fastcifar.training.variant.VARIANTS); see the module docstring."""
+    """Profile several variants and print one line each; the flags are :func:`profile_variants`' parameters."""
     result = profile_variants(**flags)
     for name, info in result["variants"].items():
         print(
@@ -535,14 +523,3 @@ def main(**flags: Any) -> None:
             f"trace {Path(result['out']) / name / info['trace_files'][0]}"
         )
     print(f"next: python -m fastcifar.analyze {result['out']}   |   tensorboard --logdir {result['out']}")
-
-
-def _keyword_only(function: Callable[..., Any]) -> inspect.Signature:
-    """``function``'s signature with every parameter keyword-only: a flag, never a positional word."""
-    signature = inspect.signature(function)
-    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
-    return signature.replace(parameters=parameters)
-
-
-# The command line's flags are profile_variants' parameters: fire and run_cli read main's signature.
-main.__signature__ = _keyword_only(profile_variants)  # type: ignore[attr-defined]

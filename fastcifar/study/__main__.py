@@ -7,13 +7,12 @@ python -m fastcifar.study report runs/study-table2
 
 from __future__ import annotations
 
-import inspect
-import sys
 from typing import Any
 
+from fastcifar.cli import Command, command, run_cli
 from fastcifar.errors import UserError
 
-PROG = "python -m fastcifar.study"
+PROG = "fastcifar.study"
 
 
 def list_experiments() -> None:
@@ -105,43 +104,20 @@ def report(folder: str) -> None:
     print(f"report: {Path(folder) / 'study.md'}")
 
 
-COMMANDS = {"list": list_experiments, "run": run, "report": report}
+def commands() -> dict[str, Command]:
+    """The subcommands; ``run`` also takes every training flag (passed on to each run, checked by the runner)."""
+    from fastcifar.training.config import command_flags
 
-
-def check_flags(argv: list[str]) -> None:
-    """Check the command line before anything runs; UserError with one line.
-
-    fastcifar.cli's own check forbids positional words, but ``report`` takes its folder as one, so
-    this command checks itself: ``report``'s first word is the folder; ``run`` takes any training
-    flag, which the runner checks against fastcifar.train's.
-    """
-    from fastcifar.cli import check_arguments
-
-    if not argv or argv[0] in ("-h", "--help"):
-        return
-    if argv[0] not in COMMANDS:
-        raise UserError(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}.")
-    if argv[0] == "run":
-        return
-    rest = argv[1:]
-    if argv[0] == "report" and rest and not rest[0].startswith("-"):
-        rest = rest[1:]
-    check_arguments(rest, list(inspect.signature(COMMANDS[argv[0]]).parameters), command=argv[0])
+    return {
+        "list": command(list_experiments),
+        "run": command(run, extra_flags=command_flags()),
+        "report": command(report),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry."""
-    from fastcifar.cli import run_cli
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["run"] and ("--help" in args or "-h" in args):
-        args = ["run", "--", "--help"]  # run takes **flags: without "--" fire would pass help=True to it
-    try:
-        check_flags(args)
-    except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    run_cli(COMMANDS, PROG, argv=args, check=False)
+    run_cli(commands(), PROG, argv=argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastcifar.atomic import folder_write_problem, read_json, write_json_atomic
+from fastcifar.cli import to_mapping
 from fastcifar.errors import UserError
 from fastcifar.preemption import PREEMPTED_EXIT_CODE, StopSignal, raising_on_preemption, signal_name
 from fastcifar.study import jobs
@@ -72,15 +73,8 @@ def normalise_train_flags(flags: dict[str, Any]) -> dict[str, Any]:
                 + "."
             )
         result[name] = value
-    if "model_kwargs" in result and isinstance(result["model_kwargs"], str):
-        try:
-            result["model_kwargs"] = json.loads(result["model_kwargs"])
-        except json.JSONDecodeError:
-            raise UserError(
-                f"--model_kwargs must be a dict such as '{{\"growth_rate\": 12}}', got {result['model_kwargs']!r}."
-            ) from None
-    if "model_kwargs" in result and not isinstance(result["model_kwargs"], dict):
-        raise UserError(f"--model_kwargs must be a dict of option names to values, got {result['model_kwargs']!r}.")
+    if "model_kwargs" in result:
+        result["model_kwargs"] = to_mapping("model_kwargs", result["model_kwargs"])
     return result
 
 

@@ -8,7 +8,6 @@ config: ``--resume`` (which run to continue) and the presets ``--fast`` / ``--ba
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import time
@@ -17,6 +16,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fastcifar.cli import Flag, to_bool, to_float, to_int, to_mapping
 from fastcifar.errors import UserError
 
 # numpy's legacy seeding (np.random.seed) takes seeds below 2**32.
@@ -162,22 +162,18 @@ def default_value(spec: Field) -> Any:
 
 
 # ------------------------------------------------------------------------------------------
-# One parser per kind of flag. Each takes (flag name, raw value, field metadata) and returns the
-# checked value or raises UserError naming the flag. Raw values come from fire (already Python
-# literals where they parse as one) or from Python callers.
+# One check per kind of flag. Each takes (flag name, value, field metadata) and returns the checked
+# value or raises UserError naming the flag. Values come from the command line (parsed by
+# fastcifar.cli's parser of their kind, :data:`CLI_KINDS`) or from Python callers; the generic part
+# (is it an integer, a dict, ...) is that same parser.
 
 
 def _parse_bool(name: str, value: Any, spec: dict) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.lower() in ("true", "yes", "1")
-    raise UserError(f"--{name} takes true or false, got {value!r}.")
+    return to_bool(name, value)
 
 
 def _parse_int(name: str, value: Any, spec: dict) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"--{name} must be an integer, got {value!r}.")
+    value = to_int(name, value)
     if "minimum" in spec and value < spec["minimum"]:
         raise UserError(f"--{name} must be at least {spec['minimum']}, got {value}.")
     if "maximum" in spec and value > spec["maximum"]:
@@ -186,9 +182,9 @@ def _parse_int(name: str, value: Any, spec: dict) -> int:
 
 
 def _parse_float(name: str, value: Any, spec: dict) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    value = to_float(name, value)
+    if value != value:
         raise UserError(f"--{name} must be a number, got {value!r}.")
-    value = float(value)
     if spec.get("positive") and not value > 0:
         raise UserError(f"--{name} must be positive, got {value!r}.")
     if "minimum" in spec and value < spec["minimum"]:
@@ -234,16 +230,10 @@ def _parse_device(name: str, value: Any, spec: dict) -> str:
 
 
 def _parse_model_kwargs(name: str, value: Any, spec: dict) -> dict[str, Any]:
-    if isinstance(value, str):  # fire leaves strings it cannot parse as Python literals alone
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise UserError(f"--{name} must be a dict such as '{{\"growth_rate\": 12}}', got {value!r}.") from None
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise UserError(f"--{name} must be a dict of option names to values, got {value!r}.")
+    value = to_mapping(name, value)
     if "num_classes" in value:
         raise UserError(f"--{name} cannot set num_classes: it comes from the dataset.")
-    return dict(value)
+    return value
 
 
 _PARSERS: dict[str, Callable[[str, Any, dict], Any]] = {
@@ -270,6 +260,41 @@ def parse_flag(name: str, value: Any) -> Any:
     if name == "device" and value == "auto":
         return None
     return _PARSERS[meta["kind"]](name, value, meta)
+
+
+# The command line's value kind (fastcifar.cli.VALUE_KINDS) of each kind of TrainConfig field. amp is
+# a literal so that --noamp (False) reads as off.
+CLI_KINDS = {
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "choice": "str",
+    "amp": "literal",
+    "str": "str",
+    "path": "str",
+    "device": "str",
+    "model_kwargs": "mapping",
+}
+
+
+def command_flags() -> tuple[Flag, ...]:
+    """The flags of ``python -m fastcifar.train`` for :mod:`fastcifar.cli`: TrainConfig's fields, then the extras."""
+    flags = [
+        Flag(
+            spec.name,
+            CLI_KINDS[spec.metadata["kind"]],
+            default_value(spec),
+            spec.metadata["help"],
+            optional=bool(spec.metadata.get("optional")),
+        )
+        for spec in config_fields()
+    ]
+    extras = {"resume": ("literal", None), "fast": ("bool", False), "baseline": ("bool", False)}
+    flags += [
+        Flag(name, extras[name][0], extras[name][1], text, optional=extras[name][1] is None)
+        for name, text in EXTRA_FLAGS.items()
+    ]
+    return tuple(flags)
 
 
 def presets(device_type: str = "cuda") -> dict[str, dict[str, Any]]:
