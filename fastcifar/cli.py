@@ -326,9 +326,10 @@ def scan_command_line(argv: Sequence[str], cmd: Command, subcommand: str = "") -
     taken = {flag.name for flag in positional[: len(words)]} & set(named)
     if taken:
         raise UserError(f"--{taken.pop()} was given twice (as a word and as a flag).")
-    missing = [flag.name for flag in positional[len(words) :] if flag.required and flag.name not in named]
+    missing = [flag for flag in positional[len(words) :] if flag.required and flag.name not in named]
     if missing:
-        raise UserError(f"missing {missing[0].upper()}: pass it as a word or as --{missing[0]} VALUE.")
+        what = f" ({missing[0].help.rstrip('.')})" if missing[0].help else ""
+        raise UserError(f"missing {missing[0].name.upper()}{what}: pass it as a word or as --{missing[0].name} VALUE.")
     return words, named
 
 

@@ -16,15 +16,10 @@ library is :mod:`fastcifar.evaluation`; see docs/training.md.
 
 from __future__ import annotations
 
-import inspect
-import sys
-from collections.abc import Callable
 from typing import Any
 
-from fastcifar.errors import UserError
-
 PROG = "fastcifar.evaluate"
-__all__ = ["PROG", "check_path_and_flags", "evaluate", "main"]
+__all__ = ["PROG", "evaluate", "main"]
 
 
 def evaluate(
@@ -60,32 +55,11 @@ def evaluate(
     )
 
 
-def check_path_and_flags(argv: list[str], function: Callable[..., Any], what: str, prog: str) -> None:
-    """A command taking one path first, then flags: UserError (one line) for anything else.
-
-    (fastcifar.cli's check forbids positional words; here the first word is the path.)
-    """
-    from fastcifar.cli import check_arguments
-
-    if any(token in ("-h", "--help") for token in argv):
-        return
-    if not argv or argv[0].startswith("-"):
-        raise UserError(f"give {what} first, e.g. python -m {prog} runs/<run> [flags].")
-    flags = [name for name in inspect.signature(function).parameters if name != "path"]
-    check_arguments(argv[1:], flags)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: ``python -m fastcifar.evaluate --help``."""
     from fastcifar.cli import run_cli
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_path_and_flags(args, evaluate, "the run folder, checkpoint or export to evaluate", PROG)
-    except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    run_cli(evaluate, PROG, argv=args, check=False)
+    run_cli(evaluate, PROG, argv=argv)
 
 
 if __name__ == "__main__":

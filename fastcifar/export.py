@@ -7,10 +7,6 @@ result with ``fastcifar.load_model("RUN/model.json")``; see :mod:`fastcifar.eval
 
 from __future__ import annotations
 
-import sys
-
-from fastcifar.errors import UserError
-
 PROG = "fastcifar.export"
 __all__ = ["PROG", "export", "main"]
 
@@ -29,15 +25,8 @@ def export(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: ``python -m fastcifar.export --help``."""
     from fastcifar.cli import run_cli
-    from fastcifar.evaluate import check_path_and_flags
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_path_and_flags(args, export, "the run folder to export", PROG)
-    except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    run_cli(export, PROG, argv=args, check=False)
+    run_cli(export, PROG, argv=argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ COMMANDS = [
     ("fastcifar.models", []),
     ("fastcifar.profile", []),
     ("fastcifar.analyze", []),
+    ("fastcifar.evaluate", []),
+    ("fastcifar.export", []),
     ("fastcifar.study", ["list"]),
     ("fastcifar.study", ["run"]),
     ("fastcifar.study", ["report"]),

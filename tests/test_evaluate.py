@@ -194,7 +194,7 @@ def test_a_data_set_with_another_class_count_is_one_line(finished_run, train_dat
 @pytest.mark.parametrize(
     "argv, words",
     [
-        ([], "give the run folder"),
+        ([], "missing PATH"),
         (["RUN", "--tta", "mirror"], "unknown --tta 'mirror'"),
         (["RUN", "--epochs", "3"], "unknown flag --epochs"),
         (["RUN", "extra"], "unexpected argument 'extra'"),
