@@ -230,4 +230,4 @@ def main(
 if __name__ == "__main__":
     from fastcifar.cli import run_cli
 
-    run_cli(main, "python -m bench.roofline")
+    run_cli(main, "bench.roofline")

@@ -34,6 +34,7 @@ COMMANDS = [
     ("bench.loaders", []),
     ("bench.augment", []),
     ("bench.prepare", []),
+    ("bench.roofline", []),
 ]
 WITH_SUBCOMMANDS = sorted({module for module, words in COMMANDS if words})
 IDS = [" ".join([module, *words]) for module, words in COMMANDS]

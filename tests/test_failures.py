@@ -168,7 +168,7 @@ def test_a_nan_loss_names_the_checkpoint_the_run_kept(tiny_flags, tmp_path):
 
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLoss, match=r"the last good checkpoint \(epoch 1\) is kept at") as failed:
-        run(tiny_flags, out, epochs=2, batch_hook=poison_epoch_two, log_every=1)
+        train_tiny(tiny_flags, out, epochs=2, batch_hook=poison_epoch_two, log_every=1)
     assert str(out / "checkpoint.pt") in str(failed.value) and "epoch 2/2" in str(failed.value)
 
 

@@ -10,7 +10,6 @@ recorded as interrupted and the next call resumes them.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
