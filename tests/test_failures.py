@@ -188,7 +188,7 @@ def test_a_nan_loss_names_the_causes_that_apply_to_the_run(tiny_flags, tmp_path,
         images.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLoss) as failed:
-        run(tiny_flags, tmp_path / "nan", batch_hook=poison, log_every=1, **settings)
+        train_tiny(tiny_flags, tmp_path / "nan", batch_hook=poison, log_every=1, **settings)
     message = str(failed.value)
     assert message.startswith("training loss became NaN/inf in epoch 1/1; no checkpoint was written; likely causes: ")
     assert all(text in message for text in named) and not any(text in message for text in not_named), message
@@ -199,7 +199,7 @@ def test_summary_records_the_kernels_that_ran(tiny_flags, tmp_path, monkeypatch)
     import fastcifar.kernels._runtime as runtime
 
     monkeypatch.setattr(runtime, "INTERPRET", False)
-    summary = run(tiny_flags, tmp_path / "run", kernels="triton")
+    summary = train_tiny(tiny_flags, tmp_path / "run", kernels="triton")
     assert summary["config"]["kernels"] == "triton" and summary["kernels"] == "torch"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["kernels"] == "torch"
 
