@@ -9,7 +9,9 @@ TRAIN_ARGS ?=
 # The oldest stack pyproject.toml declares (the GPU machine's): Python 3.12 where pyenv or PATH has
 # it (else python3), torch 2.11.0, torchvision 0.26.0, triton 3.6.0; NumPy and the rest as pip
 # resolves them today. Only the tests that depend on those versions run there.
-OLDEST_VENV ?= .venv-oldest
+# Kept per user, outside the checkout: every clone on a machine (CI's fresh ones too) reuses the
+# installed stack (~3 GB of torch 2.11's CUDA wheels), and only the project itself is reinstalled.
+OLDEST_VENV ?= $(HOME)/.cache/fastcifar/venv-oldest
 OLDEST_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
 OLDEST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0
 OLDEST_TESTS := $(sort $(wildcard tests/test_kernels_*.py)) tests/test_models.py tests/test_models_compile.py tests/test_augment_compiled.py
