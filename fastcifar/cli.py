@@ -191,7 +191,7 @@ def _annotation_kind(annotation: Any) -> tuple[str, bool]:
         return "float", optional
     if any(part.startswith(("tuple", "list", "Sequence")) for part in parts):
         return "list", optional
-    if parts <= {"str", "os.PathLike", "Path", "pathlib.Path", "str | os.PathLike"}:
+    if parts <= {"str", "os.PathLike", "Path", "pathlib.Path"}:
         return "str", optional
     return "literal", optional
 
@@ -326,10 +326,13 @@ def scan_command_line(argv: Sequence[str], cmd: Command, subcommand: str = "") -
     taken = {flag.name for flag in positional[: len(words)]} & set(named)
     if taken:
         raise UserError(f"--{taken.pop()} was given twice (as a word and as a flag).")
-    missing = [flag for flag in positional[len(words) :] if flag.required and flag.name not in named]
+    given = {flag.name for flag in positional[: len(words)]} | set(named)
+    missing = [flag for flag in cmd.flags if flag.required and flag.name not in given]
     if missing:
-        what = f" ({missing[0].help.rstrip('.')})" if missing[0].help else ""
-        raise UserError(f"missing {missing[0].name.upper()}{what}: pass it as a word or as --{missing[0].name} VALUE.")
+        flag = missing[0]
+        what = f" ({flag.help.rstrip('.')})" if flag.help else ""
+        how = "as a word or as " if flag.positional else ""
+        raise UserError(f"missing {flag.name.upper()}{what}: pass it {how}--{flag.name} VALUE.")
     return words, named
 
 
@@ -350,6 +353,18 @@ def _usage(prog: str, cmd: Command, subcommand: str = "") -> str:
     return f"usage: python -m {' '.join(filter(None, (prog, subcommand, words)))} [--flag value ...]"
 
 
+# How --help shows a value of each kind (a true/false flag takes none: --name, --noname).
+_METAVARS = {
+    "bool": "",
+    "int": " INT",
+    "float": " NUMBER",
+    "str": " TEXT",
+    "mapping": " DICT",
+    "list": " A,B",
+    "literal": " VALUE",
+}
+
+
 def help_text(prog: str, cmd: Command, subcommand: str = "") -> str:
     """``--help`` of one command: usage, summary, then every flag with its kind, default and description."""
     lines = [_usage(prog, cmd, subcommand), ""]
@@ -359,7 +374,7 @@ def help_text(prog: str, cmd: Command, subcommand: str = "") -> str:
     for flag in cmd.flags:
         label = f"{flag.name.upper()} (or --{flag.name})" if flag.positional else f"--{flag.name}"
         default = "" if flag.required else f" (default: {flag.default!r})"
-        lines.append(f"  {label} {flag.kind.upper()}{default}")
+        lines.append(f"  {label}{_METAVARS[flag.kind]}{default}")
         if flag.help:
             lines.append(f"      {flag.help}")
     if cmd.extra:
@@ -444,7 +459,7 @@ def _dispatch(component: Any, args: list[str], prog: str) -> None:
     fire.Fire(target, command=canonical, name=prog, serialize=lambda _result: None)
 
 
-class _ClosedPipeSafe(io.TextIOBase):
+class _ClosedPipeSafe:
     """stdout that survives the reader going away (``| head -1``): output then goes to /dev/null.
 
     Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError wherever a print
@@ -476,7 +491,7 @@ class _ClosedPipeSafe(io.TextIOBase):
             with contextlib.suppress(BrokenPipeError):
                 self._stream.flush()
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...: the stream's own
         return getattr(self._stream, name)
 
 
