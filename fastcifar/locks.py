@@ -4,9 +4,11 @@ Every command that writes a run, study, data or profile folder enters :func:`hol
 The lock is an exclusive, non-blocking ``flock`` on ``<folder>/.lock`` (the primitive
 :mod:`fastcifar.atomic` uses for temporaries): the kernel drops it when its holder exits for any
 reason, SIGKILL and a power cut included, so a lock is never left behind and no pid or clock is
-trusted to tell a live holder from a dead one. The file itself stays (removing it would let two
-processes lock two different files of one name); it holds the last holder's record — pid, host,
-command, command line, start time — which a refused second writer names in its one-line error.
+trusted to tell a live holder from a dead one. The file holds the holder's record — pid, host,
+command, command line, start time — which a refused second writer names in its one-line error. A
+holder that ends normally removes the file (and the folder, when it created it and left it empty);
+one that was killed leaves it, unlocked, for the next holder to reuse. Removing is safe because a
+new holder checks, once it has the lock, that the file it locked is still the one at the path.
 
 Across machines: on Linux, ``flock`` on NFS is carried out as a POSIX byte-range lock by the NFS
 client (NFSv4 and NFSv3 with the NLM lock service), so two machines writing one shared folder
@@ -101,9 +103,11 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     ``command`` names the holder in the record (e.g. ``"fastcifar.train"``). A second writer —
     another process, on this machine or (see the module doc) another one — gets
     :class:`FolderInUse` (a UserError: one line naming the holder) at once; nothing waits. Nested
-    holds of one folder in one process are allowed (the outer one keeps the lock).
+    holds of one folder in one process are allowed (the outer one keeps the lock). At the end the
+    lock file goes, and the folder too when this call created it and nothing was written there.
     """
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         key = folder.resolve()
@@ -123,23 +127,8 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                 _HELD[key] -= 1
         return
     path = folder / LOCK_NAME
+    fd = _lock(folder, path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}; pass a writable folder") from None
-    try:
-        try:
-            locked = try_lock(fd)
-        except OSError as err:  # e.g. ENOLCK: the file system offers no locks
-            reason = "the file system offers no locks" if err.errno == errno.ENOLCK else (err.strerror or str(err))
-            raise UserError(
-                f"cannot lock {path}: {reason}; use a local folder or one on storage with lock support"
-            ) from None
-        if not locked:
-            raise FolderInUse(
-                f"{folder} is in use by {describe_holder(holder(folder))}; "
-                "wait for it to finish or stop it, or pass another folder"
-            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, _record(command), 0)
         with _HELD_LOCK:
@@ -149,8 +138,46 @@ def hold_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         finally:
             with _HELD_LOCK:
                 _HELD.pop(key, None)
+            path.unlink(missing_ok=True)  # still locked: a process waiting on this file sees it go (see _lock)
+            if created:
+                with contextlib.suppress(OSError):  # not empty: the command's results stay
+                    folder.rmdir()
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock(folder: Path, path: Path) -> int:
+    """Open ``path`` and take its lock; the open descriptor. FolderInUse when a live process holds it.
+
+    After locking, the file must still be the one at ``path``: a holder that ended may have removed
+    it between our open and our lock, and its successor would lock a new file of the same name.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror or err}; pass a writable folder") from None
+        try:
+            locked = try_lock(fd)
+        except OSError as err:  # e.g. ENOLCK: the file system offers no locks
+            os.close(fd)
+            reason = "the file system offers no locks" if err.errno == errno.ENOLCK else (err.strerror or str(err))
+            raise UserError(
+                f"cannot lock {path}: {reason}; use a local folder or one on storage with lock support"
+            ) from None
+        if not locked:
+            os.close(fd)
+            raise FolderInUse(
+                f"{folder} is in use by {describe_holder(holder(folder))}; "
+                "wait for it to finish or stop it, or pass another folder"
+            )
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # removed by the previous holder meanwhile: lock the current file instead
 
 
 def remove_lock_file(folder: str | os.PathLike) -> None:

@@ -43,7 +43,7 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     config. ``batch_hook(split, images, labels)``, when given, sees every train and test batch
     (``split`` is ``"train"`` or ``"test"``): a hook for tests and debugging, not a flag.
     """
-    from fastcifar.training.config import check_flag_names, resumed_config
+    from fastcifar.training.config import check_flag_names
 
     check_flag_names(flags)
     resume = flags.pop("resume", None)
@@ -51,8 +51,7 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
         config = resolve_config(**flags)
         from fastcifar.training import run as run_module  # torch and the data stack: after the flags are checked
 
-        run_module.refuse_existing_run(config.out)
-        return run_module.run(config, batch_hook=batch_hook)
+        return run_module.start(config, batch_hook=batch_hook)
     if resume is True:  # `--resume --out DIR`
         resume = flags.pop("out", None)
         if resume is None:
@@ -62,14 +61,10 @@ def train(*, batch_hook: Callable[[str, Any, Any], None] | None = None, **flags:
     folder = Path(resume).expanduser()
     if not (folder / "checkpoint.pt").is_file():  # checked before the (slow) torch import
         raise UserError(f"no checkpoint at {folder / 'checkpoint.pt'}: pass the folder of a run started by {PROG}")
-    from fastcifar.training import checkpoint as ckpt
     from fastcifar.training import run as run_module
 
-    state = ckpt.load_checkpoint(ckpt.checkpoint_path(folder))
-    config = resumed_config(state["config"], str(folder), flags)
-    if int(state["epoch"]) >= config.epochs:
-        raise UserError(f"the run in {folder} already finished all {config.epochs} epochs; start a new run.")
-    return run_module.run(config, resume_state=state, batch_hook=batch_hook)
+    # A complete checkpoint is finished (whatever a cut-short end did not write), then exits 0.
+    return run_module.resume(folder, flags, batch_hook=batch_hook)
 
 
 def train_command(batch_hook: Callable[[str, Any, Any], None] | None = None) -> Command:

@@ -6,33 +6,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from tiny_runs import start_holder
 
 from fastcifar.errors import UserError
 from fastcifar.locks import LOCK_NAME, FolderInUse, hold_folder, holder, is_held
-
-# A process that holds the folder, says so on stdout, and waits until its stdin closes.
-_HOLDER = """
-import sys
-from fastcifar.locks import hold_folder
-with hold_folder(sys.argv[1], "test-holder"):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
-
-
-def start_holder(folder: Path) -> subprocess.Popen:
-    """A live process holding ``folder`` (returns once the lock is taken)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
-    )
-    assert child.stdout.readline().strip() == "held"
-    return child
 
 
 def test_a_second_process_is_refused_with_the_holders_pid_host_and_command(tmp_path):

@@ -277,3 +277,28 @@ def test_profile_and_training_run_the_same_step(profiled, synthetic_root: Path, 
     assert {k: v for k, v in trained["schedule"].items() if k not in length} == {
         k: v for k, v in profile_run["schedule"].items() if k not in length
     }
+
+
+def test_a_second_profile_never_replaces_earlier_results(profiled) -> None:
+    from fastcifar.profiling.record import profile_variants
+
+    out = profiled[0]
+    before = {path: path.read_bytes() for path in (out / EAGER).iterdir()}
+    with pytest.raises(UserError, match=f"already holds a profile of {EAGER}"):
+        profile_variants("sk_densenet", EAGER, steps=1, batch_size=2, out=out, model_kwargs=TINY, device="cpu")
+    assert {path: path.read_bytes() for path in (out / EAGER).iterdir()} == before
+
+
+def test_a_profile_folder_another_process_writes_is_refused(tmp_path: Path) -> None:
+    from tiny_runs import start_holder
+
+    from fastcifar.profiling.record import profile_variants
+
+    holder = start_holder(tmp_path / "prof", "fastcifar.profile")
+    try:
+        with pytest.raises(UserError, match=f"is in use by pid {holder.pid} on host"):
+            profile_variants("sk_densenet", EAGER, steps=1, batch_size=2, out=tmp_path / "prof", device="cpu")
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not (tmp_path / "prof" / EAGER).exists()

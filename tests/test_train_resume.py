@@ -66,12 +66,14 @@ def test_resume_ends_at_the_uninterrupted_result(tiny_flags, uninterrupted, tmp_
     assert resumed["final_top1"] == summary["final_top1"] and resumed["epochs"] == 2
 
 
-def test_resume_of_a_finished_run_is_refused(uninterrupted):
-    from fastcifar.errors import UserError
+def test_resume_of_a_finished_run_trains_nothing_and_keeps_its_summary(uninterrupted):
     from fastcifar.train import train
 
-    with pytest.raises(UserError, match="already finished"):
-        train(resume=str(uninterrupted))
+    summary = (uninterrupted / "summary.json").read_text()
+    metrics = (uninterrupted / "metrics.jsonl").read_text()
+    assert train(resume=str(uninterrupted)) == json.loads(summary)  # finishing is idempotent: exit 0
+    assert (uninterrupted / "summary.json").read_text() == summary
+    assert (uninterrupted / "metrics.jsonl").read_text() == metrics
 
 
 def test_resume_needs_a_checkpoint(tmp_path):

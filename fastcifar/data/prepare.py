@@ -8,7 +8,8 @@ Layout under ``root``::
 
 A run whose inputs match the fingerprint in ``meta.json`` (and whose betons are present with the
 recorded sizes) does nothing. ``meta.json`` is removed before a beton is replaced and written last,
-so a run cut short never leaves a folder that looks prepared. ``meta.json`` records a content hash
+so a run cut short never leaves a folder that looks prepared. One prepare at a time writes a data
+root: it holds ``<root>/.lock`` (:mod:`fastcifar.locks`) and a second one is refused. ``meta.json`` records a content hash
 of each beton (:mod:`fastcifar.data.integrity`), checked before a prepared folder is trusted.
 Temporary files a killed run left behind are removed by the next run (:mod:`fastcifar.atomic`).
 """
@@ -33,6 +34,7 @@ from fastcifar.data import DATASETS, expand_root, integrity
 from fastcifar.data import archive as archives
 from fastcifar.data.beton import PAGE_SIZE, ffcv_version, write_beton
 from fastcifar.errors import UserError
+from fastcifar.locks import hold_folder
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)  # train, test
 # Bumped when the betons or meta.json change shape, so older folders get prepared again.
@@ -136,10 +138,27 @@ def load_meta(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} does not exist; run `{prepare_command(root, dataset)}` first")
     try:
-        return _read_meta(path)
+        meta = _read_meta(path)
     except UserError as err:
         command = prepare_command(root, dataset)
         raise UserError(f"{err}; run `{command}` (with the flags it was prepared with) again") from None
+    if meta["dataset"] != dataset:  # a folder copied or renamed into place: never train on the wrong data
+        raise UserError(
+            f"{path} describes the data set {meta['dataset']!r}, not {dataset!r}; "
+            f"pass --dataset {meta['dataset']} or run `{prepare_command(root, dataset)}`"
+        )
+    return meta
+
+
+def data_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a prepared data set (recorded in every checkpoint): its name, image counts, the
+    betons' content hashes and sizes. Equal identities mean the same images in the same order."""
+    return {
+        "dataset": meta["dataset"],
+        "counts": dict(meta["counts"]),
+        "hashes": dict(meta["hashes"]),
+        "files": dict(meta["files"]),
+    }
 
 
 def verify_beton(root: str | os.PathLike, dataset: str, name: str, meta: dict[str, Any]) -> Path:
@@ -386,6 +405,22 @@ def prepare(
     root = expand_root(root)
     out = dataset_dir(root, dataset)
     _ensure_writable(root)
+    # One writer per data root (fastcifar.locks): the dataset folder, downloads/ and the scratch folders.
+    with hold_folder(root, "fastcifar.data prepare"):
+        return _prepare_held(root, out, dataset, archive, n_train, n_test, seed, download)
+
+
+def _prepare_held(
+    root: Path,
+    out: Path,
+    dataset: str,
+    archive: str | os.PathLike | None,
+    n_train: int | None,
+    n_test: int | None,
+    seed: int,
+    download: bool,
+) -> Path:
+    """:func:`prepare` once it holds the data folder."""
     _remove_leftovers(root, out)
     try:
         if dataset == "synthetic":

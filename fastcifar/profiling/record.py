@@ -47,6 +47,7 @@ from torch.profiler import ProfilerActivity, record_function
 from fastcifar.atomic import folder_write_problem, write_json_atomic
 from fastcifar.cli import to_mapping
 from fastcifar.errors import UserError
+from fastcifar.locks import hold_folder
 from fastcifar.training import engine
 from fastcifar.training.variant import Variant, get_variant, parse_variants, resolve_device
 
@@ -383,7 +384,7 @@ def profile_variant(name: str, settings: ProfileSettings, out: Path, progress: A
     device = settings.device
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.pt.trace.json*"):  # a re-run replaces the variant's trace
+    for old in folder.glob("*.pt.trace.json*"):  # a killed earlier attempt's trace (it wrote no run.json)
         old.unlink()
 
     torch.manual_seed(settings.seed)
@@ -504,13 +505,25 @@ def profile_variants(
     problem = folder_write_problem(root)
     if problem is not None:
         raise UserError(f"cannot write the profile into {root} ({problem}); pass a writable --out folder.")
+    refuse_earlier_profiles(root, names)  # before the lock: a refused folder is left as it was
     total = sum(settings.total_steps(get_variant(name)) for name in names)
     results = {}
-    with tqdm(total=total, desc="profile", unit="step") as bar:
+    with hold_folder(root, PROG), tqdm(total=total, desc="profile", unit="step") as bar:
+        refuse_earlier_profiles(root, names)  # and under it: one that finished meanwhile counts too
         for name in names:
             bar.set_postfix_str(name)
             results[name] = profile_variant(name, settings, root, progress=bar)
     return {"out": str(root), "variants": results}
+
+
+def refuse_earlier_profiles(root: Path, names: Sequence[str]) -> None:
+    """Earlier results are never replaced: UserError when ``root`` holds a finished profile of a variant."""
+    earlier = [name for name in names if (root / name / "run.json").is_file()]
+    if earlier:
+        raise UserError(
+            f"{root} already holds a profile of {', '.join(earlier)} ({earlier[0]}/run.json); pass another --out "
+            "(or profile only other variants there)"
+        )
 
 
 def main(**flags: Any) -> None:

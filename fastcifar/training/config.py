@@ -22,7 +22,8 @@ from fastcifar.errors import UserError
 # numpy's legacy seeding (np.random.seed) takes seeds below 2**32.
 MAX_SEED = 2**32 - 1
 # Flags that may differ when a run is resumed: where and how fast it runs, not what it computes.
-RESUME_MAY_CHANGE = ("device", "workers", "log_every", "compile_cache")
+# data_root: a moved data folder; the run checks that the data found there is the data it trained on.
+RESUME_MAY_CHANGE = ("device", "workers", "log_every", "compile_cache", "data_root")
 # Flags that are not TrainConfig fields, with their help.
 EXTRA_FLAGS = {
     "resume": "run folder to continue (or --resume with --out DIR); other flags may be repeated with their saved "

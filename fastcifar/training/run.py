@@ -5,10 +5,16 @@ flags). Everything a run holds lives in one :class:`TrainingRun`; the progress i
 that Ctrl-C interrupted is a :class:`PartialEpoch`. There is one way out besides finishing:
 :func:`interrupt`, which saves a checkpoint (rank 0) and tells how to continue.
 
-Files (rank 0 only): the run folder is checked for writability before any work, ``checkpoint.pt``
-is written after every epoch, ``metrics.jsonl`` / ``tb/`` / ``curves.png`` from the first finished
-epoch on, the export (``model.safetensors`` + ``model.json``) and then ``summary.json`` at the end.
-A run that fails before its first checkpoint removes the folder again when it created it.
+Files (rank 0 only): the run folder is held by this run alone for its whole life
+(:func:`hold_run_folder`, :mod:`fastcifar.locks`) and checked for writability before any work,
+``checkpoint.pt`` is written after every epoch, ``metrics.jsonl`` / ``tb/`` / ``curves.png`` from
+the first finished epoch on; :func:`finish` writes everything a finished run has besides (the
+export ``model.safetensors`` + ``model.json``, then ``summary.json``: the one place for a run's
+final files), also when a complete checkpoint is resumed. A run that fails before its first
+checkpoint removes the folder again when it created it.
+
+A checkpoint records the identity of the data it was trained on (:func:`fastcifar.data.prepare.data_identity`);
+a resumed run checks it against the data it finds and never prepares data itself.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from torch import nn
 from fastcifar.atomic import folder_write_problem, remove_stale_temporaries
 from fastcifar.errors import UserError
 from fastcifar.evaluation.export import EXPORT_FILES, export_run
+from fastcifar.locks import hold_folder, remove_lock_file
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training import distributed, engine
 from fastcifar.training.compile_cache import cache_counts, compile_cache, counts_since
 from fastcifar.training.config import TrainConfig
 from fastcifar.training.distributed import DistContext
 from fastcifar.training.engine import PartialEpoch
-from fastcifar.training.metrics import RUN_FILES, RunLogger, summarize
+from fastcifar.training.metrics import RUN_FILES, RunLogger, plot_curves, summarize
 from fastcifar.training.variant import kernels_in_use
 
 PROG = "fastcifar.train"
@@ -77,6 +84,7 @@ class TrainingRun:
     scaler: torch.amp.GradScaler
     logger: RunLogger
     num_classes: int
+    data: dict[str, Any] = field(default_factory=dict)  # the data's identity, saved with every checkpoint
     batch_hook: engine.BatchHook | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
@@ -107,6 +115,7 @@ class TrainingRun:
             "partial": asdict(partial),
             "history": self.history,
             "num_classes": self.num_classes,
+            "data": self.data,
             "config": asdict(self.config),
         }
         with disk_errors(self.checkpoint_file, "the previous checkpoint is kept", self.out):
@@ -146,6 +155,105 @@ def ensure_dataset(config: TrainConfig, ctx: DistContext) -> None:
     distributed.barrier(ctx)
 
 
+def is_rank_zero() -> bool:
+    """Rank 0 of a torchrun job, or a single process (before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: str | os.PathLike) -> Iterator[bool]:
+    """Hold the run folder for this run alone (rank 0; see :mod:`fastcifar.locks`); yield whether it was created.
+
+    A second training or a ``--resume`` of the same folder while this one lives is refused with
+    one line naming this process.
+    """
+    created = not Path(out).exists()
+    if not is_rank_zero():  # the other ranks write nothing (and may have stamped another default folder)
+        yield created
+        return
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError:  # claim_out_dir reports it in one line, from rank 0 alone under torchrun
+        yield created
+        return
+    try:
+        with hold_folder(out, PROG):
+            yield created
+    finally:
+        if created:  # a run refused or failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+
+
+def data_problem(saved: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """How the data described by ``meta`` differs from the identity ``saved`` in a checkpoint, or None."""
+    from fastcifar.data.prepare import data_identity
+
+    found = data_identity(meta)
+    for key, what in (("dataset", "data set"), ("counts", "image counts"), ("hashes", "beton contents")):
+        if key in saved and saved[key] != found[key]:
+            detail = "" if key == "hashes" else f": {saved[key]} then, {found[key]} now"
+            return f"{what} differ{detail}"
+    return None
+
+
+def check_resumed_data(config: TrainConfig, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The meta.json of the data a resumed run finds; UserError when it is missing or not the saved data.
+
+    Never prepares anything: data that is gone is reported, not silently made again (or downloaded).
+    """
+    from fastcifar.data.prepare import dataset_dir, load_meta
+
+    folder = dataset_dir(config.data_root, config.dataset)
+    if not (folder / "meta.json").is_file():
+        raise UserError(
+            f"the run in {config.out} was trained on {config.dataset} in {folder}, which holds no prepared data now; "
+            "if the data moved, resume with --data_root pointing to its new root"
+        )
+    meta = load_meta(config.data_root, config.dataset)
+    problem = data_problem(saved or {}, meta)
+    if problem is not None:
+        raise UserError(
+            f"{folder} is not the data the run in {config.out} was trained on: {problem}; resume with "
+            "--data_root pointing to that data, or start a new run"
+        )
+    return meta
+
+
+def start(config: TrainConfig, batch_hook: engine.BatchHook | None = None) -> dict[str, Any]:
+    """A new run in ``config.out`` (refused when the folder holds another run or another process)."""
+    refuse_existing_run(config.out)  # before the lock: a refused folder is left exactly as it was
+    with hold_run_folder(config.out) as created:
+        refuse_existing_run(config.out)  # and under it: a run that ended meanwhile counts too
+        return run(config, batch_hook=batch_hook, created_out=created)
+
+
+def resume(
+    folder: str | os.PathLike, changes: dict[str, Any], batch_hook: engine.BatchHook | None = None
+) -> dict[str, Any]:
+    """Continue the run saved in ``folder`` with the allowed ``changes``; finish a complete one.
+
+    The checks come first, so a refused resume leaves the folder as it was; the checkpoint is read
+    again under the folder's lock when it changed meanwhile (a run that was still training).
+    """
+    from fastcifar.training.config import resumed_config
+
+    path = ckpt.checkpoint_path(folder)
+
+    def version() -> tuple[int, int, int]:
+        stat = path.stat()
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    seen = version()
+    state = ckpt.load_checkpoint(path)
+    config = resumed_config(state["config"], str(folder), changes)
+    with hold_run_folder(folder):
+        if version() != seen:
+            state = ckpt.load_checkpoint(path)
+            config = resumed_config(state["config"], str(folder), changes)
+        return run(config, resume_state=state, batch_hook=batch_hook)
+
+
 def refuse_existing_run(out: str | os.PathLike) -> None:
     """A new run never writes into a folder that holds another run (files would mix)."""
     found = [name for name in RUN_MARKERS if (Path(out) / name).exists()]
@@ -155,15 +263,14 @@ def refuse_existing_run(out: str | os.PathLike) -> None:
         )
 
 
-def claim_out_dir(out: Path, ctx: DistContext) -> bool:
-    """Make sure rank 0 can write ``out`` and clear stale temporaries there; True when it created it.
+def claim_out_dir(out: Path, ctx: DistContext) -> None:
+    """Make sure rank 0 can write ``out`` and clear stale temporaries there.
 
     Under torchrun rank 0 decides and the other ranks follow: on failure rank 0 raises the
     UserError (its one line) and the others leave quietly.
     """
-    created, problem = False, None
+    problem = None
     if ctx.is_main:
-        created = not out.exists()
         reason = folder_write_problem(out)
         if reason is None:
             try:
@@ -180,7 +287,6 @@ def claim_out_dir(out: Path, ctx: DistContext) -> bool:
         if ctx.is_main:
             raise UserError(problem)
         raise QuietExit()
-    return created
 
 
 def _restore(training: TrainingRun, state: dict[str, Any]) -> None:
@@ -230,10 +336,14 @@ def setup(
     batch_hook: engine.BatchHook | None = None,
 ) -> TrainingRun:
     """Data, model, optimizer, schedule, scaler and logger for ``config`` (restored from ``resume_state``)."""
-    from fastcifar.data.prepare import load_meta
+    from fastcifar.data.prepare import data_identity, load_meta
 
-    ensure_dataset(config, ctx)
-    num_classes = int(load_meta(config.data_root, config.dataset)["num_classes"])
+    if resume_state is None:
+        ensure_dataset(config, ctx)
+        meta = load_meta(config.data_root, config.dataset)
+    else:
+        meta = check_resumed_data(config, resume_state.get("data"))
+    num_classes = int(meta["num_classes"])
     saved_classes = num_classes if resume_state is None else int(resume_state.get("num_classes", num_classes))
     if saved_classes != num_classes:
         raise UserError(
@@ -282,6 +392,7 @@ def setup(
         scaler=step.scaler,
         logger=RunLogger(Path(config.out), enabled=ctx.is_main),
         num_classes=num_classes,
+        data=data_identity(meta),
         batch_hook=batch_hook,
     )
     if resume_state is not None:
@@ -297,7 +408,9 @@ def _announce(training: TrainingRun, resuming: bool) -> None:
     if not ctx.is_main:
         return
     what = "training"
-    if resuming:
+    if resuming and training.start_epoch >= config.epochs:
+        what = f"finishing {training.out}: all {config.epochs} epochs are trained, writing what is missing"
+    elif resuming:
         step = training.partial.step
         what = f"resuming {training.out} at epoch {training.start_epoch + 1}" + (f" step {step}" if step else "")
     print(
@@ -441,7 +554,29 @@ def interrupt(training: TrainingRun, epoch: int, partial: PartialEpoch, stop_sig
 
 
 def finish(training: TrainingRun) -> dict[str, Any]:
-    """Write the export (model.safetensors + model.json), then summary.json (rank 0); return the summary."""
+    """Write everything a finished run has besides its checkpoint (rank 0); return the summary.
+
+    The one place for a run's final files: ``curves.png`` (when missing), the export
+    (``model.safetensors`` + ``model.json``), then ``summary.json``, the run's end marker.
+    Idempotent: resuming a complete checkpoint comes here again and writes what is missing (a kill
+    or a full disk at the very end); files already there are kept (an existing summary.json is
+    returned as it is).
+    """
+    logger = training.logger
+    kept = "every epoch is in metrics.jsonl and the final checkpoint"
+    if training.ctx.is_main and not logger.curves_path.is_file():
+        with disk_errors(logger.curves_path, kept):
+            plot_curves(training.history, logger.curves_path)
+    if training.ctx.is_main and not all((training.out / name).is_file() for name in EXPORT_FILES):
+        # before summary.json, which stays the last file a run writes (its end marker)
+        with disk_errors(training.out, kept, training.out):
+            export_run(training.out, quiet=True)
+    if logger.summary_path.is_file():
+        existing = _read_summary(logger.summary_path)
+        if existing is not None:
+            if training.ctx.is_main:
+                print(f"done: {training.out} was already finished; {logger.summary_path} is kept", flush=True)
+            return existing
     extra = {
         "compile_cache": compile_cache_summary(training),
         "world_size": training.ctx.world_size,
@@ -453,11 +588,8 @@ def finish(training: TrainingRun) -> dict[str, Any]:
         "step": engine.describe_step(training.optimizer, training.scheduler, training.scaler, training.settings),
     }
     summary = summarize(training.history, asdict(training.config), extra)
-    if training.ctx.is_main:  # before summary.json, which stays the last file a run writes (its end marker)
-        with disk_errors(training.out, "every epoch is in metrics.jsonl and the final checkpoint", training.out):
-            export_run(training.out, quiet=True)
-    with disk_errors(training.logger.summary_path, "every epoch is in metrics.jsonl and the final checkpoint"):
-        training.logger.write_summary(summary)
+    with disk_errors(logger.summary_path, kept):
+        logger.write_summary(summary)
     if training.ctx.is_main:
         print(
             f"done: final top1 {summary['final_top1']:.2f}% top5 {summary['final_top5']:.2f}%, best top1 "
@@ -490,10 +622,27 @@ def compile_cache_summary(training: TrainingRun) -> dict[str, Any]:
     return {"dir": training.cache_dir, **lookups, "hit": (lookups["misses"] == 0) if used else None}
 
 
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """An existing summary.json, or None when it is unreadable (a truncated one is written again)."""
+    import json
+
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def run(
-    config: TrainConfig, resume_state: dict[str, Any] | None = None, batch_hook: engine.BatchHook | None = None
+    config: TrainConfig,
+    resume_state: dict[str, Any] | None = None,
+    batch_hook: engine.BatchHook | None = None,
+    created_out: bool = False,
 ) -> dict[str, Any]:
     """Train according to ``config`` (continuing ``resume_state`` when given); return the summary.
+
+    Callers hold the run folder (:func:`start`, :func:`resume`); ``created_out``: whether they
+    created it, so that a run failing before its first checkpoint removes it again.
 
     The summary dict is the content of summary.json, or ``{"interrupted": True, ...}`` after Ctrl-C
     or a preemption signal (``"preempted"``: that signal's name, None for Ctrl-C).
@@ -503,7 +652,7 @@ def run(
 
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     with compile_cache(config.compile_cache, enabled=config.compile) as cache_dir:
-        return _run(config, device, cache_dir, resume_state, batch_hook)
+        return _run(config, device, cache_dir, resume_state, batch_hook, created_out)
 
 
 def _run(
@@ -512,9 +661,9 @@ def _run(
     cache_dir: str | None,
     resume_state: dict[str, Any] | None,
     batch_hook: engine.BatchHook | None,
+    created_out: bool,
 ) -> dict[str, Any]:
     ctx = distributed.setup(device.type)
-    created_out = False
     training = None
     try:
         if ctx.is_distributed and resume_state is None:
@@ -522,7 +671,7 @@ def _run(
             shared = [config.out]
             torch.distributed.broadcast_object_list(shared, src=0)
             config = replace(config, out=shared[0])
-        created_out = claim_out_dir(Path(config.out), ctx)
+        claim_out_dir(Path(config.out), ctx)
         training = setup(config, device, ctx, resume_state, batch_hook)
         training.cache_dir = cache_dir
         _announce(training, resuming=resume_state is not None)
@@ -547,8 +696,13 @@ def _run(
 
 
 def _remove_empty_run_dir(out: Path) -> None:
-    """Remove a run folder this run created when it holds nothing (a failure before any checkpoint)."""
+    """Remove a run folder this run created when it holds nothing (a failure before any checkpoint).
+
+    The folder's lock file goes with it (the caller still holds the lock while removing).
+    """
     try:
+        if [p.name for p in out.iterdir()] == [".lock"]:
+            remove_lock_file(out)
         out.rmdir()
     except OSError:  # not empty (someone else's files) or already gone: leave it
         pass
