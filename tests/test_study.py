@@ -318,6 +318,25 @@ def test_report_rebuilds_identical_files(reference_study):
 
 
 @pytest.mark.slow
+def test_report_has_superclass_top1_from_each_runs_cached_evaluation(reference_study):
+    from fastcifar.study.report import write_report
+
+    out, report, _ = reference_study
+    for row_id in ("densenet", "dense_ca"):
+        folders = [out / row_id / f"seed{seed}" for seed in (0, 1)]
+        evaluations = [json.loads((folder / "eval" / "eval.json").read_text()) for folder in folders]
+        for folder, evaluation in zip(folders, evaluations):
+            assert evaluation["top1"] == json.loads((folder / "summary.json").read_text())["final_top1"]
+        values = [e["plain"]["superclass_top1"] for e in evaluations]
+        stats = report["rows"][row_id]["superclass_top1"]
+        assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/eval/eval.json")}
+    write_report(out)  # computed once: the second report reads the cached evaluations
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/eval/eval.json")} == stamps
+    assert "superclass top-1 ours" in (out / "study.md").read_text()
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(reference_study, train_data):
     from fastcifar.study import run
 

@@ -1,9 +1,11 @@
 """The study report: ``study.md``, ``study.json`` and three figures, rebuilt from the run folders alone.
 
 Everything is derived from ``study-plan.json`` and each run's ``summary.json`` / ``metrics.jsonl``
-(no clock, no host name), so building the report twice from the same folders gives identical
-files. Timing figures sit under ``"timing"`` keys in ``study.json``: they are the only numbers
-that differ between two otherwise identical studies.
+and evaluation (``<run>/eval/eval.json``, computed once by :mod:`fastcifar.evaluation` the first
+time a report needs it and read from there afterwards; no clock, no host name), so building the
+report twice from the same folders gives identical files. Timing figures sit under ``"timing"``
+keys in ``study.json``: they are the only numbers that differ between two otherwise identical
+studies.
 """
 
 from __future__ import annotations
@@ -87,8 +89,28 @@ def collect_runs(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
             if status == "finished":
                 entry["summary"] = jobs.read_summary(folder)
                 entry["history"] = read_jsonl(folder / "metrics.jsonl")
+                entry["superclass_top1"] = superclass_top1(folder, entry["summary"]["config"]["dataset"])
             collected.append(entry)
     return collected
+
+
+def superclass_top1(folder: Path, dataset: str) -> float | None:
+    """The run's superclass top-1 (no TTA) from its evaluation ``<run>/eval/eval.json``, evaluating once.
+
+    None when the data set has no superclasses, when the folder holds an evaluation on another
+    data set, or when the run cannot be evaluated here (its data missing): the report shows "–".
+    """
+    from fastcifar.errors import UserError
+    from fastcifar.evaluation.report import EVAL_DIR, EVAL_JSON, evaluate
+
+    cached = folder / EVAL_DIR / EVAL_JSON
+    try:
+        report = json.loads(cached.read_text()) if cached.is_file() else evaluate(folder, quiet=True)
+    except (UserError, ValueError):
+        return None
+    if report.get("data", {}).get("dataset") != dataset:
+        return None
+    return report["plain"]["superclass_top1"]
 
 
 def row_stats(row: Row, finished: list[dict[str, Any]], params: int) -> dict[str, Any]:
@@ -111,6 +133,8 @@ def row_stats(row: Row, finished: list[dict[str, Any]], params: int) -> dict[str
         "params": {"ours": params, "study": study.params},
         "top1": metric("final_top1", study.top1),
         "top5": metric("final_top5", study.top5),
+        # The study reports no superclass figures: ours only (None where a run has none).
+        "superclass_top1": _mean_std([r["superclass_top1"] for r in finished if r.get("superclass_top1") is not None]),
         "train_loss": metric("final_train_loss", study.train_loss),
         "test_loss": metric("final_test_loss", study.test_loss),
         "timing": {
@@ -200,7 +224,9 @@ def build(out: str | Path) -> dict[str, Any]:
         "experiments": experiments,
         "rows": rows,
         "curves": curves,
-        "runs": [{k: v for k, v in run.items() if k not in ("summary", "history")} for run in collected],
+        "runs": [
+            {k: v for k, v in run.items() if k not in ("summary", "history", "superclass_top1")} for run in collected
+        ],
     }
 
 
@@ -249,6 +275,7 @@ def _table(report: dict[str, Any], members: list[str]) -> list[str]:
         "top-5 ours",
         "top-5 study",
         "Δ top-5",
+        "superclass top-1 ours",
         "train loss ours / study",
         "test loss ours / study",
         "epoch s",
@@ -269,6 +296,7 @@ def _table(report: dict[str, Any], members: list[str]) -> list[str]:
             _pm(s["top5"]),
             _num(s["top5"]["study"], "g"),
             _num(s["top5"]["diff"], "+.2f"),
+            _pm(s["superclass_top1"]),
             f"{_num(s['train_loss']['mean'], '.3f')} / {_num(s['train_loss']['study'], 'g')}",
             f"{_num(s['test_loss']['mean'], '.3f')} / {_num(s['test_loss']['study'], 'g')}",
             _num(s["timing"]["epoch_seconds"], ".1f"),
@@ -307,8 +335,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Mean ± sample standard deviation over the finished seeds (n); Δ = ours − study. Final-epoch "
-        "figures, as the study reports them. The study's SK-DenseNet parameter counts include 823,198 "
-        "parameters its networks held but never used (see docs/models.md).",
+        "figures, as the study reports them. Superclass top-1: the predicted class lies in the true class's "
+        "superclass (CIFAR-100's 20), from each run's evaluation (`<run>/eval/`, no TTA). The study's "
+        "SK-DenseNet parameter counts include 823,198 parameters its networks held but never used "
+        "(see docs/models.md).",
         "",
     ]
     for experiment in report["experiments"].values():
