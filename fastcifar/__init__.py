@@ -2,8 +2,9 @@
 
 Rooms, each built on the ones before it: ``data`` (archives, betons, loaders) -> ``augment``
 (batched per-sample GPU augmentation) -> ``models`` (the study's architectures, one registry) with
-``kernels`` (Triton kernels) -> ``training`` (config, step, run, checkpoints) -> ``profiling`` and
-``study``. Underneath all of them: ``cli``, ``errors``, ``atomic``, ``environment``.
+``kernels`` (Triton kernels) -> ``training`` (config, step, run, checkpoints) -> ``evaluation``
+(load, evaluate and export a trained model), ``profiling`` and ``study``. Underneath all of them:
+``cli``, ``errors``, ``atomic``, ``environment``, ``locks``.
 
 Commands: ``python -m fastcifar.data``, ``fastcifar.models``, ``fastcifar.train``,
 ``fastcifar.evaluate``, ``fastcifar.export``, ``fastcifar.profile``, ``fastcifar.analyze``,

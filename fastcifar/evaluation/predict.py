@@ -67,7 +67,8 @@ def superclass_map(root: str | Path, dataset: str, meta: dict[str, Any]) -> np.n
     """The superclass of each class, read from both betons' label fields (no image is decoded).
 
     None when the data set has no superclasses (meta.json names none) or its labels do not give
-    every class one superclass. A class that occurs in neither beton maps to -1.
+    every class one superclass. A class that occurs in neither beton maps to -1 (the train beton
+    is read when present: a test set of few images may lack classes).
     """
     from fastcifar.data.beton import open_checked
     from fastcifar.data.prepare import dataset_dir
@@ -76,7 +77,10 @@ def superclass_map(root: str | Path, dataset: str, meta: dict[str, Any]) -> np.n
         return None
     mapping = np.full(int(meta["num_classes"]), -1, dtype=np.int64)
     for name in ("train.beton", "test.beton"):
-        reader = open_checked(dataset_dir(root, dataset) / name)
+        path = dataset_dir(root, dataset) / name
+        if name == "train.beton" and not path.is_file():
+            continue  # a folder holding the test split only: its classes are enough
+        reader = open_checked(path)
         fine = np.asarray(reader.metadata["f1"], dtype=np.int64).reshape(-1)
         coarse = np.asarray(reader.metadata["f2"], dtype=np.int64).reshape(-1)
         seen = mapping[fine] >= 0
