@@ -57,6 +57,7 @@ class ModelInfo:
     data_root: str | None = None
     version: str = ""
     superclasses: list[str] = field(default_factory=list)
+    compile_cache: str | None = None  # the run's --compile_cache (a checkpoint's only: a local folder)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +136,7 @@ def checkpoint_info(state: dict[str, Any], path: Path) -> ModelInfo:
         data_root=config.data_root,
         version=fastcifar.__version__,
         superclasses=superclasses,
+        compile_cache=config.compile_cache,
     )
 
 

@@ -251,6 +251,7 @@ def evaluate(
     """
     from fastcifar.evaluation.loading import load_model
     from fastcifar.evaluation.predict import TTA_MODES, open_test_set, predict
+    from fastcifar.training.compile_cache import compile_cache
     from fastcifar.training.variant import Variant
 
     if tta not in TTA_MODES:
@@ -262,11 +263,12 @@ def evaluate(
     test_set = open_test_set(loaded, model_device, data_root=data_root, dataset=dataset, batch_size=batch_size)
     variant = Variant(**loaded.info.variant)
     num_classes = loaded.info.num_classes
-    plain = figures_of(predict(loaded.model, variant, test_set, model_device), test_set.fine_to_coarse, num_classes)
-    flip = None
-    if tta == "flip":
-        flipped = predict(loaded.model, variant, test_set, model_device, tta="flip")
-        flip = figures_of(flipped, test_set.fine_to_coarse, num_classes)
+    # A compiled run's evaluation compiles too, into the run's own compile cache when it had one.
+    with compile_cache(loaded.info.compile_cache, enabled=variant.compile):
+        plain = predict(loaded.model, variant, test_set, model_device)
+        flipped = predict(loaded.model, variant, test_set, model_device, tta="flip") if tta == "flip" else None
+    plain = figures_of(plain, test_set.fine_to_coarse, num_classes)
+    flip = None if flipped is None else figures_of(flipped, test_set.fine_to_coarse, num_classes)
     report = build(loaded.info, test_set, plain, flip, str(model_device), test_set.loader.batch_size)
     with hold_folder(target, "fastcifar.evaluate"):  # one writer; checked again under the lock
         refuse_existing(target)
