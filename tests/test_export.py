@@ -147,3 +147,44 @@ def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and "is not a run folder" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_channels_last_weights_round_trip_bit_identically():
+    """safetensors stores dense tensors: channels_last weights come back in the model's own layout."""
+    from safetensors.torch import load
+
+    from fastcifar.evaluation.export import encode_weights
+    from fastcifar.evaluation.loading import ModelInfo, build_model
+    from fastcifar.models import tiny_overrides
+    from fastcifar.training.variant import Variant
+    from fastcifar.training.variant import build_model as build_variant_model
+
+    info = ModelInfo(
+        arch="sk_densenet",
+        model_kwargs=tiny_overrides("sk_densenet"),
+        num_classes=10,
+        classes=None,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        variant={"channels_last": True, "kernels": "torch"},
+        dataset="synthetic",
+        loader="gpu",
+        eval_batch_size=16,
+        epochs=0,
+        top1=None,
+        top5=None,
+        source="in memory",
+        kind="checkpoint",
+    )
+    torch.manual_seed(0)
+    trained = build_variant_model(
+        info.arch, info.model_kwargs, Variant(**info.variant), torch.device("cpu"), num_classes=10
+    )
+    state = trained.state_dict()
+    assert any(not t.is_contiguous() for t in state.values())  # some weights really are channels_last
+    direct = build_model(info, state, torch.device("cpu"))
+    exported = build_model(info, load(encode_weights(state)), torch.device("cpu"))
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(exported(images), direct(images))
