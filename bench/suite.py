@@ -7,7 +7,8 @@ GPU time is scarce and a machine may be lent once, so the suite plans before it 
   sections get the deadline and stop between their parts, returning what they measured;
 - sections run in order of value: environment and ceilings, then training throughput (one section
   per variant), augmentation (the no-host-sync check first), the kernels (``sk_densenet``'s
-  shapes), profile + report, and the ``cuda``-marked tests last;
+  shapes), the fast variant's compile time cold and warm (fresh processes, one new Inductor
+  cache), profile + report, and the ``cuda``-marked tests last;
 - ``results.json`` and ``results.md``, with the derived goal figures, are rewritten after every
   section, so a run cut at any point keeps everything measured until then;
 - ``--plan`` prints the sections, their estimates and the total without running anything; the
@@ -80,6 +81,7 @@ ESTIMATES: dict[str, tuple[float, float]] = {
     "augment": (8, 25),
     "gpu_loader": (4, 10),
     "kernels": (25, 40),
+    "compile_cache": (200, 130),
     "profile": (20, 60),
     "cuda_tests": (1, 90),
 }
@@ -475,6 +477,77 @@ def section_kernels(ctx: Context, deadline: Deadline) -> dict:
     return record
 
 
+def _compile_child(ctx: Context, name: str, model_kwargs: dict, env: dict, timeout: float | None) -> dict:
+    """One ``bench.compile_time`` run in a fresh process; its JSON line plus the process's seconds."""
+    cmd = [sys.executable, "-m", "bench.compile_time", "--variant", name, "--device", str(ctx.device),
+           "--model_kwargs", json.dumps(model_kwargs), "--batch_size", str(ctx.batch_size)]  # fmt: skip
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.compile_time exited {done.returncode}: {done.stderr.strip()[-1500:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = round(time.monotonic() - start, 2)
+    return result
+
+
+def section_compile_cache(ctx: Context, deadline: Deadline) -> dict:
+    """The fast variant's training-step compile time cold and warm, each in a fresh process.
+
+    Cold: a new, empty ``TORCHINDUCTOR_CACHE_DIR`` (and ``TRITON_CACHE_DIR`` inside it); warm: a
+    second process compiling the same variant with that cache. Compile time is the first step's
+    excess over a steady step (``bench.compile_time``). The cache is removed afterwards; its size
+    is recorded (what a cluster would copy between nodes). On a CPU the tiny model has one dense
+    block (two take over six minutes per cold process on two cores).
+    """
+    import shutil
+    import tempfile
+
+    name = fast_variant_name()
+    kwargs = dict(ctx.model_kwargs)
+    if ctx.device.type == "cpu" and ctx.tiny:
+        kwargs["block_config"] = [1]
+    folder = Path(tempfile.mkdtemp(prefix="fastcifar-compile-cache-"))
+    pythonpath = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(folder), TRITON_CACHE_DIR=str(folder / "triton"),
+               PYTHONPATH=pythonpath)  # fmt: skip
+    result: dict[str, Any] = {"variant": name, "model_kwargs": kwargs, "batch_size": ctx.batch_size, "cut": None}
+    try:
+        for run in ("cold", "warm"):
+            left = deadline.time_left() - RESERVE_S - 2.0
+            try:
+                result[run] = _compile_child(ctx, name, kwargs, env, None if math.isinf(left) else max(left, 1.0))
+            except subprocess.TimeoutExpired:
+                result[run], result["cut"] = None, "budget"
+                break
+        result["cache_bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    cold, warm = result.get("cold") or {}, result.get("warm") or {}
+    if cold.get("compile_seconds") and warm:
+        result["warm_over_cold"] = warm["compile_seconds"] / cold["compile_seconds"]
+    return result
+
+
+def compile_cache_line(record: dict) -> str | None:
+    """results.md's sentence on the compile section (None when it did not run)."""
+    res = _ok(record.get("sections") or {}, "compile_cache")
+    cold, warm = res.get("cold"), res.get("warm")
+    if not cold:
+        return None
+    text = (
+        f"Compile of the fast variant `{res['variant']}` (training step, batch {res['batch_size']}, fresh "
+        f"processes): cold {cold['compile_seconds']:.1f} s (empty cache, {cold['lookups']['misses']} graphs "
+        "compiled)"
+    )
+    if warm:
+        text += (
+            f", warm {warm['compile_seconds']:.1f} s ({warm['lookups']['hits']} of "
+            f"{warm['lookups']['hits'] + warm['lookups']['misses']} graphs from the cache, "
+            f"{100 * res.get('warm_over_cold', 0):.0f}% of cold)"
+        )
+    return text + f"; cache {res.get('cache_bytes', 0) / 2**20:.1f} MiB."
+
+
 def profile_variant_names(ctx: Context) -> list[str]:
     """The baseline and the fast variant (on CPU the NCHW bf16 compiled one, see CPU_TRAIN_VARIANTS)."""
     return [baseline_variant_name(), fast_variant_name() if ctx.device.type == "cuda" else "compiled_bf16"]
@@ -587,6 +660,8 @@ def build_sections(ctx: Context, args: argparse.Namespace, estimates: dict[str, 
     sections.append(make("augment", lambda d: section_augment(ctx, d), triton_skip(cuda)))
     sections.append(make("gpu_loader", lambda d: section_gpu_loader(ctx, d), triton_skip(cuda)))
     sections.append(make("kernels", lambda d: section_kernels(ctx, d), triton_skip(cuda)))
+    # Inductor on CUDA generates Triton code; on CPU C++ (needs a C compiler, as any CPU compile).
+    sections.append(make("compile_cache", lambda d: section_compile_cache(ctx, d), triton_skip(cuda)))
     sections.append(
         make(
             "profile",
@@ -806,6 +881,9 @@ def render_markdown(record: dict) -> str:
             f"SK select fwd+bwd: Triton faster than Inductor's code at {versus['faster_shapes']} of "
             f"{versus['shapes']} shapes."
         )
+    compile_line = compile_cache_line(record)
+    if compile_line:
+        lines += ["", compile_line]
     lines += [
         "",
         "The 30-epoch figure is a projection from training throughput (no evaluation, no loading).",
@@ -854,6 +932,9 @@ def _headline(name: str, entry: dict) -> str:
         if name == "kernels":
             rows = res.get("timing") or []
             return f"{len(rows)} timings" if rows else (res.get("timing_note") or "correctness pass")[:120]
+        if name == "compile_cache":
+            warm = f", warm {res['warm']['compile_seconds']:.1f} s" if res.get("warm") else ""
+            return f"cold {res['cold']['compile_seconds']:.1f} s{warm}" + (" (cut at budget)" if res.get("cut") else "")
         if name == "profile":
             return "; ".join(f"{v}: {m['median_step_ms']:.1f} ms" for v, m in res["variants"].items())
         if name == "cuda_tests":

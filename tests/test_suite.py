@@ -48,7 +48,11 @@ def run_suite(*args: str, blocked: bool = False, timeout: float = 900) -> tuple[
 def test_every_section_runs_or_says_why_without_optional_packages(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     # eager_bf16 stands in for the fast variant so the goal figures are derived end to end on CPU.
-    proc, _ = run_suite("--out", str(out), "--device", "cpu", "--tiny", "--fast_variant", "eager_bf16", blocked=True)
+    # compile_cache compiles twice (minutes on 2 cores): test_compile_section_measures_cold_then_warm.
+    proc, _ = run_suite(
+        "--out", str(out), "--device", "cpu", "--tiny", "--fast_variant", "eager_bf16", "--skip", "compile_cache",
+        blocked=True,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     record = json.loads((out / "results.json").read_text())
@@ -157,6 +161,27 @@ def test_every_variant_and_section_has_an_estimate(tmp_path: Path) -> None:
         assert set(names) <= set(ESTIMATES) and {f"train:{v}" for v in VARIANTS} <= set(names)
 
 
+@pytest.mark.slow
+def test_compile_section_measures_cold_then_warm(tmp_path: Path) -> None:
+    """Two fresh processes share one new Inductor cache: the first compiles every graph, the second finds them."""
+    import torch
+
+    from bench.common import Deadline
+    from bench.suite import Context, compile_cache_line, fast_variant_name, section_compile_cache
+
+    ctx = Context(device=torch.device("cpu"), tiny=True, out=tmp_path)
+    result = section_compile_cache(ctx, Deadline(None))
+    cold, warm = result["cold"], result["warm"]
+    assert result["variant"] == fast_variant_name() == cold["variant"] and result["cut"] is None
+    assert cold["lookups"]["hits"] == 0 and cold["lookups"]["misses"] >= 2  # forward and backward at least
+    assert warm["lookups"] == {"hits": cold["lookups"]["misses"], "misses": 0, "bypasses": 0}
+    assert cold["cache_dir"] == warm["cache_dir"] and not Path(cold["cache_dir"]).exists()  # removed after
+    assert result["cache_bytes"] > 0
+    assert result["warm_over_cold"] == pytest.approx(warm["compile_seconds"] / cold["compile_seconds"])
+    line = compile_cache_line({"sections": {"compile_cache": {"status": "ok", "result": result}}})
+    assert f"cold {cold['compile_seconds']:.1f} s" in line and f"warm {warm['compile_seconds']:.1f} s" in line
+
+
 def test_plan_runs_nothing(tmp_path: Path) -> None:
     out = tmp_path / "never"
     proc, _ = run_suite("--plan", "--device", "cpu", "--out", str(out), "--budget", "30")
@@ -164,6 +189,10 @@ def test_plan_runs_nothing(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert any(line.startswith("environment") for line in lines)
     assert any(line.startswith("cuda_tests") and "skipped: needs CUDA" in line for line in lines)
+    from bench.suite import ESTIMATES
+
+    cpu_tiny = f"{ESTIMATES['compile_cache'][0]:.0f}"
+    assert any(line.split()[:2] == ["compile_cache", cpu_tiny] for line in lines)
     total = next(line for line in lines if line.startswith("total"))
     assert "budget 30 s" in total
     assert not out.exists()

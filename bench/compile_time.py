@@ -1,0 +1,100 @@
+"""Compile time of one variant's training step, in this process: ``python -m bench.compile_time``.
+
+Builds ``sk_densenet`` in the variant (:data:`fastcifar.training.variant.VARIANTS`), runs the
+engine's training step (:func:`fastcifar.training.engine.train_step`) on one seeded batch a few
+times and prints one JSON line: ``compile_seconds`` (the first step's time above the median of the
+later steps: tracing, AOTAutograd, Inductor's code generation or cache loading, the backward's lazy
+compile), ``first_step_seconds``, ``steady_step_seconds``, the Inductor FX graph cache lookups
+(``hits``, ``misses``, ``bypasses``) and the cache folder. Losses are not checked (bf16 +
+channels_last on CPU may give NaN, which does not change what compiling costs).
+
+The suite (``bench/suite.py``, section ``compile_cache``) runs it twice in fresh processes sharing
+one new ``TORCHINDUCTOR_CACHE_DIR``: cold (empty cache), then warm::
+
+    TORCHINDUCTOR_CACHE_DIR=/tmp/cc python -m bench.compile_time --device cpu --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from bench.common import sync
+from fastcifar.errors import UserError
+
+PROG = "python -m bench.compile_time"
+ARCH = "sk_densenet"
+
+
+def measure_compile(
+    variant_name: str, device: torch.device | str, model_kwargs: dict[str, Any], batch_size: int, steps: int = 2
+) -> dict[str, Any]:
+    """Time ``1 + steps`` training steps of ``ARCH`` in ``variant_name``; see the module docstring."""
+    from bench.train import _batch
+    from fastcifar.training import engine
+    from fastcifar.training.compile_cache import cache_counts, counts_since, resolve_cache_dir
+    from fastcifar.training.variant import build_model, get_variant, resolve_device
+
+    device = resolve_device(device)
+    if device.type == "cpu":  # as bench.train: one batch trained repeatedly drifts into slow denormals
+        torch.set_flush_denormal(True)
+    variant = get_variant(variant_name)
+    torch.manual_seed(0)
+    model = build_model(ARCH, model_kwargs, variant, device)
+    forward = variant.wrap(model)
+    settings = engine.StepSettings.for_variant(variant, device)
+    optimizer, scheduler = engine.build_optimizer(
+        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=steps + 1, device=device
+    )
+    scaler = engine.build_scaler(settings)
+    images, labels = _batch(batch_size, device, seed=1)
+    before = cache_counts()
+    seconds = []
+    for _ in range(steps + 1):
+        sync(device)
+        start = time.perf_counter()
+        engine.train_step(forward, images, labels, optimizer, scheduler, scaler, settings)
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    steady = statistics.median(seconds[1:])
+    return {
+        "variant": variant_name,
+        "compile_seconds": max(seconds[0] - steady, 0.0),
+        "first_step_seconds": seconds[0],
+        "steady_step_seconds": steady,
+        "lookups": counts_since(before),
+        "cache_dir": resolve_cache_dir()[0],
+        "batch_size": batch_size,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default=None, help="a VARIANTS name (default: the fast variant)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--tiny", action="store_true", help="the registered tiny sk_densenet at batch 8")
+    parser.add_argument("--model_kwargs", default=None, help="JSON model options (instead of --tiny's)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default 8 with --tiny, else 256")
+    args = parser.parse_args(argv)
+    from fastcifar.models import tiny_overrides
+    from fastcifar.training.variant import FAST, VARIANTS
+
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else (tiny_overrides(ARCH) if args.tiny else {})
+        name = args.variant or next(n for n, v in VARIANTS.items() if v == FAST)
+        result = measure_compile(name, args.device, kwargs, args.batch_size or (8 if args.tiny else 256))
+    except (UserError, json.JSONDecodeError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
