@@ -16,10 +16,8 @@ one new ``TORCHINDUCTOR_CACHE_DIR``: cold (empty cache), then warm::
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -28,7 +26,7 @@ import torch
 from bench.common import sync
 from fastcifar.errors import UserError
 
-PROG = "python -m bench.compile_time"
+PROG = "bench.compile_time"
 ARCH = "sk_densenet"
 
 
@@ -74,27 +72,34 @@ def measure_compile(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default=None, help="a VARIANTS name (default: the fast variant)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--tiny", action="store_true", help="the registered tiny sk_densenet at batch 8")
-    parser.add_argument("--model_kwargs", default=None, help="JSON model options (instead of --tiny's)")
-    parser.add_argument("--batch_size", type=int, default=None, help="default 8 with --tiny, else 256")
-    args = parser.parse_args(argv)
+def main(
+    variant: str | None = None,
+    device: str | None = None,
+    tiny: bool = False,
+    model_kwargs: dict | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """Compile one variant's training step in this process and print the figures as one JSON line.
+
+    Args:
+        variant: a VARIANTS name (default: the fast variant, fastcifar.training.variant.FAST).
+        device: cuda or cpu (default: cuda when available).
+        tiny: the registered tiny sk_densenet at batch 8.
+        model_kwargs: model options (instead of --tiny's), e.g. '{"block_config": [1]}'.
+        batch_size: images per step (default 8 with --tiny, else 256).
+    """
     from fastcifar.models import tiny_overrides
     from fastcifar.training.variant import FAST, VARIANTS
 
-    try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else (tiny_overrides(ARCH) if args.tiny else {})
-        name = args.variant or next(n for n, v in VARIANTS.items() if v == FAST)
-        result = measure_compile(name, args.device, kwargs, args.batch_size or (8 if args.tiny else 256))
-    except (UserError, json.JSONDecodeError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    kwargs = model_kwargs if model_kwargs is not None else (tiny_overrides(ARCH) if tiny else {})
+    name = variant or next(n for n, v in VARIANTS.items() if v == FAST)
+    if batch_size is not None and batch_size < 2:
+        raise UserError(f"--batch_size must be at least 2 (BatchNorm), got {batch_size}.")
+    result = measure_compile(name, device, kwargs, batch_size or (8 if tiny else 256))
     print(json.dumps(result), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fastcifar.cli import run_cli
+
+    run_cli(main, PROG)

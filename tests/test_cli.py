@@ -30,6 +30,7 @@ COMMANDS = [
     ("fastcifar.study", ["report"]),
     ("bench.suite", []),
     ("bench.train", []),
+    ("bench.compile_time", []),
     ("bench.kernels", []),
     ("bench.loaders", []),
     ("bench.augment", []),
