@@ -111,6 +111,17 @@ def test_superclass_figures_on_hand_made_predictions():
     assert perfect == {"top1": 100.0, "errors_within_superclass": None, "errors": 0}
 
 
+def test_superclass_map_comes_from_the_betons_coarse_labels(train_data):
+    from fastcifar.data.prepare import load_meta
+    from fastcifar.data.synthetic import coarse_of
+    from fastcifar.evaluation.predict import superclass_map
+
+    mapping = superclass_map(train_data, "synthetic", load_meta(train_data, "synthetic"))
+    known = np.flatnonzero(mapping >= 0)
+    assert len(known) == 64  # the 64 train images cover classes 0..63; the 40 test images 0..39
+    assert np.array_equal(mapping[known], coarse_of(known, 100))
+
+
 def test_confusions_per_class_and_calibration_on_hand_made_predictions():
     from fastcifar.evaluation.metrics import calibration, confusion_matrix, most_confused, per_class_accuracy
 

@@ -72,11 +72,10 @@ def most_confused(confusion: torch.Tensor, count: int = 10) -> list[dict[str, An
     off = confusion.clone()
     off.fill_diagonal_(0)
     rows, columns = torch.nonzero(off, as_tuple=True)
-    cells = sorted((-int(off[t, p]), t, p) for t, p in zip(rows.tolist(), columns.tolist()))
+    cells = [(int(off[t, p]), t, p) for t, p in zip(rows.tolist(), columns.tolist())]
+    cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))  # most images first
     totals = confusion.sum(dim=1)
-    return [
-        {"true": t, "predicted": p, "images": -n, "share": 100.0 * -n / int(totals[t])} for n, t, p in cells[:count]
-    ]
+    return [{"true": t, "predicted": p, "images": n, "share": 100.0 * n / int(totals[t])} for n, t, p in cells[:count]]
 
 
 def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, Any]:
