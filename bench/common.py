@@ -7,12 +7,12 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastcifar.atomic import folder_write_problem, write_json_atomic, write_text_atomic
 from fastcifar.environment import machine_record
+from fastcifar.markdown import markdown_table
 from fastcifar.training.engine import synchronize as sync  # the one "wait for queued device work" helper
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -105,14 +105,6 @@ def save_record(out_dir: str | Path, record: dict[str, Any], markdown: str) -> P
     write_record(stem, record, markdown)
     print(f"wrote {stem}.json and {stem}.md")
     return stem
-
-
-def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table; ``align`` has one ``l`` or ``r`` per column (numbers read best right-aligned)."""
-    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
-    lines = ["| " + " | ".join(header) + " |", rule]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 class Deadline:

@@ -24,6 +24,7 @@ from fastcifar.errors import UserError
 from fastcifar.evaluation import metrics, plots
 from fastcifar.evaluation.loading import ModelInfo, resolve
 from fastcifar.locks import hold_folder
+from fastcifar.markdown import markdown_table
 
 EVAL_DIR = "eval"
 EVAL_JSON = "eval.json"
@@ -189,20 +190,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"## The {WORST} worst classes" + (" (flip TTA)" if report["flip"] else ""),
         "",
-        "| class | superclass | test images | top-1 |",
-        "|---|---|---:|---:|",
-    ]
-    for row in report["worst_classes"]:
-        lines.append(f"| {row['name']} | {row['superclass'] or '–'} | {row['images']} | {_pct(row['top1'])} |")
-    lines += [
+        markdown_table(
+            ("class", "superclass", "test images", "top-1"),
+            "llrr",
+            ((r["name"], r["superclass"] or "–", r["images"], _pct(r["top1"])) for r in report["worst_classes"]),
+        ),
         "",
         "## The most confused pairs",
         "",
-        "| true class | predicted as | images | share of the true class |",
-        "|---|---|---:|---:|",
+        markdown_table(
+            ("true class", "predicted as", "images", "share of the true class"),
+            "llrr",
+            ((p["true_name"], p["predicted_name"], p["images"], _pct(p["share"])) for p in report["confused_pairs"]),
+        ),
     ]
-    for pair in report["confused_pairs"]:
-        lines.append(f"| {pair['true_name']} | {pair['predicted_name']} | {pair['images']} | {_pct(pair['share'])} |")
     lines += [
         "",
         "## Figures",
