@@ -283,3 +283,128 @@ def test_a_second_prepare_of_one_data_folder_is_refused(tmp_path):
     from fastcifar.data.prepare import load_meta
 
     assert load_meta(tmp_path / "data", "synthetic")["counts"] == {"train": 32, "test": 16}  # the first one's
+
+
+# ------------------------------------------------------------------------------------------
+# The study checks everything before it writes or launches
+
+
+def study_flags(train_data, **changes) -> dict:
+    from tiny_runs import one_epoch_flags
+
+    return {**dict(rows="densenet", seeds=1, tiny=True, **one_epoch_flags(train_data)), **changes}
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Any training launch fails the test."""
+    from fastcifar.study import jobs
+
+    def launched(*args, **kwargs):
+        pytest.fail("a training was launched")
+
+    monkeypatch.setattr(jobs, "attempt", launched)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": "abc"}, "--lr must be a number, got 'abc'"),
+        ({"model_kwargs": {"depth": 3}}, "no option 'depth'"),
+        ({"seeds": 100000000}, "--seeds must be at most 1000"),
+        ({"ray_address": "auto"}, "--ray_address needs --executor ray"),
+        ({"devices": "0"}, "--devices selects GPUs; it cannot be combined with --device cpu"),
+    ],
+)
+def test_a_study_checks_its_flags_before_it_writes_anything(changes, message, train_data, tmp_path, no_launch):
+    from fastcifar.study import run
+
+    with pytest.raises(UserError, match=message):
+        run(out=str(tmp_path / "study"), print_fn=lambda line: None, **study_flags(train_data, **changes))
+    assert not (tmp_path / "study").exists()  # no folder, no plan, no run claimed
+
+
+def test_a_study_without_data_and_without_a_network_stops_before_any_launch(tmp_path, monkeypatch, no_launch):
+    from fastcifar.data import archive
+    from fastcifar.study import run
+
+    def offline(*args, **kwargs):
+        raise UserError("cannot download cifar-100-python.tar.gz: network is unreachable")
+
+    monkeypatch.setattr(archive, "download", offline)
+    flags = study_flags(tmp_path / "data", dataset="cifar100", rows="densenet,dense_ca")
+    with pytest.raises(UserError, match="network is unreachable"):
+        run(out=str(tmp_path / "study"), print_fn=lambda line: None, **flags)
+    assert not (tmp_path / "study" / "study-plan.json").exists()
+
+
+def test_a_second_study_run_on_one_folder_is_refused(train_data, tmp_path, no_launch):
+    from tiny_runs import start_holder
+
+    from fastcifar.study import run
+
+    holder = start_holder(tmp_path / "study", "fastcifar.study run")
+    try:
+        with pytest.raises(UserError, match=f"is in use by pid {holder.pid} on host"):
+            run(out=str(tmp_path / "study"), print_fn=lambda line: None, **study_flags(train_data))
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not (tmp_path / "study" / "study-plan.json").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_study(train_data, tmp_path_factory):
+    """A study of one row and one seed, finished."""
+    from fastcifar.study import run
+
+    out = tmp_path_factory.mktemp("study") / "S1"
+    report = run(out=str(out), print_fn=lambda line: None, **study_flags(train_data))
+    assert [r["status"] for r in report["runs"]] == ["finished"]
+    return out
+
+
+def rerun(out: Path, train_data, **changes) -> tuple[dict, list[str]]:
+    from fastcifar.study import run
+
+    lines: list[str] = []
+    return run(out=str(out), print_fn=lines.append, **study_flags(train_data, **changes)), lines
+
+
+def test_a_moved_study_folder_continues(finished_study, train_data, tmp_path):
+    moved = shutil.copytree(finished_study, tmp_path / "S2")
+    report, lines = rerun(moved, train_data)
+    assert not any(line.startswith("start") for line in lines)
+    assert [r["status"] for r in report["runs"]] == ["finished"] and "1/1 runs finished" in lines[-1]
+
+
+def test_a_row_with_a_complete_checkpoint_is_finished_not_failed(finished_study, train_data, tmp_path):
+    from fastcifar.study import jobs
+
+    copy = shutil.copytree(finished_study, tmp_path / "S")
+    folder = copy / "densenet" / "seed0"
+    (folder / "summary.json").unlink()  # a kill at the very end of the training
+    record = json.loads((folder / "study-run.json").read_text())
+    record["attempts"].append({"status": "failed", "returncode": -9, "error": "killed"})
+    (folder / "study-run.json").write_text(json.dumps(record))
+    assert jobs.state(folder) == "failed"
+    report, lines = rerun(copy, train_data)
+    assert [r["status"] for r in report["runs"]] == ["finished"] and jobs.state(folder) == "finished"
+    assert json.loads((folder / "study-run.json").read_text())["attempts"][-1]["status"] == "finished"
+
+
+def test_fewer_seeds_after_a_mistaken_many_is_not_an_error(finished_study, train_data, tmp_path):
+    from fastcifar.study import runner
+    from fastcifar.study.rows import ROWS
+
+    copy = shutil.copytree(finished_study, tmp_path / "S")
+    given = {k: v for k, v in study_flags(train_data).items() if k not in ("rows", "seeds", "tiny")}
+    flags = runner.normalise_train_flags(given)
+    flags.setdefault("compile_cache", str((copy / runner.COMPILE_CACHE_NAME).resolve()))
+    # `--seeds 40` stopped by Ctrl-C before any of its new runs started: claimed, never launched.
+    runner._record_plan(copy, "all", [ROWS["densenet"]], 40, "study", True, flags)
+    assert json.loads((copy / "study-plan.json").read_text())["seeds"] == 40
+    report, lines = rerun(copy, train_data, seeds=1)
+    assert "1/1 runs finished" in lines[-1] and not any(line.startswith("start") for line in lines)
+    assert [(r["seed"], r["status"]) for r in report["runs"]] == [(0, "finished")]
+    assert json.loads((copy / "study-plan.json").read_text())["seeds"] == 1

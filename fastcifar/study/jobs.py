@@ -92,11 +92,25 @@ def state(folder: str | os.PathLike) -> str:
     return "pending"
 
 
+def has_started(folder: str | os.PathLike) -> bool:
+    """Whether a run of the folder ever started (an attempt recorded, a checkpoint or a summary)."""
+    folder = Path(folder)
+    if (folder / SUMMARY_NAME).is_file() or (folder / CHECKPOINT_NAME).is_file():
+        return True
+    record = read_record(folder)
+    return bool(record and record.get("attempts"))
+
+
+def identity_args(args: Any) -> list[str]:
+    """A run's training arguments without ``--out``: a study folder copied or moved elsewhere is the same study."""
+    return [token for token in (args or []) if not str(token).startswith("--out=")]
+
+
 def claim(spec: RunSpec) -> None:
     """Create the run's record, or check that an existing one was made with the same arguments.
 
     Two different configurations must never share a folder: a finished run would be reported
-    under flags it was not trained with.
+    under flags it was not trained with. The folder's own place (``--out``) is not compared.
     """
     record = read_record(spec.folder)
     if record is None:
@@ -105,7 +119,7 @@ def claim(spec: RunSpec) -> None:
             {"row": spec.row, "seed": spec.seed, "args": list(spec.args), "attempts": []},
         )
         return
-    if record.get("args") != list(spec.args):
+    if identity_args(record.get("args")) != identity_args(spec.args):
         raise UserError(
             f"{spec.folder} was run with other training flags ({' '.join(record.get('args', []))}); "
             "use another --out for a different configuration."

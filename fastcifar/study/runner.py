@@ -21,11 +21,13 @@ from typing import Any
 from fastcifar.atomic import folder_write_problem, read_json, write_json_atomic
 from fastcifar.cli import to_mapping
 from fastcifar.errors import UserError
+from fastcifar.locks import hold_folder
 from fastcifar.preemption import PREEMPTED_EXIT_CODE, StopSignal, raising_on_preemption, signal_name
 from fastcifar.study import jobs
 from fastcifar.study.jobs import RunSpec
 from fastcifar.study.rows import EXPERIMENTS, RECIPES, RUNTIME_FLAGS, Row, runtime_args, select_rows, train_args
 
+PROG = "fastcifar.study run"
 PLAN_NAME = "study-plan.json"
 # The compile cache every run of a study shares unless --compile_cache says otherwise: on the
 # study's own storage, so it outlives /tmp and reaches every node that can see the study folder.
@@ -33,6 +35,7 @@ COMPILE_CACHE_NAME = "compile-cache"
 EXECUTORS = ("local", "ray")
 # Training flags the study sets per run itself (or that would break a folder per run).
 RESERVED_TRAIN_FLAGS = ("arch", "seed", "out", "resume")
+MAX_SEEDS = 1000  # runs per row; a bound so that a typo cannot plan (and claim folders for) millions
 ATTEMPTS_PER_CALL = 2  # a failed attempt is retried once
 
 
@@ -94,11 +97,23 @@ def read_plan(path: Path) -> dict[str, Any]:
     )
 
 
-def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
-    """Combine ``new`` with the folder's existing plan: rows and experiments accumulate, seeds grow.
+def started_seeds(out: Path, plan: dict[str, Any]) -> int:
+    """1 + the highest seed of ``plan`` any of whose rows' runs has started (0 when none has)."""
+    highest = 0
+    for row in plan["rows"]:
+        for seed in range(highest, plan["seeds"]):
+            if jobs.has_started(jobs.run_folder(out, row, seed)):
+                highest = seed + 1
+    return highest
 
-    The recipe, ``--tiny`` and the training flags must match: runs trained differently must not
-    end up in one table. Runtime flags (device, workers, log_every) may change.
+
+def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine ``new`` with the folder's existing plan: rows and experiments accumulate.
+
+    Seeds: what this call asks, or more where runs of higher seeds exist (they stay in the report);
+    seeds an earlier call asked for but never started (a mistaken ``--seeds 40`` stopped at once)
+    are not kept. The recipe, ``--tiny`` and the training flags must match: runs trained
+    differently must not end up in one table. Runtime flags (device, workers, log_every) may change.
     """
     path = out / PLAN_NAME
     if not path.is_file():
@@ -114,7 +129,7 @@ def merge_plan(out: Path, new: dict[str, Any]) -> dict[str, Any]:
         **new,
         "experiments": list(dict.fromkeys([*old["experiments"], *new["experiments"]])),
         "rows": list(dict.fromkeys([*old["rows"], *new["rows"]])),
-        "seeds": max(old["seeds"], new["seeds"]),
+        "seeds": max(new["seeds"], started_seeds(out, old)),
     }
 
 
@@ -227,12 +242,9 @@ def build_executor(
     from fastcifar.study import executors
 
     callbacks = (scheduler.progress.started, scheduler.on_finish)
+    check_executor_options(kind, device, devices, ray_address)
     if kind == "local":
-        if ray_address is not None:
-            raise UserError("--ray_address needs --executor ray.")
         return executors.LocalExecutor(executors.device_slots(device, devices), *callbacks)
-    if devices is not None:
-        raise UserError("--devices is for the local executor; Ray assigns one GPU per run itself.")
     return executors.RayExecutor(str(out), ray_address, device, *callbacks)
 
 
@@ -240,6 +252,8 @@ def _check_run_arguments(seeds: Any, executor: str, recipe: str, tiny: Any) -> N
     """UserError for a bad ``--seeds``, ``--executor``, ``--recipe`` or ``--tiny``."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {seeds!r}.")
+    if seeds > MAX_SEEDS:
+        raise UserError(f"--seeds must be at most {MAX_SEEDS} (runs per row, seeds 0..seeds-1), got {seeds}.")
     if executor not in EXECUTORS:
         raise UserError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}.")
     if recipe not in RECIPES:
@@ -248,25 +262,76 @@ def _check_run_arguments(seeds: Any, executor: str, recipe: str, tiny: Any) -> N
         raise UserError(f"--tiny takes true or false, got {tiny!r}.")
 
 
+def check_train_flags(rows: list[Row], flags: dict[str, Any], tiny: bool) -> None:
+    """Every training flag through TrainConfig's checks, for every row, before anything is written.
+
+    The same values the trainings will get (the user's flags over each row's model and overrides):
+    ``--lr abc`` or a model option a row's network lacks is one line now, not a failure per launch.
+    """
+    from fastcifar.study.rows import model_kwargs
+    from fastcifar.training.config import resolve_config
+
+    user = {name: value for name, value in flags.items() if name != "model_kwargs"}
+    for row in rows:
+        kwargs = model_kwargs(row, tiny=tiny, user=flags.get("model_kwargs") or {})
+        try:
+            resolve_config(**user, arch=row.model, model_kwargs=kwargs, out="unused")
+        except UserError as err:
+            raise UserError(f"{err} (row {row.id})" if len(rows) > 1 else str(err)) from None
+
+
+def check_executor_options(executor: str, device: str | None, devices: Any, ray_address: str | None) -> None:
+    """UserError for executor options that do not go together (before the folder or plan is written)."""
+    from fastcifar.study import executors
+
+    if executor == "local":
+        if ray_address is not None:
+            raise UserError("--ray_address needs --executor ray.")
+        executors.device_slots(device, devices)  # --devices with --device cpu, GPUs that do not exist
+    elif devices is not None:
+        raise UserError("--devices is for the local executor; Ray assigns one GPU per run itself.")
+
+
+def ensure_study_data(flags: dict[str, Any]) -> None:
+    """The data every run trains on, checked (or prepared) once before any launch.
+
+    Prepared data is checked (its meta.json names the asked data set); missing data is prepared
+    now, once, instead of by every training at the same time; without data and without a network
+    that is one line (exit 2) before anything starts.
+    """
+    from fastcifar.data.prepare import dataset_dir, load_meta, prepare
+    from fastcifar.training.config import config_fields, default_value
+
+    defaults = {spec.name: default_value(spec) for spec in config_fields()}
+    dataset = flags.get("dataset", defaults["dataset"])
+    root = flags.get("data_root", defaults["data_root"])
+    if (dataset_dir(root, dataset) / "meta.json").is_file():
+        load_meta(root, dataset)
+        return
+    print(f"{dataset_dir(root, dataset)} holds no prepared data: preparing {dataset} once for every run", flush=True)
+    prepare(dataset=dataset, root=root)
+
+
+def _plan_entry(
+    experiment: str, rows: list[Row], seeds: int, recipe: str, tiny: bool, flags: dict[str, Any]
+) -> dict[str, Any]:
+    """What this call asks, as the plan records it (identity: no runtime flags, no --out)."""
+    identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
+    return {
+        "experiments": [experiment],
+        "rows": [r.id for r in rows],
+        "seeds": seeds,
+        "recipe": recipe,
+        "tiny": tiny,
+        "flags": identity,
+    }
+
+
 def _record_plan(
     out_dir: Path, experiment: str, rows: list[Row], seeds: int, recipe: str, tiny: bool, flags: dict[str, Any]
 ) -> list[RunSpec]:
     """Merge this call into ``<out_dir>/study-plan.json``, claim every run folder; return the runs."""
-    problem = folder_write_problem(out_dir)
-    if problem is not None:
-        raise UserError(f"cannot write the study folder {out_dir} ({problem}); pass a writable --out.")
-    identity = {name: value for name, value in flags.items() if name not in RUNTIME_FLAGS}
-    plan = merge_plan(
-        out_dir,
-        {
-            "experiments": [experiment],
-            "rows": [r.id for r in rows],
-            "seeds": seeds,
-            "recipe": recipe,
-            "tiny": tiny,
-            "flags": identity,
-        },
-    )
+    plan = merge_plan(out_dir, _plan_entry(experiment, rows, seeds, recipe, tiny, flags))
     specs = plan_specs(out_dir, rows, seeds, recipe, flags, tiny)
     for spec in specs:
         jobs.claim(spec)
@@ -324,13 +389,41 @@ def run(
     Returns the report (the content of ``<out>/study.json``). See ``python -m fastcifar.study run
     --help`` for the arguments; ``train_flags`` are ``fastcifar.train`` flags applied to every row.
     """
-    from fastcifar.study.report import write_report
-
     _check_run_arguments(seeds, executor, recipe, tiny)
     selected = select_rows(experiment, rows)
     flags = normalise_train_flags(train_flags)
+    check_train_flags(selected, flags, tiny)
+    check_executor_options(executor, flags.get("device"), devices, ray_address)
     out_dir = Path(out or f"runs/study-{experiment}")
+    problem = folder_write_problem(out_dir)
+    if problem is not None:
+        raise UserError(f"cannot write the study folder {out_dir} ({problem}); pass a writable --out.")
+    # One study run per folder for its whole life (its trainings hold their own run folders).
+    with hold_folder(out_dir, PROG):
+        return _run_held(
+            out_dir, experiment, selected, seeds, recipe, executor, ray_address, devices, tiny, print_fn, flags
+        )
+
+
+def _run_held(
+    out_dir: Path,
+    experiment: str,
+    selected: list[Row],
+    seeds: int,
+    recipe: str,
+    executor: str,
+    ray_address: str | None,
+    devices: Any,
+    tiny: bool,
+    print_fn: Callable[[str], None] | None,
+    flags: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`run` once it holds the study folder."""
+    from fastcifar.study.report import write_report
+
     flags.setdefault("compile_cache", str((out_dir / COMPILE_CACHE_NAME).resolve()))
+    merge_plan(out_dir, _plan_entry(experiment, selected, seeds, recipe, tiny, flags))  # refused before any work
+    ensure_study_data(flags)
     specs = _record_plan(out_dir, experiment, selected, seeds, recipe, tiny, flags)
 
     states = {spec.name: jobs.state(spec.folder) for spec in specs}
@@ -347,13 +440,15 @@ def run(
     if todo:
         _execute(todo, executor, out_dir, flags, devices, ray_address, print_fn)
     report = write_report(out_dir)
-    failed = [r for r in report["runs"] if r["status"] != "finished"]
+    # This call's runs (the report may hold more: other rows, higher seeds that exist).
+    final = {spec.name: jobs.state(spec.folder) for spec in specs}
+    failed = [name for name, state in final.items() if state != "finished"]
     say(
         f"study {experiment}: {len(specs) - len(failed)}/{len(specs)} runs finished "
         f"({time.monotonic() - start:.0f} s this call); report: {out_dir / 'study.md'}"
     )
     if failed:
-        say("not finished: " + ", ".join(f"{r['row']} seed{r['seed']} ({r['status']})" for r in failed))
+        say("not finished: " + ", ".join(f"{name} ({final[name]})" for name in failed))
     return report
 
 
