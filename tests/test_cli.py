@@ -16,27 +16,13 @@ from tiny_runs import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 # Every command a user types (the module after `python -m`) with each of its subcommands.
-COMMANDS = [
-    ("fastcifar.train", []),
-    ("fastcifar.data", ["prepare"]),
-    ("fastcifar.data", ["info"]),
-    ("fastcifar.models", []),
-    ("fastcifar.profile", []),
-    ("fastcifar.analyze", []),
-    ("fastcifar.evaluate", []),
-    ("fastcifar.export", []),
-    ("fastcifar.study", ["list"]),
-    ("fastcifar.study", ["run"]),
-    ("fastcifar.study", ["report"]),
-    ("bench.suite", []),
-    ("bench.train", []),
-    ("bench.compile_time", []),
-    ("bench.kernels", []),
-    ("bench.loaders", []),
-    ("bench.augment", []),
-    ("bench.prepare", []),
-    ("bench.roofline", []),
-]
+TYPED = (
+    "fastcifar.train, fastcifar.data prepare, fastcifar.data info, fastcifar.models, fastcifar.profile, "
+    "fastcifar.analyze, fastcifar.evaluate, fastcifar.export, fastcifar.study list, fastcifar.study run, "
+    "fastcifar.study report, bench.suite, bench.train, bench.compile_time, bench.kernels, bench.loaders, "
+    "bench.augment, bench.prepare, bench.roofline"
+)
+COMMANDS = [(words[0], words[1:]) for words in (command.split() for command in TYPED.split(", "))]
 WITH_SUBCOMMANDS = sorted({module for module, words in COMMANDS if words})
 IDS = [" ".join([module, *words]) for module, words in COMMANDS]
 
