@@ -89,12 +89,12 @@ def collect_runs(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
             if status == "finished":
                 entry["summary"] = jobs.read_summary(folder)
                 entry["history"] = read_jsonl(folder / "metrics.jsonl")
-                entry["superclass_top1"] = superclass_top1(folder, entry["summary"]["config"]["dataset"])
+                entry["superclass_top1"] = superclass_top1(folder, entry["summary"].get("config", {}).get("dataset"))
             collected.append(entry)
     return collected
 
 
-def superclass_top1(folder: Path, dataset: str) -> float | None:
+def superclass_top1(folder: Path, dataset: str | None) -> float | None:
     """The run's superclass top-1 (no TTA) from its evaluation ``<run>/eval/eval.json``, evaluating once.
 
     None when the data set has no superclasses, when the folder holds an evaluation on another

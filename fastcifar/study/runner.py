@@ -327,6 +327,15 @@ def _plan_entry(
     }
 
 
+def check_run_files(specs: list[RunSpec]) -> None:
+    """Read every run's record and each finished run's summary: a damaged one stops the study
+    (one line naming it) before data is prepared or anything is written."""
+    for spec in specs:
+        jobs.read_record(spec.folder)
+        if jobs.state(spec.folder) == "finished":
+            jobs.read_summary(spec.folder)
+
+
 def _record_plan(
     out_dir: Path, experiment: str, rows: list[Row], seeds: int, recipe: str, tiny: bool, flags: dict[str, Any]
 ) -> list[RunSpec]:
@@ -423,6 +432,7 @@ def _run_held(
 
     flags.setdefault("compile_cache", str((out_dir / COMPILE_CACHE_NAME).resolve()))
     merge_plan(out_dir, _plan_entry(experiment, selected, seeds, recipe, tiny, flags))  # refused before any work
+    check_run_files(plan_specs(out_dir, selected, seeds, recipe, flags, tiny))
     ensure_study_data(flags)
     specs = _record_plan(out_dir, experiment, selected, seeds, recipe, tiny, flags)
 
