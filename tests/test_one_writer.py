@@ -408,3 +408,35 @@ def test_fewer_seeds_after_a_mistaken_many_is_not_an_error(finished_study, train
     assert "1/1 runs finished" in lines[-1] and not any(line.startswith("start") for line in lines)
     assert [(r["seed"], r["status"]) for r in report["runs"]] == [(0, "finished")]
     assert json.loads((copy / "study-plan.json").read_text())["seeds"] == 1
+
+
+@pytest.mark.slow
+def test_two_real_study_runs_on_one_folder_one_is_refused_and_the_other_finishes(train_data, tmp_path):
+    """Two `study run` processes on one --out: the second is refused naming the first, which finishes."""
+    from tiny_runs import command_line
+
+    from fastcifar.locks import FolderInUse, holder
+    from fastcifar.study import run
+
+    out = tmp_path / "study"
+    flags = study_flags(train_data)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fastcifar.study", "run", *command_line({**flags, "out": str(out)})],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (holder(out) or {}).get("pid") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        with pytest.raises(FolderInUse, match=f"is in use by pid {first.pid} on host"):
+            run(out=str(out), print_fn=lambda line: None, **flags)
+        stdout, stderr = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert "1/1 runs finished" in stdout
+    plan = json.loads((out / "study-plan.json").read_text())
+    assert plan["rows"] == ["densenet"] and plan["seeds"] == 1
