@@ -311,6 +311,7 @@ def no_launch(monkeypatch):
     [
         ({"lr": "abc"}, "--lr must be a number, got 'abc'"),
         ({"model_kwargs": {"depth": 3}}, "no option 'depth'"),
+        ({"model_kwargs": {"growth_rate": "abc"}}, "do not fit model 'densenet121'"),
         ({"seeds": 100000000}, "--seeds must be at most 1000"),
         ({"ray_address": "auto"}, "--ray_address needs --executor ray"),
         ({"devices": "0"}, "--devices selects GPUs; it cannot be combined with --device cpu"),

@@ -266,16 +266,24 @@ def check_train_flags(rows: list[Row], flags: dict[str, Any], tiny: bool) -> Non
     """Every training flag through TrainConfig's checks, for every row, before anything is written.
 
     The same values the trainings will get (the user's flags over each row's model and overrides):
-    ``--lr abc`` or a model option a row's network lacks is one line now, not a failure per launch.
+    ``--lr abc``, a model option a row's network lacks or a value it refuses (``growth_rate: "abc"``)
+    is one line now, not a failure per launch. Each row's network is built on the meta device (no
+    memory, no arithmetic) so that its constructor checks the values.
     """
+    import torch
+
     from fastcifar.study.rows import model_kwargs
     from fastcifar.training.config import resolve_config
+    from fastcifar.training.variant import Variant, build_model
 
     user = {name: value for name, value in flags.items() if name != "model_kwargs"}
+    meta = torch.device("meta")
     for row in rows:
         kwargs = model_kwargs(row, tiny=tiny, user=flags.get("model_kwargs") or {})
         try:
-            resolve_config(**user, arch=row.model, model_kwargs=kwargs, out="unused")
+            config = resolve_config(**user, arch=row.model, model_kwargs=kwargs, out="unused")
+            with meta:
+                build_model(config.arch, config.model_kwargs, Variant(), meta)
         except UserError as err:
             raise UserError(f"{err} (row {row.id})" if len(rows) > 1 else str(err)) from None
 
