@@ -442,8 +442,9 @@ def test_failing_row_is_reported_while_the_others_finish(monkeypatch, train_data
     from fastcifar.study import rows as rows_module
     from fastcifar.study.__main__ import main
 
-    # growth_rate 0 passes the flag checks but the model rejects it inside the training (exit 2).
-    monkeypatch.setitem(rows_module.ROWS, "broken", Row("broken", "densenet121", {"growth_rate": 0}))
+    # Seven dense blocks pass every up-front check (the network builds), but their six transitions
+    # pool a 32x32 image below 1x1, so the training itself fails at its first forward.
+    monkeypatch.setitem(rows_module.ROWS, "broken", Row("broken", "densenet121", {"block_config": (1,) * 7}))
     flags = {**study_flags(train_data), "rows": "densenet,broken", "seeds": 1}
     with pytest.raises(SystemExit) as exit_info:
         main(
@@ -457,7 +458,7 @@ def test_failing_row_is_reported_while_the_others_finish(monkeypatch, train_data
     report = json.loads((tmp_path / "study.json").read_text())
     status = {r["row"]: r for r in report["runs"]}
     assert status["densenet"]["status"] == "finished"
-    assert status["broken"]["status"] == "failed" and "growth_rate" in status["broken"]["error"]
+    assert status["broken"]["status"] == "failed" and "Output size is too small" in status["broken"]["error"]
     assert "broken" in report["experiments"]["other"]["rows"]
     assert "failed: " in (tmp_path / "study.md").read_text()
 
