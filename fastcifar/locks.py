@@ -43,6 +43,9 @@ LOCK_NAME = ".lock"
 # instead of a conflict with itself (flock locks of two open files conflict even in one process).
 _HELD: dict[Path, int] = {}
 _HELD_LOCK = threading.Lock()
+# How long a lock may outlive its exited holder (its forked workers still exiting) before a new
+# writer is refused.
+EXIT_GRACE_S = 15.0
 
 
 class FolderInUse(UserError):
@@ -167,6 +170,8 @@ def _lock(folder: Path, path: Path) -> int:
             ) from None
         if not locked:
             os.close(fd)
+            if _holder_exited(folder, time.monotonic() + EXIT_GRACE_S):
+                continue
             raise FolderInUse(
                 f"{folder} is in use by {describe_holder(holder(folder))}; "
                 "wait for it to finish or stop it, or pass another folder"
@@ -178,6 +183,34 @@ def _lock(folder: Path, path: Path) -> int:
         if same:
             return fd
         os.close(fd)  # removed by the previous holder meanwhile: lock the current file instead
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _holder_exited(folder: Path, deadline: float) -> bool:
+    """Whether a lock held after its recorded holder exited is released before ``deadline``.
+
+    Forked children (DataLoader or FFCV writer workers) share their parent's open lock file: after a
+    ``kill -9`` of the holder they keep the lock until they notice and exit, a few seconds later.
+    Only a holder on this host whose pid is gone is waited for; a live one is refused at once.
+    """
+    record = holder(folder) or {}
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int) or _pid_alive(pid):
+        return False
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not is_held(folder):
+            return True
+    return False
 
 
 def remove_lock_file(folder: str | os.PathLike) -> None:
