@@ -27,7 +27,6 @@ from fastcifar.data import archive as archives
 from fastcifar.data import beton, integrity, synthetic
 from fastcifar.data import prepare as prep
 from fastcifar.errors import UserError
-from fastcifar.locks import is_held
 
 pytest.importorskip("ffcv")
 
@@ -153,11 +152,8 @@ def test_next_run_removes_what_a_killed_run_left(tmp_path, capsys):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-    # The writer's forked workers die with it a moment after it: the folder's lock goes with the last.
-    deadline = time.monotonic() + 30
-    while is_held(root):
-        assert time.monotonic() < deadline, "the killed prepare's lock outlived its processes"
-        time.sleep(0.05)
+    # The writer's forked workers die a moment after it and hold the folder's lock until then: the
+    # prepare below waits for them (fastcifar.locks' grace for an exited holder) instead of refusing.
     leftovers = list((root / "synthetic").glob(".train.beton.*.tmp"))
     assert len(leftovers) == 1
     # Also what a kill during generation or extraction leaves (their locks died with the process).
