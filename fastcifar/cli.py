@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastcifar.environment import is_rank_zero
 from fastcifar.errors import UserError
 
 __all__ = [
@@ -507,11 +508,6 @@ def _closed_pipe_safe_stdout() -> Iterator[None]:
         sys.stdout = previous
 
 
-def _reports_errors() -> bool:
-    """Under torchrun every rank checks the same flags: only rank 0 prints the one line."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def run_cli(component: Any, prog: str, *, argv: Sequence[str] | None = None) -> None:
     """Run a command line: ``component`` is a function, a :class:`Command` or a dict of subcommands.
 
@@ -523,7 +519,7 @@ def run_cli(component: Any, prog: str, *, argv: Sequence[str] | None = None) -> 
         try:
             _dispatch(component, args, prog)
         except UserError as err:
-            if _reports_errors():
+            if is_rank_zero():  # under torchrun every rank checks the same flags: rank 0 prints
                 print(f"{prog}: error: {err}", file=sys.stderr)
             raise SystemExit(err.exit_code) from None
         except KeyboardInterrupt:

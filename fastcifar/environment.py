@@ -9,7 +9,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_name", "machine_record", "nvidia_driver", "package_version", "package_versions", "versions"]
+__all__ = [
+    "cpu_name",
+    "is_rank_zero",
+    "machine_record",
+    "nvidia_driver",
+    "package_version",
+    "package_versions",
+    "versions",
+]
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 of a torchrun job, or a single process: the one that prints and writes.
+
+    Read from torchrun's ``RANK`` variable, so it holds before the process group exists (flag
+    checks, the run folder's lock).
+    """
+    return os.environ.get("RANK", "0") == "0"
 
 
 def versions() -> dict[str, str | None]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastcifar.cli import Flag, to_bool, to_float, to_int, to_mapping
+from fastcifar.environment import is_rank_zero
 from fastcifar.errors import UserError
 
 # numpy's legacy seeding (np.random.seed) takes seeds below 2**32.
@@ -337,7 +338,7 @@ def _requested(flags: dict[str, Any], saved_device: str | None = None, announce:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device_type = resolve_device(values.get("device", saved_device), local_rank).type
         preset = presets(device_type)["fast" if fast else "baseline"]
-        if fast and device_type != "cuda" and announce and os.environ.get("RANK", "0") == "0":
+        if fast and device_type != "cuda" and announce and is_rank_zero():
             print(FAST_CPU_NOTE, flush=True)
     return {**{name: value for name, value in preset.items() if name not in values}, **values}
 

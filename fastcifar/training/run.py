@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from fastcifar.atomic import folder_write_problem, remove_stale_temporaries
+from fastcifar.environment import is_rank_zero
 from fastcifar.errors import UserError
 from fastcifar.evaluation.export import EXPORT_FILES, export_run
 from fastcifar.locks import hold_folder, remove_lock_file
@@ -153,11 +154,6 @@ def ensure_dataset(config: TrainConfig, ctx: DistContext) -> None:
         print(f"{folder} lacks {', '.join(missing)}: preparing {config.dataset} first", flush=True)
         prepare(dataset=config.dataset, root=config.data_root)
     distributed.barrier(ctx)
-
-
-def is_rank_zero() -> bool:
-    """Rank 0 of a torchrun job, or a single process (before the process group exists)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
