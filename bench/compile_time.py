@@ -37,27 +37,22 @@ def measure_compile(
     from bench.train import _batch
     from fastcifar.training import engine
     from fastcifar.training.compile_cache import cache_counts, counts_since, resolve_cache_dir
-    from fastcifar.training.variant import build_model, get_variant, resolve_device
+    from fastcifar.training.variant import get_variant, resolve_device
 
     device = resolve_device(device)
     if device.type == "cpu":  # as bench.train: one batch trained repeatedly drifts into slow denormals
         torch.set_flush_denormal(True)
-    variant = get_variant(variant_name)
     torch.manual_seed(0)
-    model = build_model(ARCH, model_kwargs, variant, device)
-    forward = variant.wrap(model)
-    settings = engine.StepSettings.for_variant(variant, device)
-    optimizer, scheduler = engine.build_optimizer(
-        model.parameters(), max_lr=0.01, epochs=1, steps_per_epoch=steps + 1, device=device
+    step = engine.build_step(
+        ARCH, model_kwargs, get_variant(variant_name), device, lr=0.01, epochs=1, steps_per_epoch=steps + 1
     )
-    scaler = engine.build_scaler(settings)
     images, labels = _batch(batch_size, device, seed=1)
     before = cache_counts()
     seconds = []
     for _ in range(steps + 1):
         sync(device)
         start = time.perf_counter()
-        engine.train_step(forward, images, labels, optimizer, scheduler, scaler, settings)
+        step(images, labels)
         sync(device)
         seconds.append(time.perf_counter() - start)
     steady = statistics.median(seconds[1:])
