@@ -401,3 +401,17 @@ def test_busy_never_exceeds_the_step_on_a_real_cpu_profile(tmp_path: Path) -> No
     for busy, window, step in zip(t["busy_ms_by_step"], t["window_ms_by_step"], m["step_ms"]):
         assert 0 < busy <= window + 1e-9 and window == pytest.approx(step)
     assert 0 < t["busy_pct"] <= 100
+
+
+def test_a_profile_folder_another_process_writes_is_not_analysed(tmp_path: Path) -> None:
+    """One writer per folder: the report is not written beside a profile still running there."""
+    from tiny_runs import start_holder
+
+    root = profile_folder(tmp_path)
+    holder = start_holder(root, "fastcifar.profile")
+    try:
+        assert_user_error(run_cli(str(root), "--nocharts"), PROG, f"is in use by pid {holder.pid}")
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not (root / "report.json").exists()

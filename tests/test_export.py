@@ -188,3 +188,23 @@ def test_channels_last_weights_round_trip_bit_identically():
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(exported(images), direct(images))
+
+
+def test_export_of_a_run_folder_another_process_holds_is_refused(finished_run, tmp_path, capsys):
+    """One writer per run folder: an export beside a live training (its holder here) is one line."""
+    from cli_checks import assert_user_error, call_main
+    from tiny_runs import start_holder
+
+    from fastcifar.export import main
+
+    run = tmp_path / "live"
+    shutil.copytree(finished_run[0], run)
+    (run / "model.json").unlink()
+    holder = start_holder(run, "fastcifar.train")
+    try:
+        result = call_main(main, [str(run)], capsys)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert_user_error(result, "fastcifar.export", f"is in use by pid {holder.pid}")
+    assert not (run / "model.json").exists()  # nothing written

@@ -19,6 +19,7 @@ from typing import Any
 from fastcifar.atomic import write_bytes_atomic, write_json_atomic
 from fastcifar.errors import UserError
 from fastcifar.evaluation.loading import EXPORT_JSON, EXPORT_WEIGHTS, ModelInfo
+from fastcifar.locks import hold_folder
 
 FORMAT = "fastcifar-model"
 FORMAT_VERSION = 1
@@ -81,11 +82,14 @@ def export_run(run: str | os.PathLike, *, quiet: bool = False) -> Path:
     file = ckpt.checkpoint_path(folder)
     if not folder.is_dir() or not file.is_file():
         raise UserError(f"{folder} is not a run folder (no {ckpt.CHECKPOINT_NAME}); pass the folder of a finished run")
-    state = ckpt.load_checkpoint(file)
-    info = checkpoint_info(state, file)
-    weights = encode_weights(state["model"])
-    write_bytes_atomic(folder / EXPORT_WEIGHTS, weights)
-    write_json_atomic(folder / EXPORT_JSON, model_json(info, weights))
+    # One writer per run folder: a training still running there is refused (its own finish, which
+    # already holds the folder, comes here as a nested hold).
+    with hold_folder(folder, "fastcifar.export"):
+        state = ckpt.load_checkpoint(file)
+        info = checkpoint_info(state, file)
+        weights = encode_weights(state["model"])
+        write_bytes_atomic(folder / EXPORT_WEIGHTS, weights)
+        write_json_atomic(folder / EXPORT_JSON, model_json(info, weights))
     if not quiet:
         print(f"exported {folder / EXPORT_WEIGHTS} and {folder / EXPORT_JSON}", flush=True)
     return folder / EXPORT_JSON

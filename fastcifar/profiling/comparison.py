@@ -9,6 +9,7 @@ from typing import Any
 
 from fastcifar.atomic import folder_write_problem, write_json_atomic, write_text_atomic
 from fastcifar.errors import UserError
+from fastcifar.locks import hold_folder
 from fastcifar.profiling.categories import CATEGORIES
 from fastcifar.profiling.hta_bridge import hta_available, hta_figures
 from fastcifar.profiling.trace import find_variants, list_trace_files, load_run_info, load_trace
@@ -73,53 +74,57 @@ def analyze(
     target = Path(out) if out is not None else root
     folders = find_variants(root)
     check_writable(target)
-    names = _ordered(list(folders))
-    variants: dict[str, dict] = {}
-    for name in names:
-        files = list_trace_files(folders[name])
-        trace = load_trace(files[0])
-        metrics = variant_metrics(trace, top_n=top_n)
-        run = load_run_info(folders[name])
-        metrics["run"] = {k: run[k] for k in RUN_KEYS if k in run}
-        metrics["warnings"] = (
-            [f"{len(files)} traces in {folders[name]}; analysed the newest, {files[0].name}"] if len(files) > 1 else []
-        )
-        hta = hta_figures(trace.path, trace.device_kind)
-        metrics["hta"] = hta
-        if hta.get("used") and hta.get("temporal_breakdown"):
-            metrics["temporal"]["hta"] = hta["temporal_breakdown"]
-        variants[name] = metrics
+    # One writer per folder: refused while a profile (or another analysis) still writes there.
+    with hold_folder(target, "fastcifar.analyze"):
+        names = _ordered(list(folders))
+        variants: dict[str, dict] = {}
+        for name in names:
+            files = list_trace_files(folders[name])
+            trace = load_trace(files[0])
+            metrics = variant_metrics(trace, top_n=top_n)
+            run = load_run_info(folders[name])
+            metrics["run"] = {k: run[k] for k in RUN_KEYS if k in run}
+            metrics["warnings"] = (
+                [f"{len(files)} traces in {folders[name]}; analysed the newest, {files[0].name}"]
+                if len(files) > 1
+                else []
+            )
+            hta = hta_figures(trace.path, trace.device_kind)
+            metrics["hta"] = hta
+            if hta.get("used") and hta.get("temporal_breakdown"):
+                metrics["temporal"]["hta"] = hta["temporal_breakdown"]
+            variants[name] = metrics
 
-    baseline = BASELINE if BASELINE in variants else names[0]
-    base = variants[baseline]
-    for m in variants.values():
-        m["speedup_vs_baseline"] = _ratio(base["median_step_ms"], m["median_step_ms"])
-        m["wall_speedup_vs_baseline"] = _ratio(
-            base["run"].get("wall_median_step_ms"), m["run"].get("wall_median_step_ms")
-        )
-    computed = sorted({k for m in variants.values() for k in m["hta"].get("computed", [])})
-    report = {
-        "folder": str(root),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "baseline": baseline,
-        "variant_order": names,
-        "categories": list(CATEGORIES),
-        "hta": {
-            "installed": hta_available(),
-            "computed": computed,
-            "note": "HolisticTraceAnalysis computes the GPU temporal, kernel-type and idle-time breakdowns and "
-            "launch statistics; step attribution, categories, top kernels, data wait, memory and the "
-            "SK select / Z-pool regions are computed by fastcifar.profiling.trace_metrics.",
-        },
-        "variants": variants,
-    }
-    try:
-        report["charts"] = write_charts(report, target) if charts else []
-        write_json_atomic(target / "report.json", report)
-        write_text_atomic(target / "report.md", render_markdown(report))
-    except OSError as err:
-        raise _unwritable(target, err) from None
-    return report
+        baseline = BASELINE if BASELINE in variants else names[0]
+        base = variants[baseline]
+        for m in variants.values():
+            m["speedup_vs_baseline"] = _ratio(base["median_step_ms"], m["median_step_ms"])
+            m["wall_speedup_vs_baseline"] = _ratio(
+                base["run"].get("wall_median_step_ms"), m["run"].get("wall_median_step_ms")
+            )
+        computed = sorted({k for m in variants.values() for k in m["hta"].get("computed", [])})
+        report = {
+            "folder": str(root),
+            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "baseline": baseline,
+            "variant_order": names,
+            "categories": list(CATEGORIES),
+            "hta": {
+                "installed": hta_available(),
+                "computed": computed,
+                "note": "HolisticTraceAnalysis computes the GPU temporal, kernel-type and idle-time breakdowns and "
+                "launch statistics; step attribution, categories, top kernels, data wait, memory and the "
+                "SK select / Z-pool regions are computed by fastcifar.profiling.trace_metrics.",
+            },
+            "variants": variants,
+        }
+        try:
+            report["charts"] = write_charts(report, target) if charts else []
+            write_json_atomic(target / "report.json", report)
+            write_text_atomic(target / "report.md", render_markdown(report))
+        except OSError as err:
+            raise _unwritable(target, err) from None
+        return report
 
 
 def _unwritable(target: Path, why: OSError | str) -> UserError:
